@@ -1,0 +1,11 @@
+"""The default job: CoSyNE over the initial noise of the embedded model, maximising JPEG compressibility.
+
+Run:
+    jaxalign run --config configs/default.py --workdir runs/default
+"""
+
+from jaxalign.config import default_config
+
+
+def get_config():
+    return default_config()

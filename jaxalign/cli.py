@@ -1,0 +1,66 @@
+"""Command line: ``jaxalign run --config configs/<name>.py [--config.<field>=<value> ...] --workdir DIR``.
+
+Bad input (unknown names or fields, missing files, out-of-range numbers, an unwritable workdir)
+is reported as one line on stderr with exit status 2, before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from jaxalign.errors import JaxalignError
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise JaxalignError(message)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(prog="jaxalign", description="Inference-time alignment of diffusion models by evolutionary search.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
+    run = commands.add_parser("run", help="search the initial noise for each prompt of a config")
+    run.add_argument("--config", required=True, help="a config file (configs/<name>.py) with get_config()")
+    run.add_argument("--workdir", required=True, help="output directory")
+    run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args, rest = _parser().parse_known_args(argv)
+        overrides = [a for a in rest if a.startswith("--config.")]
+        stray = [a for a in rest if not a.startswith("--config.")]
+        if stray:
+            raise JaxalignError(f"unrecognised arguments: {' '.join(stray)}")
+        return _run(args, overrides)
+    except JaxalignError as error:
+        print(f"jaxalign: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("jaxalign: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(args, overrides: list[str]) -> int:
+    from jaxalign.config import load_config
+    from jaxalign.run import build, check_workdir, run
+
+    config = load_config(args.config, overrides)
+    check_workdir(args.workdir)
+    job = build(config)
+    summaries = run(job, args.workdir, progress=not args.no_progress)
+    for summary in summaries:
+        print(
+            f"{summary['prompt'][:50]!r}: baseline {summary['baseline_fitness']:.5g} -> best {summary['best_fitness']:.5g} "
+            f"after {summary['generations']} generations ({summary['seconds_per_generation']} s/generation, "
+            f"compile {summary['compile_s']} s)"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""Run configuration: the schema with its defaults, loading config files, overrides, validation.
+
+Configs are Python files with a ``get_config()`` returning an ``ml_collections.ConfigDict`` (as in
+the flax examples and big_vision); :func:`default_config` is the complete schema, every config
+file starts from it and changes a few fields. Command-line overrides are
+``--config.<field>=<value>``; fields that do not exist are an error, except inside the open
+mappings (``rewards``, ``strategy_params``, ``space_params``) whose keys depend on the names chosen.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import importlib.util
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import ml_collections
+
+from jaxalign.errors import JaxalignError
+
+OPEN_MAPPINGS = ("rewards", "strategy_params", "space_params")
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Every field a run understands, with its default."""
+    c = ml_collections.ConfigDict()
+    # What to align.
+    c.prompts = ["a red circle on a blue background"]
+    c.prompt_file = ""  # .txt (one prompt per line) or .csv with a "prompt" column; replaces prompts
+    c.negative_prompt = ""
+    c.rewards = ml_collections.ConfigDict({"jpeg_compressibility": 1.0})  # reward name -> weight
+    c.maximize = True
+    # Model and sampler.
+    c.model = "embedded"  # "embedded" or a local diffusers-format directory
+    c.dtype = "float32"  # float32 | bfloat16
+    c.scheduler = "ddim"  # ddim | dpmsolver++
+    c.num_inference_steps = 10
+    c.height = 64
+    c.width = 64
+    c.guidance_scale = 7.5
+    # Search.
+    c.strategy = "CoSyNE"  # CoSyNE or any evosax algorithm name
+    c.strategy_params = ml_collections.ConfigDict()  # fields of the strategy's evosax Params
+    c.space = "noise"  # noise | rotation | svd_rotation
+    c.space_params = ml_collections.ConfigDict()  # e.g. mean_scale, bound
+    c.popsize = 16
+    c.steps = 10  # generations after generation 0 (baseline + initial population)
+    c.max_seconds = 0.0  # stop after this much search time; 0 means no limit
+    c.target_reward = float("nan")  # stop once the best reaches it; NaN means no target
+    c.seed = 0
+    return c
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    """Run ``get_config()`` of a config file, check its fields and apply ``--config.x=v`` overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise JaxalignError(f"config file not found: {path}")
+    # Config files import each other as ``configs.<name>``: put the folder holding configs/ on the path.
+    root = str(path.resolve().parent.parent)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    spec = importlib.util.spec_from_file_location(f"_jaxalign_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as error:  # a broken config file is bad input, reported on one line
+        raise JaxalignError(f"cannot load config {path}: {type(error).__name__}: {error}") from None
+    if not hasattr(module, "get_config"):
+        raise JaxalignError(f"config {path} has no get_config() function")
+    config = module.get_config()
+    check_fields(config)
+    for override in overrides:
+        apply_override(config, override)
+    return config
+
+
+def check_fields(config: ml_collections.ConfigDict) -> None:
+    schema = default_config()
+    unknown = sorted(set(config.keys()) - set(schema.keys()))
+    if unknown:
+        raise JaxalignError(f"config field(s) {', '.join(unknown)} do not exist; valid: {', '.join(sorted(schema.keys()))}")
+
+
+def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
+    """Apply one ``--config.a.b=value`` (or ``config.a.b=value``) override in place."""
+    text = override.removeprefix("--")
+    if not text.startswith("config.") or "=" not in text:
+        raise JaxalignError(f"bad override {override!r}; expected --config.<field>=<value>")
+    dotted, raw = text[len("config.") :].split("=", 1)
+    *parents, leaf = dotted.split(".")
+    node = config
+    for i, name in enumerate(parents):
+        if name not in node or not isinstance(node[name], ml_collections.ConfigDict):
+            raise JaxalignError(f"config field {'.'.join(parents[: i + 1])!r} does not exist")
+        node = node[name]
+    is_open = len(parents) == 1 and parents[0] in OPEN_MAPPINGS
+    if leaf not in node:
+        if not is_open:
+            raise JaxalignError(f"config field {dotted!r} does not exist; valid: {', '.join(sorted(node.keys()))}")
+        with node.unlocked():
+            node[leaf] = _literal(raw)
+        return
+    node[leaf] = _parse_like(node[leaf], raw, dotted)
+
+
+def _literal(raw: str):
+    try:
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return raw
+
+
+def _parse_like(current, raw: str, name: str):
+    try:
+        if isinstance(current, bool):
+            if raw.lower() in ("true", "1", "yes"):
+                return True
+            if raw.lower() in ("false", "0", "no"):
+                return False
+            raise ValueError
+        if isinstance(current, int):
+            return int(raw)
+        if isinstance(current, float):
+            return float(raw)
+        if isinstance(current, list):
+            value = _literal(raw)
+            return list(value) if isinstance(value, (list, tuple)) else [raw]
+        if isinstance(current, ml_collections.ConfigDict):
+            value = _literal(raw)
+            if not isinstance(value, dict):
+                raise ValueError
+            return ml_collections.ConfigDict(value)
+        return raw
+    except ValueError:
+        raise JaxalignError(f"config field {name!r} expects {type(current).__name__}, got {raw!r}") from None
+
+
+def read_prompts(config: ml_collections.ConfigDict) -> list[str]:
+    """The prompts to align: from ``prompt_file`` when set, else ``prompts``."""
+    if config.prompt_file:
+        path = Path(config.prompt_file)
+        if not path.is_file():
+            raise JaxalignError(f"prompt_file not found: {path}")
+        if path.suffix.lower() == ".csv":
+            with path.open(newline="", encoding="utf-8") as handle:
+                reader = csv.DictReader(handle)
+                if "prompt" not in (reader.fieldnames or []):
+                    raise JaxalignError(f"prompt_file {path} has no 'prompt' column; columns: {', '.join(reader.fieldnames or [])}")
+                prompts = [row["prompt"].strip() for row in reader]
+        else:
+            prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    else:
+        prompts = [config.prompts] if isinstance(config.prompts, str) else list(config.prompts)
+    prompts = [p for p in prompts if p and p.strip()]
+    if not prompts:
+        raise JaxalignError("the prompt list is empty; set prompts or prompt_file")
+    return prompts
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Checks that need no model: numbers in range and known names."""
+    from jaxalign.rewards import REWARDS
+    from jaxalign.schedulers import SCHEDULERS
+    from jaxalign.spaces import SPACES
+    from jaxalign.strategies import STRATEGIES
+
+    check_fields(config)
+    if config.popsize < 2:
+        raise JaxalignError(f"popsize must be at least 2, got {config.popsize}")
+    if config.steps < 1:
+        raise JaxalignError(f"steps must be at least 1, got {config.steps}")
+    if config.num_inference_steps < 1:
+        raise JaxalignError(f"num_inference_steps must be at least 1, got {config.num_inference_steps}")
+    if config.height < 8 or config.width < 8:
+        raise JaxalignError(f"height and width must be at least 8, got {config.height}x{config.width}")
+    if config.max_seconds < 0:
+        raise JaxalignError(f"max_seconds must be >= 0 (0 means no limit), got {config.max_seconds}")
+    if not math.isfinite(config.guidance_scale):
+        raise JaxalignError(f"guidance_scale must be finite, got {config.guidance_scale}")
+    if config.dtype not in ("float32", "bfloat16"):
+        raise JaxalignError(f"unknown dtype {config.dtype!r}; valid: bfloat16, float32")
+    STRATEGIES[config.strategy]
+    SPACES[config.space]
+    SCHEDULERS[config.scheduler]
+    if not config.rewards:
+        raise JaxalignError("rewards is empty; give at least one reward name with its weight")
+    for name, weight in config.rewards.items():
+        REWARDS[name]
+        if not isinstance(weight, (int, float)) or not math.isfinite(weight):
+            raise JaxalignError(f"reward weight for {name!r} must be a finite number, got {weight!r}")
+    read_prompts(config)

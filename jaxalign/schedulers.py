@@ -1,0 +1,200 @@
+"""Denoising schedulers as explicit pytrees of per-step coefficients.
+
+Each scheduler turns a :class:`NoiseSchedule` (the training-time beta schedule, read from a
+diffusers ``scheduler_config.json``) and a static number of steps into a :class:`Schedule`:
+arrays with one row per denoising step, which the sampler scans over inside one jit. All
+coefficients are computed once on the host in float64, so the scan body is a handful of
+multiply-adds and nothing inside it branches on the step number.
+
+* ``ddim``: DDIM with eta = 0 (Song et al. 2021, arXiv 2010.02502), as diffusers' ``DDIMScheduler``.
+* ``dpmsolver++``: multistep DPM-Solver++(2M) with the midpoint second-order update and a
+  first-order final step to sigma = 0 (Lu et al. 2022, arXiv 2211.01095), as diffusers'
+  ``DPMSolverMultistepScheduler`` with its defaults.
+
+Timestep spacings ``leading``, ``linspace`` and ``trailing`` follow diffusers' definitions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from jaxalign.errors import JaxalignError
+from jaxalign.registry import Registry
+
+_SPACINGS = ("leading", "linspace", "trailing")
+_PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+@dataclasses.dataclass(frozen=True)
+class NoiseSchedule:
+    """The training noise schedule and conventions a model was trained with (static)."""
+
+    num_train_timesteps: int = 1000
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    beta_schedule: str = "scaled_linear"
+    prediction_type: str = "epsilon"
+    timestep_spacing: str = "leading"
+    steps_offset: int = 1
+    set_alpha_to_one: bool = False
+
+    @classmethod
+    def from_config(cls, config: dict) -> NoiseSchedule:
+        names = {f.name for f in dataclasses.fields(cls)}
+        schedule = cls(**{k: v for k, v in config.items() if k in names})
+        if schedule.beta_schedule not in ("linear", "scaled_linear"):
+            raise JaxalignError(f"unsupported beta_schedule {schedule.beta_schedule!r}; valid: linear, scaled_linear")
+        if schedule.prediction_type not in _PREDICTION_TYPES:
+            raise JaxalignError(f"unsupported prediction_type {schedule.prediction_type!r}; valid: {', '.join(_PREDICTION_TYPES)}")
+        if schedule.timestep_spacing not in _SPACINGS:
+            raise JaxalignError(f"unsupported timestep_spacing {schedule.timestep_spacing!r}; valid: {', '.join(_SPACINGS)}")
+        return schedule
+
+    def to_config(self) -> dict:
+        return {"_class_name": "DDIMScheduler", **dataclasses.asdict(self)}
+
+    def alphas_cumprod(self) -> np.ndarray:
+        n = self.num_train_timesteps
+        if self.beta_schedule == "linear":
+            betas = np.linspace(self.beta_start, self.beta_end, n, dtype=np.float64)
+        else:
+            betas = np.linspace(self.beta_start**0.5, self.beta_end**0.5, n, dtype=np.float64) ** 2
+        # diffusers computes the schedule in float32; match it so timesteps agree bit for bit.
+        return np.cumprod(1.0 - betas.astype(np.float32), dtype=np.float32).astype(np.float64)
+
+
+@struct.dataclass
+class Schedule:
+    """Per-step rows the sampler scans over; ``coefficients`` are scheduler specific."""
+
+    timesteps: jax.Array  # [steps] int32, the UNet's timestep input
+    alpha: jax.Array  # [steps] sqrt(alpha_bar_t): x_t = alpha * x0 + sigma * eps
+    sigma: jax.Array  # [steps] sqrt(1 - alpha_bar_t)
+    coefficients: dict[str, jax.Array]
+
+
+class Scheduler(NamedTuple):
+    """A scheduler: host-side table builder and a pure per-step update."""
+
+    make_schedule: Callable[[NoiseSchedule, int], Schedule]
+    init_carry: Callable[[jax.Array], tuple]
+    step: Callable[[tuple, jax.Array, jax.Array, Schedule], tuple]
+
+
+def predict_x0_and_eps(prediction_type: str, x, model_output, alpha, sigma):
+    """Clean-image and noise estimates from the model output at one step."""
+    if prediction_type == "epsilon":
+        eps = model_output
+        x0 = (x - sigma * eps) / alpha
+    else:  # v_prediction
+        x0 = alpha * x - sigma * model_output
+        eps = sigma * x + alpha * model_output
+    return x0, eps
+
+
+def _timesteps(schedule: NoiseSchedule, num_steps: int, count: int) -> np.ndarray:
+    """``count`` descending training timesteps for ``num_steps`` inference steps, per diffusers."""
+    total = schedule.num_train_timesteps
+    if schedule.timestep_spacing == "linspace":
+        return np.linspace(0, total - 1, count).round()[::-1].astype(np.int64)
+    if schedule.timestep_spacing == "leading":
+        ratio = total // count
+        return (np.arange(count) * ratio).round()[::-1].astype(np.int64) + schedule.steps_offset
+    ratio = total / num_steps
+    return (np.round(np.arange(total, 0, -ratio)) - 1).astype(np.int64)[:count]
+
+
+def _ddim_schedule(schedule: NoiseSchedule, num_steps: int) -> Schedule:
+    alphas_cumprod = schedule.alphas_cumprod()
+    timesteps = _timesteps(schedule, num_steps, num_steps)
+    final = 1.0 if schedule.set_alpha_to_one else alphas_cumprod[0]
+    prev = timesteps - schedule.num_train_timesteps // num_steps
+    alpha_bar_prev = np.where(prev >= 0, alphas_cumprod[np.clip(prev, 0, None)], final)
+    alpha_bar = alphas_cumprod[timesteps]
+    return Schedule(
+        timesteps=jnp.asarray(timesteps, jnp.int32),
+        alpha=jnp.asarray(np.sqrt(alpha_bar), jnp.float32),
+        sigma=jnp.asarray(np.sqrt(1 - alpha_bar), jnp.float32),
+        coefficients={
+            "alpha_prev": jnp.asarray(np.sqrt(alpha_bar_prev), jnp.float32),
+            "sigma_prev": jnp.asarray(np.sqrt(1 - alpha_bar_prev), jnp.float32),
+        },
+    )
+
+
+def _ddim_step(prediction_type: str):
+    def step(carry, model_output, i, s: Schedule):
+        (x,) = carry
+        x0, eps = predict_x0_and_eps(prediction_type, x, model_output, s.alpha[i], s.sigma[i])
+        return (s.coefficients["alpha_prev"][i] * x0 + s.coefficients["sigma_prev"][i] * eps,)
+
+    return step
+
+
+def _dpm_schedule(schedule: NoiseSchedule, num_steps: int) -> Schedule:
+    alphas_cumprod = schedule.alphas_cumprod()
+    if schedule.timestep_spacing == "leading":
+        total = schedule.num_train_timesteps
+        ratio = total // (num_steps + 1)
+        timesteps = (np.arange(num_steps + 1) * ratio).round()[::-1][:-1].astype(np.int64) + schedule.steps_offset
+    elif schedule.timestep_spacing == "linspace":
+        timesteps = _timesteps(schedule, num_steps, num_steps + 1)[:-1]
+    else:
+        timesteps = _timesteps(schedule, num_steps, num_steps)
+    # Karras-style sigmas of the VP process, ending at sigma = 0 (diffusers' final_sigmas_type="zero").
+    sigmas = np.sqrt((1 - alphas_cumprod) / alphas_cumprod)
+    sigmas = np.append(np.interp(timesteps, np.arange(len(sigmas)), sigmas), 0.0)
+    alpha_t = 1.0 / np.sqrt(sigmas**2 + 1.0)
+    sigma_t = sigmas * alpha_t
+    with np.errstate(divide="ignore"):
+        lam = np.log(alpha_t) - np.log(sigma_t)  # +inf at the final sigma = 0
+    h = lam[1:] - lam[:-1]
+    decay = -np.expm1(-h)  # 1 - exp(-h), equal to 1 at the final step
+    # Step i: x <- c_x x + c_0 D0 + c_1 (D0 - D_prev); second order from the 2nd step on,
+    # first order at the final step (diffusers with final_sigmas_type="zero").
+    second_order = np.zeros(num_steps, bool)
+    second_order[1:-1] = True
+    h_prev = np.concatenate([[1.0], h[:-1]])
+    c_1 = np.where(second_order, 0.5 * alpha_t[1:] * decay * h / h_prev, 0.0)
+    with np.errstate(invalid="ignore"):
+        c_x = np.where(sigma_t[1:] > 0, sigma_t[1:] / sigma_t[:-1], 0.0)
+    return Schedule(
+        timesteps=jnp.asarray(timesteps, jnp.int32),
+        alpha=jnp.asarray(alpha_t[:-1], jnp.float32),
+        sigma=jnp.asarray(sigma_t[:-1], jnp.float32),
+        coefficients={
+            "c_x": jnp.asarray(c_x, jnp.float32),
+            "c_0": jnp.asarray(alpha_t[1:] * decay, jnp.float32),
+            "c_1": jnp.asarray(c_1, jnp.float32),
+        },
+    )
+
+
+def _dpm_step(prediction_type: str):
+    def step(carry, model_output, i, s: Schedule):
+        x, x0_prev = carry
+        x0, _ = predict_x0_and_eps(prediction_type, x, model_output, s.alpha[i], s.sigma[i])
+        c = s.coefficients
+        x = c["c_x"][i] * x + c["c_0"][i] * x0 + c["c_1"][i] * (x0 - x0_prev)
+        return (x, x0)
+
+    return step
+
+
+SCHEDULERS: Registry[Callable[[str], Scheduler]] = Registry("scheduler")
+SCHEDULERS.register("ddim", lambda prediction_type: Scheduler(_ddim_schedule, lambda x: (x,), _ddim_step(prediction_type)))
+SCHEDULERS.register(
+    "dpmsolver++",
+    lambda prediction_type: Scheduler(_dpm_schedule, lambda x: (x, jnp.zeros_like(x)), _dpm_step(prediction_type)),
+)
+
+
+def get_scheduler(name: str, prediction_type: str) -> Scheduler:
+    return SCHEDULERS[name](prediction_type)

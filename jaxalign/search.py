@@ -1,0 +1,246 @@
+"""Evolutionary search over initial noise: one generation is one jit-compiled function.
+
+arXiv 2506.00299 ("Inference-Time Alignment of Diffusion Models with Evolutionary Algorithms")
+treats the diffusion model as a black box: a strategy proposes a population of solutions, a
+search space maps them to initial latents, the sampler denoises and decodes the whole population,
+a reward scores the images and the strategy is told the scores. :func:`make_search` composes
+those pure pieces into ``init`` and ``step``, where ``step`` runs one whole generation
+
+    ask -> solutions to latents -> denoise (CFG) -> decode -> score -> tell -> track best
+
+under a single ``jax.jit``. Generation 0 runs through the same compiled function: it evaluates
+an initial population whose member 0 is the centre latent (the unaligned baseline) and whose
+other members are N(0, 1) draws, then initialises population-based strategies (CoSyNE, GAs)
+from it; distribution-based strategies start from the centre as their mean. The branches are
+``lax.cond``, so the sampler is traced and compiled once.
+
+Strategies minimise; the objective's direction (``maximize``) is applied in exactly one place,
+:class:`Direction`. Non-finite scores rank last for the strategy, never become the best, and are
+counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from jaxalign.model import Params as ModelParams
+from jaxalign.rewards import Objective
+from jaxalign.sampler import Sampler
+from jaxalign.spaces import SearchSpace
+from jaxalign.strategies import is_population_based
+
+
+@struct.dataclass
+class Problem:
+    """What one search aligns: a prompt's text conditioning and the centre (baseline) latent."""
+
+    context: jax.Array  # [tokens, dim]
+    uncond_context: jax.Array  # [tokens, dim]
+    centre: jax.Array  # [c, h, w]
+
+
+@struct.dataclass
+class SearchParams:
+    """Numeric knobs of a search; all traced, so they can be swept or vmapped without recompiling."""
+
+    strategy: Any
+    space: dict[str, jax.Array]
+    reward_weights: dict[str, jax.Array]
+    guidance_scale: jax.Array
+
+
+@struct.dataclass
+class SearchState:
+    key: jax.Array
+    generation: jax.Array
+    strategy_state: Any
+    best_fitness: jax.Array  # in the objective's own direction
+    best_solution: jax.Array
+    best_image: jax.Array
+    best_components: dict[str, jax.Array]
+    baseline_fitness: jax.Array
+    baseline_image: jax.Array
+    baseline_components: dict[str, jax.Array]
+
+
+@struct.dataclass
+class Generation:
+    """What one generation reports: per-member scores and the best so far."""
+
+    fitness: jax.Array  # [P], NaN where the objective was not finite
+    components: dict[str, jax.Array]  # name -> [P]
+    num_nonfinite: jax.Array
+    best_fitness: jax.Array
+    best_components: dict[str, jax.Array]
+    best_image: jax.Array
+
+
+class Direction(NamedTuple):
+    """The one place that knows whether the objective is maximised; strategies always minimise."""
+
+    maximize: bool
+
+    def to_minimised(self, scores: jax.Array) -> jax.Array:
+        return -scores if self.maximize else scores
+
+    def from_minimised(self, values: jax.Array) -> jax.Array:
+        return -values if self.maximize else values
+
+    def worst(self) -> float:
+        return -jnp.inf if self.maximize else jnp.inf
+
+
+def rank_last(minimised: jax.Array, finite: jax.Array) -> jax.Array:
+    """Replace non-finite entries by a finite value worse than every finite one."""
+    worst_finite = jnp.max(jnp.where(finite, minimised, -jnp.inf))
+    worst_finite = jnp.where(jnp.isfinite(worst_finite), worst_finite, 0.0)
+    return jnp.where(finite, minimised, worst_finite + 1.0 + jnp.abs(worst_finite))
+
+
+class Search(NamedTuple):
+    init: Any  # (key, problem, params) -> SearchState
+    step: Any  # (model_params, problem, params, state) -> (SearchState, Generation); jitted
+    default_params: Any  # (problem) -> SearchParams
+    popsize: int
+    images_per_generation: int
+    nfe_per_generation: int
+
+
+def make_search(
+    *,
+    sampler: Sampler,
+    space: SearchSpace,
+    strategy,
+    objective: Objective,
+    latent_shape: tuple[int, int, int],
+    image_shape: tuple[int, int, int],
+    maximize: bool = True,
+) -> Search:
+    popsize = strategy.population_size
+    direction = Direction(maximize)
+    population_based = is_population_based(strategy)
+    component_names = tuple(objective.default_weights)
+
+    def initial_population(key, centre_solution):
+        others = jax.random.normal(key, (popsize - 1, centre_solution.size), centre_solution.dtype)
+        return jnp.concatenate([centre_solution[None], others])
+
+    def init(key: jax.Array, problem: Problem, params: SearchParams) -> SearchState:
+        key, init_key = jax.random.split(key)
+        centre_solution = space.init(problem.centre)
+        if population_based:
+            # Placeholder of the right structure; generation 0 initialises it from evaluations.
+            placeholder = jnp.broadcast_to(centre_solution, (popsize, centre_solution.size))
+            strategy_state = strategy.init(init_key, placeholder, jnp.full((popsize,), jnp.inf), params.strategy)
+        else:
+            strategy_state = strategy.init(init_key, centre_solution, params.strategy)
+        nan = jnp.float32(jnp.nan)
+        no_components = {name: nan for name in component_names}
+        blank = jnp.zeros(image_shape, jnp.float32)
+        state = SearchState(
+            key=key,
+            generation=jnp.int32(0),
+            strategy_state=strategy_state,
+            best_fitness=jnp.float32(direction.worst()),
+            best_solution=centre_solution,
+            best_image=blank,
+            best_components=no_components,
+            baseline_fitness=nan,
+            baseline_image=blank,
+            baseline_components=no_components,
+        )
+        # Strong types throughout, so the state that step returns has the same avals as this one
+        # and the second generation reuses the first one's compilation.
+        return jax.tree.map(lambda x: jnp.asarray(x, x.dtype), state)
+
+    def evaluate(model_params, problem: Problem, params: SearchParams, solutions):
+        latents = jax.vmap(space.apply, in_axes=(None, 0, None))(params.space, solutions, problem.centre)
+        images = sampler.sample(model_params, latents, problem.context, problem.uncond_context, params.guidance_scale)
+        total, components = objective.fn(images, params.reward_weights)
+        return total, components, images
+
+    def step(model_params: ModelParams, problem: Problem, params: SearchParams, state: SearchState):
+        key, ask_key, tell_key, population_key = jax.random.split(state.key, 4)
+        first = state.generation == 0
+        centre_solution = space.init(problem.centre)
+
+        def propose_initial():
+            return initial_population(population_key, centre_solution), state.strategy_state
+
+        def propose_next():
+            return strategy.ask(ask_key, state.strategy_state, params.strategy)
+
+        solutions, asked_state = _cond(first, propose_initial, propose_next)
+        total, components, images = evaluate(model_params, problem, params, solutions)
+
+        finite = jnp.isfinite(total)
+        minimised = direction.to_minimised(total)
+        strategy_fitness = rank_last(minimised, finite)
+
+        def start():
+            if population_based:
+                return strategy.init(tell_key, solutions, strategy_fitness, params.strategy)
+            return asked_state
+
+        def update():
+            return strategy.tell(tell_key, solutions, strategy_fitness, asked_state, params.strategy)[0]
+
+        strategy_state = _cond(first, start, update)
+
+        candidates = jnp.where(finite, minimised, jnp.inf)
+        best = jnp.argmin(candidates)
+        improved = candidates[best] < direction.to_minimised(state.best_fitness)
+        pick = lambda new, old: jnp.where(improved, new, old)  # noqa: E731
+        pick_baseline = lambda new, old: jnp.where(first, new, old)  # noqa: E731
+        member = lambda tree, i: jax.tree.map(lambda x: x[i], tree)  # noqa: E731
+
+        state = SearchState(
+            key=key,
+            generation=state.generation + 1,
+            strategy_state=strategy_state,
+            best_fitness=pick(total[best], state.best_fitness),
+            best_solution=pick(solutions[best], state.best_solution),
+            best_image=pick(images[best], state.best_image),
+            best_components=jax.tree.map(pick, member(components, best), state.best_components),
+            baseline_fitness=pick_baseline(total[0], state.baseline_fitness),
+            baseline_image=pick_baseline(images[0], state.baseline_image),
+            baseline_components=jax.tree.map(pick_baseline, member(components, 0), state.baseline_components),
+        )
+        report = Generation(
+            fitness=jnp.where(finite, total, jnp.nan),
+            components=components,
+            num_nonfinite=jnp.sum(~finite),
+            best_fitness=state.best_fitness,
+            best_components=state.best_components,
+            best_image=state.best_image,
+        )
+        return state, report
+
+    def default_params(strategy_overrides: Any = None, space_overrides: Mapping | None = None, reward_weights=None, guidance_scale=7.5):
+        return SearchParams(
+            strategy=strategy.default_params if strategy_overrides is None else strategy_overrides,
+            space={k: jnp.float32(v) for k, v in {**space.default_params, **(space_overrides or {})}.items()},
+            reward_weights={k: jnp.float32(v) for k, v in (reward_weights or objective.default_weights).items()},
+            guidance_scale=jnp.float32(guidance_scale),
+        )
+
+    return Search(
+        init=jax.jit(init),
+        step=jax.jit(step),
+        default_params=default_params,
+        popsize=popsize,
+        images_per_generation=popsize,
+        nfe_per_generation=popsize * sampler.num_steps,
+    )
+
+
+def _cond(predicate, true_fn, false_fn):
+    """``lax.cond`` whose branches may differ in weak types (evosax states mix Python and array ints)."""
+    reference = jax.eval_shape(false_fn)
+    cast = lambda tree: jax.tree.map(lambda x, r: jnp.asarray(x, r.dtype), tree, reference)  # noqa: E731
+    return jax.lax.cond(predicate, lambda: cast(true_fn()), lambda: cast(false_fn()))
