@@ -55,11 +55,15 @@ def _run(args, overrides: list[str]) -> int:
     summaries = run(job, args.workdir, progress=not args.no_progress)
     for summary in summaries:
         print(
-            f"{summary['prompt'][:50]!r}: baseline {summary['baseline_fitness']:.5g} -> best {summary['best_fitness']:.5g} "
+            f"{summary['prompt'][:50]!r}: baseline {_fmt(summary['baseline_fitness'])} -> best {_fmt(summary['best_fitness'])} "
             f"after {summary['generations']} generations ({summary['seconds_per_generation']} s/generation, "
-            f"compile {summary['compile_s']} s)"
+            f"compile {summary['compile_s']} s) in {args.workdir}"
         )
     return 0
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.5g}"
 
 
 if __name__ == "__main__":

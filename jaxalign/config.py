@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import ml_collections
+from ml_collections import config_dict
 
 from jaxalign.errors import JaxalignError
 
@@ -49,7 +50,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.popsize = 16
     c.steps = 10  # generations after generation 0 (baseline + initial population)
     c.max_seconds = 0.0  # stop after this much search time; 0 means no limit
-    c.target_reward = float("nan")  # stop once the best reaches it; NaN means no target
+    c.target_reward = config_dict.placeholder(float)  # stop once the best reaches it; None: no target
     c.seed = 0
     return c
 
@@ -104,7 +105,11 @@ def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
         with node.unlocked():
             node[leaf] = _literal(raw)
         return
-    node[leaf] = _parse_like(node[leaf], raw, dotted)
+    current = node[leaf]
+    if current is None:  # a typed placeholder such as target_reward
+        kind = node.get_type(leaf)
+        current = kind() if kind in (int, float, str, bool) else None
+    node[leaf] = None if raw.lower() == "none" else _parse_like(current, raw, dotted)
 
 
 def _literal(raw: str):
@@ -134,6 +139,8 @@ def _parse_like(current, raw: str, name: str):
             if not isinstance(value, dict):
                 raise ValueError
             return ml_collections.ConfigDict(value)
+        if current is None:
+            return _literal(raw)
         return raw
     except ValueError:
         raise JaxalignError(f"config field {name!r} expects {type(current).__name__}, got {raw!r}") from None
@@ -179,6 +186,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise JaxalignError(f"height and width must be at least 8, got {config.height}x{config.width}")
     if config.max_seconds < 0:
         raise JaxalignError(f"max_seconds must be >= 0 (0 means no limit), got {config.max_seconds}")
+    if config.target_reward is not None and not math.isfinite(config.target_reward):
+        raise JaxalignError(f"target_reward must be finite or None, got {config.target_reward}")
     if not math.isfinite(config.guidance_scale):
         raise JaxalignError(f"guidance_scale must be finite, got {config.guidance_scale}")
     if config.dtype not in ("float32", "bfloat16"):

@@ -22,6 +22,7 @@ import dataclasses
 import functools
 import json
 import os
+import re
 import tempfile
 import zlib
 from collections.abc import Sequence
@@ -128,7 +129,7 @@ def load_model(source: str = EMBEDDED, dtype: str = "float32", seed: int = 0) ->
     path = Path(source).expanduser()
     if not path.is_dir():
         raise JaxalignError(f"model directory not found: {path} (expected a diffusers-format directory or 'embedded')")
-    missing = [c for c in (*_COMPONENTS, "tokenizer", "scheduler") if not (path / c).is_dir()]
+    missing = [c for c in (*_COMPONENTS, "scheduler") if not (path / c).is_dir()]
     if missing:
         raise JaxalignError(f"model directory {path} lacks {', '.join(missing)}/ (expected diffusers layout)")
     return _load(path, str(path), _DTYPES[dtype], seed=None)
@@ -136,56 +137,161 @@ def load_model(source: str = EMBEDDED, dtype: str = "float32", seed: int = 0) ->
 
 def _load(path: Path, name: str, dtype, seed: int | None) -> tuple[DiffusionModel, Params]:
     from diffusers import FlaxAutoencoderKL, FlaxUNet2DConditionModel
-    from transformers import CLIPTextConfig, FlaxCLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTokenizer, FlaxCLIPTextModel
 
     unet = FlaxUNet2DConditionModel.from_config(_read_json(path / "unet" / "config.json"), dtype=dtype)
     vae = FlaxAutoencoderKL.from_config(_read_json(path / "vae" / "config.json"), dtype=dtype)
-    text_config = CLIPTextConfig.from_pretrained(path / "text_encoder")
+    text_encoder = FlaxCLIPTextModel(CLIPTextConfig.from_pretrained(path / "text_encoder"), dtype=dtype, _do_init=False)
     schedule = NoiseSchedule.from_config(_read_json(path / "scheduler" / "scheduler_config.json"))
-
-    if seed is not None:
-        text_encoder = FlaxCLIPTextModel(text_config, dtype=dtype, _do_init=False)
-        tokenizer = _byte_level_clip_tokenizer(text_config.max_position_embeddings)
-        shapes = {
-            "unet": jax.eval_shape(unet.init_weights, jax.random.key(0)),
-            "vae": jax.eval_shape(vae.init_weights, jax.random.key(0)),
-            "text_encoder": text_encoder.params_shape_tree,
-        }
-        params = {k: seeded_init(v, seed=seed + i) for i, (k, v) in enumerate(shapes.items())}
+    shapes = {
+        "unet": jax.eval_shape(unet.init_weights, jax.random.key(0)),
+        "vae": jax.eval_shape(vae.init_weights, jax.random.key(0)),
+        "text_encoder": text_encoder.params_shape_tree,
+    }
+    if seed is not None and not any(_weight_files(path / c) for c in _COMPONENTS):
+        params = {c: seeded_init(tree, seed=seed + i) for i, (c, tree) in enumerate(shapes.items())}
     else:
-        from transformers import CLIPTokenizer
-
+        params = {c: read_weights(path / c, tree) for c, tree in shapes.items()}
+    if (path / "tokenizer").is_dir():
         tokenizer = CLIPTokenizer.from_pretrained(path / "tokenizer")
-        text_encoder, params = _load_weights(path, dtype)
+    else:
+        tokenizer = _byte_level_clip_tokenizer(text_encoder.config.max_position_embeddings)
 
-    params = jax.tree.map(lambda x: jnp.asarray(x, dtype=dtype if jnp.issubdtype(x.dtype, jnp.floating) else x.dtype), params)
+    params = jax.tree.map(lambda x: jnp.asarray(x, dtype=dtype if np.issubdtype(x.dtype, np.floating) else x.dtype), params)
     model = DiffusionModel(
         name=name, unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, noise_schedule=schedule, dtype=dtype
     )
     return model, params
 
 
-def _load_weights(path: Path, dtype):
-    from diffusers import FlaxAutoencoderKL, FlaxUNet2DConditionModel
-    from transformers import FlaxCLIPTextModel
-
-    params = {}
-    for component, cls in (("unet", FlaxUNet2DConditionModel), ("vae", FlaxAutoencoderKL)):
-        from_pt = _weights_are_pytorch(path / component)
-        _, params[component] = cls.from_pretrained(path, subfolder=component, from_pt=from_pt, dtype=dtype)
-    from_pt = _weights_are_pytorch(path / "text_encoder")
-    text_encoder = FlaxCLIPTextModel.from_pretrained(path / "text_encoder", from_pt=from_pt, dtype=dtype, _do_init=False)
-    text_encoder, params["text_encoder"] = text_encoder if isinstance(text_encoder, tuple) else (text_encoder, text_encoder.params)
-    return text_encoder, params
+_FLAX_WEIGHTS = ("diffusion_flax_model.msgpack", "flax_model.msgpack")
+_TORCH_WEIGHTS = ("diffusion_pytorch_model.safetensors", "model.safetensors", "diffusion_pytorch_model.bin", "pytorch_model.bin")
 
 
-def _weights_are_pytorch(component_dir: Path) -> bool:
-    names = {p.name for p in component_dir.iterdir()}
-    if "diffusion_flax_model.msgpack" in names or "flax_model.msgpack" in names:
-        return False
-    if names & {"diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin", "model.safetensors", "pytorch_model.bin"}:
-        return True
-    raise JaxalignError(f"no weights in {component_dir} (expected a Flax .msgpack or PyTorch .safetensors/.bin file)")
+def _weight_files(component_dir: Path) -> list[Path]:
+    """The weight file(s) of one component, preferring Flax, then safetensors, then .bin; shards included."""
+    if not component_dir.is_dir():
+        return []
+    for name in (*_FLAX_WEIGHTS, *_TORCH_WEIGHTS):
+        if (component_dir / name).is_file():
+            return [component_dir / name]
+        index = component_dir / f"{name}.index.json"
+        if index.is_file():
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            return [component_dir / shard for shard in shards]
+    return []
+
+
+def read_weights(component_dir: Path, shapes: Any) -> Any:
+    """One component's weights as a Flax params tree, checked key by key against ``shapes``.
+
+    Flax ``.msgpack`` files are restored directly; PyTorch state dicts (safetensors, or ``.bin``
+    through ``torch.load(weights_only=True)``) are renamed and transposed to Flax's layout.
+    """
+    from flax.traverse_util import flatten_dict, unflatten_dict
+
+    files = _weight_files(component_dir)
+    if not files:
+        expected = " or ".join((*_FLAX_WEIGHTS, *_TORCH_WEIGHTS))
+        raise JaxalignError(f"no weights in {component_dir} (expected {expected})")
+    expected = flatten_dict(shapes)
+    if files[0].name in _FLAX_WEIGHTS:
+        from flax.serialization import msgpack_restore
+
+        flat = flatten_dict(msgpack_restore(files[0].read_bytes()))
+        flat = {k[1:] if k[0] == "params" else k: v for k, v in flat.items()}
+    else:
+        state: dict[str, np.ndarray] = {}
+        for file in files:
+            state.update(_read_safetensors(file) if file.suffix == ".safetensors" else _read_torch_bin(file))
+        flat = _torch_to_flax(state, expected)
+    missing = sorted("/".join(k) for k in set(expected) - set(flat))
+    unexpected = sorted("/".join(k) for k in set(flat) - set(expected))
+    if missing or unexpected:
+        raise JaxalignError(
+            f"weights in {component_dir} do not match its config: {len(missing)} missing (e.g. {missing[:3]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+        )
+    for key, leaf in flat.items():
+        if tuple(leaf.shape) != tuple(expected[key].shape):
+            raise JaxalignError(
+                f"weight {'/'.join(key)} in {component_dir} has shape {tuple(leaf.shape)}, its config expects {tuple(expected[key].shape)}"
+            )
+    return unflatten_dict(flat)
+
+
+_ATTENTION_NAMES = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out_0": "proj_attn"}
+
+
+def _torch_to_flax(state: dict[str, np.ndarray], expected: dict) -> dict:
+    """Rename a PyTorch state dict to Flax keys, transposing linear and conv kernels."""
+    flat = {}
+    for pt_key, tensor in state.items():
+        if pt_key.endswith("position_ids"):  # a buffer some CLIP checkpoints carry, not a weight
+            continue
+        key = tuple(pt_key.split("."))
+        if key[0] != "text_model":
+            # diffusers' Flax modules name repeated blocks "down_blocks_0" where PyTorch has "down_blocks.0";
+            # transformers' Flax CLIP keeps "layers/0".
+            key = tuple(re.sub(r"(\w+)\.(\d+)", r"\1_\2", pt_key).split("."))
+        flax_key, value = _flax_leaf(key, tensor, expected)
+        flat[flax_key] = value
+    return flat
+
+
+def _flax_leaf(key: tuple[str, ...], tensor: np.ndarray, expected: dict) -> tuple[tuple[str, ...], np.ndarray]:
+    prefix, last = key[:-1], key[-1]
+    if prefix and prefix[-1] in _ATTENTION_NAMES:  # the VAE's Flax attention uses the older names
+        renamed = (*prefix[:-1], _ATTENTION_NAMES[prefix[-1]])
+        if (*renamed, "kernel") in expected:
+            prefix = renamed
+    if last in ("weight", "gamma") and (*prefix, "scale") in expected:
+        return (*prefix, "scale"), tensor
+    if last == "beta":
+        return (*prefix, "bias"), tensor
+    if last == "weight" and (*prefix, "embedding") in expected:
+        return (*prefix, "embedding"), tensor
+    if last == "weight":
+        kernel = (*prefix, "kernel")
+        if tensor.ndim == 4 and len(getattr(expected.get(kernel), "shape", ())) == 2:
+            tensor = tensor[:, :, 0, 0]  # a 1x1 conv stored where Flax has a dense layer
+        return kernel, tensor.transpose(2, 3, 1, 0) if tensor.ndim == 4 else tensor.T
+    return (*prefix, last), tensor
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": "bfloat16",
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+}  # fmt: skip
+
+
+def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    """Memory-map a safetensors file: no pickle, no torch, no copy until the arrays are used."""
+    import ml_dtypes
+
+    with path.open("rb") as handle:
+        header_size = int.from_bytes(handle.read(8), "little")
+        header = json.loads(handle.read(header_size))
+    header.pop("__metadata__", None)
+    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + header_size)
+    tensors = {}
+    for name, info in header.items():
+        dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
+        if dtype is None:
+            raise JaxalignError(f"unsupported dtype {info['dtype']} for {name} in {path}")
+        dtype = np.dtype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype)
+        begin, end = info["data_offsets"]
+        tensors[name] = data[begin:end].view(dtype).reshape(info["shape"])
+    return tensors
+
+
+def _read_torch_bin(path: Path) -> dict[str, np.ndarray]:
+    try:
+        import torch
+    except ImportError:
+        raise JaxalignError(f"{path} is a PyTorch pickle; install torch to read it, or convert it to safetensors") from None
+    state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
+    return {k: v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy() for k, v in state.items()}
 
 
 def save_model(model: DiffusionModel, params: Params, path: str | os.PathLike) -> None:

@@ -47,6 +47,7 @@ class Job:
     search_params: SearchParams
     prompts: list[str]
     space: Any
+    sampler: Any
     latent_shape: tuple[int, int, int]
 
 
@@ -80,7 +81,7 @@ def build(config) -> Job:
         space_overrides=dict(config.space_params),
         guidance_scale=config.guidance_scale,
     )
-    return Job(config, model, model_params, search, search_params, prompts, space, latent_shape)
+    return Job(config, model, model_params, search, search_params, prompts, space, sampler, latent_shape)
 
 
 def check_workdir(workdir: str | Path) -> Path:
@@ -224,7 +225,7 @@ def _generation_line(generation: int, report, seconds: float, used: dict, maximi
 
 def _reached(config, best: float | None) -> bool:
     target = config.target_reward
-    if best is None or target is None or math.isnan(target):
+    if best is None or target is None:
         return False
     return best >= target if config.maximize else best <= target
 

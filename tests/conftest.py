@@ -1,0 +1,35 @@
+"""Shared fixtures: the embedded model and one small compiled search, built once per session."""
+
+import jax
+import pytest
+
+# Tests run tiny shapes on CPU, where XLA's optimisation passes cost more than they save.
+jax.config.update("jax_disable_most_optimizations", True)
+
+from jaxalign.config import default_config  # noqa: E402
+from jaxalign.model import load_model  # noqa: E402
+
+
+def small_config(**changes):
+    """The default config at test size: 32x32 images, 2 denoising steps, popsize 6, 3 generations."""
+    config = default_config()
+    config.height = 32
+    config.width = 32
+    config.num_inference_steps = 2
+    config.popsize = 6
+    config.steps = 3
+    for key, value in changes.items():
+        config[key] = value
+    return config
+
+
+@pytest.fixture(scope="session")
+def embedded():
+    return load_model("embedded")
+
+
+@pytest.fixture(scope="session")
+def small_job():
+    from jaxalign.run import build
+
+    return build(small_config(rewards={"brightness": 1.0, "saturation": 0.5}))

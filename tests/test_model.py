@@ -1,0 +1,129 @@
+"""The model module: the embedded default, saving and loading diffusers directories, PyTorch weights."""
+
+import json
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from jaxalign.errors import JaxalignError
+from jaxalign.model import EMBEDDED_DIR, load_model, save_model
+
+
+def leaves(tree):
+    return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def test_embedded_is_deterministic_per_seed(embedded):
+    model, params = embedded
+    _, again = load_model("embedded")
+    _, other = load_model("embedded", seed=1)
+    assert all(np.array_equal(a, b) for a, b in zip(leaves(params), leaves(again)))
+    assert not all(np.array_equal(a, b) for a, b in zip(leaves(params), leaves(other)))
+    assert model.latent_shape(64, 64) == (4, 16, 16)
+    assert model.default_size == 64
+
+
+def test_embedded_tokenizer_is_byte_level_clip(embedded):
+    model, _ = embedded
+    ids = model.tokenize(["a red circle", ""])
+    assert ids.shape == (2, 77)
+    bos, eos = 512, 513
+    assert ids[0, 0] == bos and ids[0, 13] == eos and (ids[0, 14:] == eos).all()
+    assert model.tokenizer.decode(ids[0], skip_special_tokens=True) == "a red circle"
+    assert list(ids[1, :2]) == [bos, eos]
+
+
+def test_bfloat16_casts_weights_and_keeps_float32_outputs():
+    model, params = load_model("embedded", dtype="bfloat16")
+    assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(jnp.bfloat16)}
+    images = model.decode(params, jnp.zeros((1, 4, 8, 8)))
+    assert images.dtype == jnp.float32 and images.shape == (1, 32, 32, 3)
+
+
+def test_save_and_load_roundtrip(embedded, tmp_path):
+    model, params = embedded
+    save_model(model, params, tmp_path / "sd")
+    loaded, loaded_params = load_model(str(tmp_path / "sd"))
+    assert all(np.array_equal(a, b) for a, b in zip(leaves(params), leaves(loaded_params)))
+    prompts = ["a blue square", ""]
+    np.testing.assert_array_equal(loaded.tokenize(prompts), model.tokenize(prompts))
+    np.testing.assert_allclose(
+        np.asarray(loaded.encode_prompts(loaded_params, prompts)), np.asarray(model.encode_prompts(params, prompts)), atol=1e-6
+    )
+
+
+def test_missing_and_partial_directories_are_clear_errors(embedded, tmp_path):
+    with pytest.raises(JaxalignError, match="model directory not found: .*nowhere"):
+        load_model(str(tmp_path / "nowhere"))
+    model, params = embedded
+    save_model(model, params, tmp_path / "sd")
+    shutil.rmtree(tmp_path / "sd" / "vae")
+    with pytest.raises(JaxalignError, match="lacks vae/"):
+        load_model(str(tmp_path / "sd"))
+
+
+def test_weights_that_do_not_fit_the_config_are_a_clear_error(embedded, tmp_path):
+    model, params = embedded
+    save_model(model, params, tmp_path / "sd")
+    config_path = tmp_path / "sd" / "unet" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["cross_attention_dim"] = 48
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(JaxalignError, match=r"has shape \(32, .*expects \(48, "):
+        load_model(str(tmp_path / "sd"))
+
+
+@pytest.fixture(scope="module")
+def pytorch_sd_dir(tmp_path_factory):
+    """A tiny random PyTorch SD model in diffusers layout with safetensors weights."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    path = tmp_path_factory.mktemp("pt") / "sd"
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**_config("unet"))
+    vae = AutoencoderKL(**_config("vae"))
+    text = CLIPTextModel(CLIPTextConfig.from_pretrained(EMBEDDED_DIR / "text_encoder"))
+    for module in (unet, vae, text):  # random non-trivial norms and biases, so the mapping of every leaf matters
+        with torch.no_grad():
+            for name, p in module.named_parameters():
+                if name.endswith("bias") or "norm" in name:
+                    p.add_(0.1 * torch.randn_like(p))
+    unet.save_pretrained(path / "unet", safe_serialization=True)
+    vae.save_pretrained(path / "vae", safe_serialization=True)
+    text.save_pretrained(path / "text_encoder", safe_serialization=True)
+    shutil.copytree(EMBEDDED_DIR / "scheduler", path / "scheduler")
+    load_model("embedded")[0].tokenizer.save_pretrained(path / "tokenizer")
+    return path, unet.eval(), vae.eval(), text.eval()
+
+
+def _config(component):
+    return {k: v for k, v in json.loads((EMBEDDED_DIR / component / "config.json").read_text()).items() if not k.startswith("_")}
+
+
+def test_pytorch_safetensors_weights_match_pytorch_outputs(pytorch_sd_dir):
+    path, unet, vae, text = pytorch_sd_dir
+    model, params = load_model(str(path))
+    rng = np.random.default_rng(0)
+
+    ids = model.tokenize(["a green triangle"])
+    with torch.no_grad():
+        expected = text(torch.tensor(ids, dtype=torch.long)).last_hidden_state.numpy()
+    context = np.asarray(model.encode_tokens(params, jnp.asarray(ids)))
+    np.testing.assert_allclose(context, expected, atol=1e-4)
+
+    latents = rng.standard_normal((2, 4, 8, 8)).astype(np.float32)
+    hidden = rng.standard_normal((2, 77, 32)).astype(np.float32)
+    with torch.no_grad():
+        expected = unet(torch.tensor(latents), 501, torch.tensor(hidden)).sample.numpy()
+    ours = np.asarray(model.predict_noise(params, jnp.asarray(latents), jnp.int32(501), jnp.asarray(hidden)))
+    np.testing.assert_allclose(ours, expected, atol=1e-4)
+
+    with torch.no_grad():
+        decoded = vae.decode(torch.tensor(latents) / vae.config.scaling_factor).sample
+    expected = (decoded / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_allclose(np.asarray(model.decode(params, jnp.asarray(latents))), expected, atol=1e-4)

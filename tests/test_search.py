@@ -1,0 +1,127 @@
+"""The compiled generation step: compile once, baseline, best-so-far tracking, direction, failures."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxalign.rewards import Objective, weighted_sum
+from jaxalign.run import make_problem
+from jaxalign.search import make_search
+from jaxalign.strategies import make_strategy
+
+
+def run_generations(job, generations, problem=None, key=None, params=None):
+    if problem is None:
+        problem, key = make_problem(job, "a red circle", 0)
+    params = job.search_params if params is None else params
+    state = job.search.init(key, problem, params)
+    reports = []
+    for _ in range(generations):
+        state, report = job.search.step(job.model_params, problem, params, state)
+        reports.append(jax.device_get(report))
+    return problem, state, reports
+
+
+def test_nothing_recompiles_after_the_first_generation(small_job):
+    problem, key = make_problem(small_job, "a red circle", 0)
+    state = small_job.search.init(key, problem, small_job.search_params)
+    state, _ = small_job.search.step(small_job.model_params, problem, small_job.search_params, state)
+    compiled = small_job.search.step._cache_size()
+    other_params = small_job.search_params.replace(guidance_scale=jnp.float32(2.0))
+    for params in (small_job.search_params, other_params, small_job.search_params):
+        state, report = small_job.search.step(small_job.model_params, problem, params, state)
+    other_problem, _ = make_problem(small_job, "another prompt", 1)
+    small_job.search.step(small_job.model_params, other_problem, small_job.search_params, state)
+    assert small_job.search.step._cache_size() == compiled
+    assert int(state.generation) == 4
+
+
+def test_baseline_is_the_image_of_the_centre_latent(small_job):
+    problem, state, _ = run_generations(small_job, 1)
+    expected = small_job.sampler.sample(small_job.model_params, problem.centre[None], problem.context, problem.uncond_context, 7.5)[0]
+    np.testing.assert_allclose(np.asarray(state.baseline_image), np.asarray(expected), atol=1e-4)
+    total, components = weighted_sum(dict(small_job.config.rewards)).fn(expected[None], small_job.search_params.reward_weights)
+    np.testing.assert_allclose(float(state.baseline_fitness), float(total[0]), rtol=1e-5)
+
+
+def test_best_so_far_is_the_running_maximum_and_its_image_scores_it(small_job):
+    problem, state, reports = run_generations(small_job, 4)
+    seen = np.concatenate([r.fitness for r in reports])
+    bests = [float(r.best_fitness) for r in reports]
+    assert bests == sorted(bests)
+    assert bests[-1] == pytest.approx(float(np.nanmax(seen)))
+    assert bests[-1] >= float(state.baseline_fitness)
+    # The reported best image was kept from the generation's own outputs: scoring it gives the best fitness.
+    total, components = weighted_sum(dict(small_job.config.rewards)).fn(state.best_image[None], small_job.search_params.reward_weights)
+    assert float(total[0]) == pytest.approx(bests[-1], rel=1e-5)
+    for name, value in reports[-1].best_components.items():
+        assert float(components[name][0]) == pytest.approx(float(value), rel=1e-5)
+    # And the best solution maps to the latent that produced it.
+    latent = small_job.space.apply(small_job.search_params.space, state.best_solution, problem.centre)
+    image = small_job.sampler.sample(
+        small_job.model_params, latent[None], problem.context, problem.uncond_context, 7.5
+    )
+    np.testing.assert_allclose(np.asarray(image[0]), np.asarray(state.best_image), atol=1e-4)
+
+
+def _search(job, objective, maximize=True, strategy="CoSyNE"):
+    centre_solution = job.space.init(jnp.zeros(job.latent_shape))
+    return make_search(
+        sampler=job.sampler,
+        space=job.space,
+        strategy=make_strategy(strategy, job.config.popsize, centre_solution),
+        objective=objective,
+        latent_shape=job.latent_shape,
+        image_shape=(job.config.height, job.config.width, 3),
+        maximize=maximize,
+    )
+
+
+def test_minimising_keeps_the_smallest(small_job):
+    search = _search(small_job, weighted_sum({"brightness": 1.0}), maximize=False)
+    problem, key = make_problem(small_job, "a red circle", 0)
+    params = search.default_params()
+    state = search.init(key, problem, params)
+    seen = []
+    for _ in range(3):
+        state, report = search.step(small_job.model_params, problem, params, state)
+        seen.append(np.asarray(report.fitness))
+    assert float(state.best_fitness) == pytest.approx(float(np.min(np.concatenate(seen))))
+    assert float(state.best_fitness) <= float(state.baseline_fitness)
+
+
+def test_nonfinite_scores_rank_last_and_are_counted(small_job):
+    brightness = weighted_sum({"brightness": 1.0})
+
+    def flaky(images, weights):
+        total, components = brightness.fn(images, weights)
+        broken = (jnp.arange(images.shape[0]) % 2 == 1) | (total > jnp.median(total))
+        total = jnp.where(broken, jnp.nan, total)
+        return total, {"brightness": total}
+
+    search = _search(small_job, Objective(flaky, {"brightness": 1.0}, True), strategy="SNES")
+    problem, key = make_problem(small_job, "a red circle", 0)
+    params = search.default_params()
+    state = search.init(key, problem, params)
+    for _ in range(3):
+        state, report = search.step(small_job.model_params, problem, params, state)
+        assert int(report.num_nonfinite) >= small_job.config.popsize // 2
+        assert np.isnan(report.fitness).sum() == int(report.num_nonfinite)
+        assert np.isfinite(float(report.best_fitness))
+    assert np.isfinite(np.asarray(state.strategy_state.mean)).all()
+
+
+def test_generations_compose_under_lax_scan(small_job):
+    problem, key = make_problem(small_job, "a red circle", 0)
+    params = small_job.search_params
+    _, looped, _ = run_generations(small_job, 3, problem, key)
+
+    def body(state, _):
+        state, report = small_job.search.step(small_job.model_params, problem, params, state)
+        return state, report.best_fitness
+
+    scanned, bests = jax.jit(lambda s: jax.lax.scan(body, s, length=3))(small_job.search.init(key, problem, params))
+    np.testing.assert_allclose(float(scanned.best_fitness), float(looped.best_fitness), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(scanned.best_image), np.asarray(looped.best_image), atol=1e-4)
+    assert list(np.asarray(bests)) == sorted(np.asarray(bests))
