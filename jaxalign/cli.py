@@ -1,4 +1,4 @@
-"""Command line: ``jaxalign run --config configs/<name>.py [--config.<field>=<value> ...] --workdir DIR``.
+"""Command line: ``jaxalign run --config configs/<name>.py [--config.<field>=<value> ...] --workdir DIR [--resume]``.
 
 Bad input (unknown names or fields, missing files, out-of-range numbers, an unwritable workdir)
 is reported as one line on stderr with exit status 2, before anything is written.
@@ -24,6 +24,7 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="search the initial noise for each prompt of a config")
     run.add_argument("--config", required=True, help="a config file (configs/<name>.py) with get_config()")
     run.add_argument("--workdir", required=True, help="output directory")
+    run.add_argument("--resume", action="store_true", help="continue an interrupted run in WORKDIR from its checkpoints")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
@@ -52,7 +53,7 @@ def _run(args, overrides: list[str]) -> int:
     config = load_config(args.config, overrides)
     check_workdir(args.workdir)
     job = build(config)
-    summaries = run(job, args.workdir, progress=not args.no_progress)
+    summaries = run(job, args.workdir, progress=not args.no_progress, resume=args.resume)
     for summary in summaries:
         print(
             f"{summary['prompt'][:50]!r}: baseline {_fmt(summary['baseline_fitness'])} -> best {_fmt(summary['best_fitness'])} "

@@ -52,6 +52,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.max_seconds = 0.0  # stop after this much search time; 0 means no limit
     c.target_reward = config_dict.placeholder(float)  # stop once the best reaches it; None: no target
     c.seed = 0
+    # Long runs.
+    c.checkpoint_every = 5  # save the search state every K generations (0: never); `--resume` continues
+    c.compilation_cache_dir = ""  # persistent XLA compilation cache shared by runs; "" disables it
     return c
 
 
@@ -184,6 +187,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise JaxalignError(f"num_inference_steps must be at least 1, got {config.num_inference_steps}")
     if config.height < 8 or config.width < 8:
         raise JaxalignError(f"height and width must be at least 8, got {config.height}x{config.width}")
+    if config.checkpoint_every < 0:
+        raise JaxalignError(f"checkpoint_every must be >= 0 (0 disables checkpoints), got {config.checkpoint_every}")
     if config.max_seconds < 0:
         raise JaxalignError(f"max_seconds must be >= 0 (0 means no limit), got {config.max_seconds}")
     if config.target_reward is not None and not math.isfinite(config.target_reward):

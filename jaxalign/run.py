@@ -19,6 +19,7 @@ import json
 import math
 import os
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from jaxalign.checkpoint import Checkpointer
 from jaxalign.config import read_prompts, validate
 from jaxalign.errors import JaxalignError
 from jaxalign.model import DiffusionModel, load_model
@@ -106,13 +108,27 @@ def make_problem(job: Job, prompt: str, index: int) -> tuple[Problem, jax.Array]
     return Problem(context=contexts[0], uncond_context=contexts[1], centre=centre), search_key
 
 
-def run(job: Job, workdir: str | Path, progress: bool = True) -> list[dict]:
+def run(job: Job, workdir: str | Path, progress: bool = True, resume: bool = False) -> list[dict]:
+    """Search every prompt of the job, writing outputs under ``workdir``.
+
+    With ``resume``, prompts whose ``summary.json`` exists are skipped and an unfinished prompt
+    continues from its newest checkpoint; the config must be the one the workdir was started with.
+    """
     workdir = check_workdir(workdir)
+    config_file = workdir / "config.json"
+    if resume and config_file.is_file():
+        check_same_config(json.loads(config_file.read_text()), job.config.to_dict())
     workdir.mkdir(parents=True, exist_ok=True)
+    _write_json(config_file, job.config.to_dict())
+    if job.config.compilation_cache_dir:
+        enable_compilation_cache(job.config.compilation_cache_dir)
     compiled = None
     summaries = []
     for index, prompt in enumerate(job.prompts):
         out = workdir if len(job.prompts) == 1 else workdir / f"{index:03d}_{_slug(prompt)}"
+        if resume and (out / "summary.json").is_file():
+            summaries.append(json.loads((out / "summary.json").read_text()))
+            continue
         problem, key = make_problem(job, prompt, index)
         state = job.search.init(key, problem, job.search_params)
         compile_s = 0.0
@@ -120,7 +136,7 @@ def run(job: Job, workdir: str | Path, progress: bool = True) -> list[dict]:
             start = time.perf_counter()
             compiled = job.search.step.lower(job.model_params, problem, job.search_params, state).compile()
             compile_s = time.perf_counter() - start
-        summary = search_prompt(job, compiled, problem, state, prompt, out, progress)
+        summary = search_prompt(job, compiled, problem, state, prompt, out, progress, resume)
         summary["compile_s"] = round(compile_s, 3)
         _write_json(out / "summary.json", summary)
         summaries.append(summary)
@@ -129,16 +145,53 @@ def run(job: Job, workdir: str | Path, progress: bool = True) -> list[dict]:
     return summaries
 
 
-def search_prompt(job: Job, step, problem: Problem, state, prompt: str, out: Path, progress: bool) -> dict:
+def check_same_config(saved: dict, current: dict) -> None:
+    """Refuse to resume a workdir with a different config, naming the fields that differ."""
+    flat_saved, flat_current = _flatten(saved), _flatten(current)
+    differ = sorted(k for k in flat_saved.keys() | flat_current.keys() if flat_saved.get(k) != flat_current.get(k))
+    if differ:
+        raise JaxalignError(f"cannot resume: the config differs from the one this workdir was started with in {', '.join(differ)}")
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and key not in ("rewards", "strategy_params", "space_params"):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def enable_compilation_cache(directory: str | Path) -> None:
+    """Persist compiled executables across processes, so repeated runs skip compilation."""
+    jax.config.update("jax_compilation_cache_dir", str(Path(directory).expanduser().absolute()))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
+def search_prompt(job: Job, step, problem: Problem, state, prompt: str, out: Path, progress: bool, resume: bool = False) -> dict:
     config, search = job.config, job.search
     (out / "images").mkdir(parents=True, exist_ok=True)
+    checkpointer = Checkpointer(out / "checkpoints", config.checkpoint_every) if config.checkpoint_every > 0 else None
     lines: list[dict] = []
-    generation_seconds: list[float] = []
+    if resume and checkpointer is not None:
+        restored = checkpointer.restore_latest(state)
+        if restored is not None:
+            done, restored_state = restored
+            kept = _read_lines(out / "metrics.jsonl")[: done + 1]
+            if len(kept) == done + 1:
+                lines, state = kept, restored_state
+            else:  # lines are written before each checkpoint, so only a hand-edited file gets here
+                print(f"jaxalign: warning: {out / 'metrics.jsonl'} is shorter than its checkpoint; starting over", file=sys.stderr)
+    _rewrite_lines(out / "metrics.jsonl", lines)
+    generation_seconds = [line["wall_s"] for line in lines[1:]]
     stopped_because = "steps"
     bar = _progress_bar(config.steps, prompt, progress)
-    search_start = time.perf_counter()
-    with (out / "metrics.jsonl").open("w") as metrics:
-        for generation in range(config.steps + 1):
+    bar.update(max(0, len(lines) - 1))
+    search_start = time.perf_counter() - (lines[-1]["elapsed_s"] if lines else 0.0)
+    with (out / "metrics.jsonl").open("a") as metrics:
+        for generation in range(len(lines), config.steps + 1):
             start = time.perf_counter()
             state, report = step(job.model_params, problem, job.search_params, state)
             report = jax.device_get(report)
@@ -157,14 +210,23 @@ def search_prompt(job: Job, step, problem: Problem, state, prompt: str, out: Pat
             line["elapsed_s"] = round(time.perf_counter() - search_start, 4)
             metrics.write(json.dumps(line) + "\n")
             metrics.flush()
+            os.fsync(metrics.fileno())
             lines.append(line)
+            stop = None
             if generation and _reached(config, line["best_fitness"]):
-                stopped_because = "target_reward"
-                break
-            if generation and config.max_seconds and line["elapsed_s"] >= config.max_seconds:
-                stopped_because = "max_seconds"
+                stop = "target_reward"
+            elif generation and config.max_seconds and line["elapsed_s"] >= config.max_seconds:
+                stop = "max_seconds"
+            if checkpointer is not None and checkpointer.due(generation, last=stop is not None or generation == config.steps):
+                checkpointer.save(generation, state)
+            if stop:
+                stopped_because = stop
                 break
     bar.close()
+    if checkpointer is not None:
+        checkpointer.close()
+    if len(lines) > 1 and _reached(config, lines[-1]["best_fitness"]):
+        stopped_because = "target_reward"
     best_solution = np.asarray(state.best_solution)
     np.save(out / "best_solution.npy", best_solution)
     np.save(out / "best_latent.npy", np.asarray(job.space.apply(job.search_params.space, best_solution, problem.centre)))
@@ -221,6 +283,25 @@ def _generation_line(generation: int, report, seconds: float, used: dict, maximi
         line[f"mean_{name}"] = _nanstat(np.nanmean, report.components[name])
     line.update(num_nonfinite=int(report.num_nonfinite), wall_s=round(seconds, 4), **used)
     return line
+
+
+def _read_lines(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    lines = []
+    for text in path.read_text().splitlines():
+        try:
+            lines.append(json.loads(text))
+        except json.JSONDecodeError:  # a line cut short by a kill
+            break
+    return lines
+
+
+def _rewrite_lines(path: Path, lines: list[dict]) -> None:
+    """Atomically replace the metrics file by ``lines``."""
+    partial = path.with_suffix(".jsonl.partial")
+    partial.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    os.replace(partial, path)
 
 
 def _reached(config, best: float | None) -> bool:

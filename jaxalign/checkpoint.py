@@ -1,0 +1,73 @@
+"""Checkpoint and resume a search with orbax-checkpoint.
+
+A checkpoint holds the whole :class:`~jaxalign.search.SearchState` (strategy state, PRNG key,
+generation, best solution, fitness and image, baseline) after a completed generation. Because a
+generation is a deterministic function of that state, a run resumed from generation ``g``
+recomputes generations ``g+1, ...`` exactly as the uninterrupted run would; the runner truncates
+``metrics.jsonl`` to the lines up to ``g``, so no line is lost or written twice.
+
+Saves are synchronous and orbax finalises a step only after all its files are written, so a
+process killed mid-save leaves the previous steps intact. A step that cannot be read back is
+skipped with a warning, falling back to the one before.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from jaxalign.search import SearchState
+
+
+class Checkpointer:
+    def __init__(self, directory: str | Path, every: int, keep: int = 3):
+        import orbax.checkpoint as ocp
+
+        self._ocp = ocp
+        self.every = every
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=False, create=True)
+        self._manager = ocp.CheckpointManager(Path(directory).absolute(), options=options)
+
+    def due(self, generation: int, last: bool) -> bool:
+        return self.every > 0 and (last or generation % self.every == 0)
+
+    def save(self, generation: int, state: SearchState) -> None:
+        self._manager.save(generation, args=self._ocp.args.StandardSave(_to_storable(state)), force=True)
+        self._manager.wait_until_finished()
+
+    def restore_latest(self, template: SearchState) -> tuple[int, SearchState] | None:
+        """The newest readable checkpoint as (generation, state), or None when there is none."""
+        target = jax.eval_shape(lambda: _to_storable(template))
+        steps = sorted(self._manager.all_steps(), reverse=True)
+        for i, step in enumerate(steps):
+            try:
+                restored = self._manager.restore(step, args=self._ocp.args.StandardRestore(target))
+            except Exception as error:  # a corrupt or partial step: say so and use the previous one
+                fallback = f"falling back to generation {steps[i + 1]}" if i + 1 < len(steps) else "starting over"
+                print(f"jaxalign: warning: checkpoint at generation {step} is unreadable ({type(error).__name__}); {fallback}", file=sys.stderr)
+                continue
+            self._discard_after(step)
+            return step, _from_storable(restored)
+        self._discard_after(-1)
+        return None
+
+    def _discard_after(self, step: int) -> None:
+        # Steps after the one resumed from are unreadable; they are recomputed and saved again.
+        for later in self._manager.all_steps():
+            if later > step:
+                self._manager.delete(later)
+
+    def close(self) -> None:
+        self._manager.close()
+
+
+def _to_storable(state: SearchState) -> Any:
+    # Typed PRNG keys are not array data orbax can write; store the raw key bits.
+    return state.replace(key=jax.random.key_data(state.key))
+
+
+def _from_storable(state: Any) -> SearchState:
+    return state.replace(key=jax.random.wrap_key_data(state.key))

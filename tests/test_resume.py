@@ -1,0 +1,96 @@
+"""Checkpoint and resume: a run killed with SIGKILL and resumed ends exactly like an uninterrupted one."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from jaxalign.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT = str(ROOT / "configs" / "default.py")
+SMALL = ["--config.height=32", "--config.width=32", "--config.num_inference_steps=2", "--config.popsize=6"]
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_DISABLE_MOST_OPTIMIZATIONS": "true"}
+TIMING = ("wall_s", "elapsed_s")
+
+
+def command(workdir, *extra):
+    return [sys.executable, "-m", "jaxalign", "run", "--config", DEFAULT, "--workdir", str(workdir), "--no-progress",
+            *SMALL, "--config.steps=7", "--config.checkpoint_every=2", *extra]  # fmt: skip
+
+
+def metrics(workdir):
+    lines = [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in line.items() if k not in TIMING} for line in lines]
+
+
+def count_lines(path):
+    return len(path.read_text().splitlines()) if path.is_file() else 0
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("reference") / "run"
+    subprocess.run(command(workdir), env=ENV, check=True, capture_output=True, timeout=600)
+    return workdir
+
+
+@pytest.mark.parametrize("kill_after_lines", [2, 5])
+def test_sigkill_then_resume_matches_uninterrupted_run(uninterrupted, tmp_path, kill_after_lines):
+    workdir = tmp_path / "run"
+    process = subprocess.Popen(command(workdir), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while count_lines(workdir / "metrics.jsonl") < kill_after_lines and process.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (workdir / "summary.json").exists()
+
+    resumed = subprocess.run(command(workdir, "--resume"), env=ENV, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert metrics(workdir) == metrics(uninterrupted)
+    assert (workdir / "images" / "step_0007.png").read_bytes() == (uninterrupted / "images" / "step_0007.png").read_bytes()
+    summary, reference = (json.loads((w / "summary.json").read_text()) for w in (workdir, uninterrupted))
+    assert summary["best_fitness"] == reference["best_fitness"] and summary["generations"] == 7
+
+
+def test_resume_refuses_a_changed_config(tmp_path, capsys):
+    workdir = tmp_path / "run"
+    args = ["run", "--config", DEFAULT, "--workdir", str(workdir), "--no-progress", *SMALL, "--config.steps=2"]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main([*args, "--config.popsize=8", "--config.seed=3", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "jaxalign: error: cannot resume: the config differs from the one this workdir was started with in popsize, seed"
+
+
+def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
+    workdir = tmp_path / "run"
+    args = ["run", "--config", DEFAULT, "--workdir", str(workdir), "--no-progress", *SMALL, "--config.steps=3",
+            "--config.checkpoint_every=1"]  # fmt: skip
+    assert main(args) == 0
+    complete = metrics(workdir)
+    (workdir / "summary.json").unlink()  # as if killed after the last checkpoint was written
+    for file in (workdir / "checkpoints" / "3").rglob("*"):
+        if file.is_file():
+            file.write_bytes(b"garbage")
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "checkpoint at generation 3 is unreadable" in err and "falling back to generation 2" in err
+    assert metrics(workdir) == complete
+
+
+def test_finished_prompts_are_skipped_on_resume(tmp_path, capsys):
+    workdir = tmp_path / "run"
+    args = ["run", "--config", DEFAULT, "--workdir", str(workdir), "--no-progress", *SMALL, "--config.steps=2"]
+    assert main(args) == 0
+    before = (workdir / "metrics.jsonl").read_text()
+    assert main([*args, "--resume"]) == 0
+    assert (workdir / "metrics.jsonl").read_text() == before
