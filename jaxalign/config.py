@@ -52,6 +52,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.max_seconds = 0.0  # stop after this much search time; 0 means no limit
     c.target_reward = config_dict.placeholder(float)  # stop once the best reaches it; None: no target
     c.seed = 0
+    # Scale.
+    c.batch_prompts = False  # search all prompts together in one vmapped compiled step
+    c.shard_population = True  # shard the population over all local devices when they divide popsize
     # Long runs.
     c.checkpoint_every = 5  # save the search state every K generations (0: never); `--resume` continues
     c.compilation_cache_dir = ""  # persistent XLA compilation cache shared by runs; "" disables it

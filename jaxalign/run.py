@@ -35,7 +35,7 @@ from jaxalign.errors import JaxalignError
 from jaxalign.model import DiffusionModel, load_model
 from jaxalign.rewards import weighted_sum
 from jaxalign.sampler import make_sampler
-from jaxalign.search import Problem, Search, SearchParams, make_search
+from jaxalign.search import Problem, Search, SearchParams, batched, make_search, population_mesh
 from jaxalign.spaces import SPACES
 from jaxalign.strategies import make_params, make_strategy
 
@@ -51,6 +51,7 @@ class Job:
     space: Any
     sampler: Any
     latent_shape: tuple[int, int, int]
+    population_devices: int
 
 
 def build(config) -> Job:
@@ -69,6 +70,7 @@ def build(config) -> Job:
     strategy_params = make_params(strategy, dict(config.strategy_params))
     objective = weighted_sum(dict(config.rewards))
     sampler = make_sampler(model, config.scheduler, config.num_inference_steps)
+    mesh = population_mesh(config.popsize) if config.shard_population else None
     search = make_search(
         sampler=sampler,
         space=space,
@@ -77,13 +79,14 @@ def build(config) -> Job:
         latent_shape=latent_shape,
         image_shape=(config.height, config.width, 3),
         maximize=config.maximize,
+        mesh=mesh,
     )
     search_params = search.default_params(
         strategy_overrides=strategy_params,
         space_overrides=dict(config.space_params),
         guidance_scale=config.guidance_scale,
     )
-    return Job(config, model, model_params, search, search_params, prompts, space, sampler, latent_shape)
+    return Job(config, model, model_params, search, search_params, prompts, space, sampler, latent_shape, mesh.size if mesh else 1)
 
 
 def check_workdir(workdir: str | Path) -> Path:
@@ -111,38 +114,52 @@ def make_problem(job: Job, prompt: str, index: int) -> tuple[Problem, jax.Array]
 def run(job: Job, workdir: str | Path, progress: bool = True, resume: bool = False) -> list[dict]:
     """Search every prompt of the job, writing outputs under ``workdir``.
 
-    With ``resume``, prompts whose ``summary.json`` exists are skipped and an unfinished prompt
-    continues from its newest checkpoint; the config must be the one the workdir was started with.
+    Prompts run one at a time, or all together through one vmapped compiled step when
+    ``config.batch_prompts`` is set. With ``resume``, finished prompts are skipped and unfinished
+    ones continue from their newest checkpoint; the config must be the one the workdir started with.
     """
     workdir = check_workdir(workdir)
+    config = job.config
     config_file = workdir / "config.json"
     if resume and config_file.is_file():
-        check_same_config(json.loads(config_file.read_text()), job.config.to_dict())
+        check_same_config(json.loads(config_file.read_text()), config.to_dict())
     workdir.mkdir(parents=True, exist_ok=True)
-    _write_json(config_file, job.config.to_dict())
-    if job.config.compilation_cache_dir:
-        enable_compilation_cache(job.config.compilation_cache_dir)
-    compiled = None
-    summaries = []
-    for index, prompt in enumerate(job.prompts):
-        out = workdir if len(job.prompts) == 1 else workdir / f"{index:03d}_{_slug(prompt)}"
-        if resume and (out / "summary.json").is_file():
-            summaries.append(json.loads((out / "summary.json").read_text()))
+    _write_json(config_file, config.to_dict())
+    if config.compilation_cache_dir:
+        enable_compilation_cache(config.compilation_cache_dir)
+    several = len(job.prompts) > 1
+    outs = [workdir / f"{i:03d}_{_slug(p)}" if several else workdir for i, p in enumerate(job.prompts)]
+    if config.batch_prompts and several:
+        groups = [(list(range(len(job.prompts))), workdir / "checkpoints")]
+    else:
+        groups = [([i], outs[i] / "checkpoints") for i in range(len(job.prompts))]
+
+    init, step = batched(job.search)
+    compiled: dict[int, Any] = {}
+    summaries: dict[int, dict] = {}
+    for members, checkpoints in groups:
+        if resume and all((outs[i] / "summary.json").is_file() for i in members):
+            summaries.update({i: json.loads((outs[i] / "summary.json").read_text()) for i in members})
             continue
-        problem, key = make_problem(job, prompt, index)
-        state = job.search.init(key, problem, job.search_params)
+        problems, keys = zip(*(make_problem(job, job.prompts[i], i) for i in members))
+        problem = jax.tree.map(lambda *x: jnp.stack(x), *problems)
+        state = init(jnp.stack(keys), problem, job.search_params)
         compile_s = 0.0
-        if compiled is None:  # every prompt has the same shapes: compile once, ahead of time
+        if len(members) not in compiled:  # same shapes, same executable: compile once, ahead of time
             start = time.perf_counter()
-            compiled = job.search.step.lower(job.model_params, problem, job.search_params, state).compile()
+            compiled[len(members)] = step.lower(job.model_params, problem, job.search_params, state).compile()
             compile_s = time.perf_counter() - start
-        summary = search_prompt(job, compiled, problem, state, prompt, out, progress, resume)
-        summary["compile_s"] = round(compile_s, 3)
-        _write_json(out / "summary.json", summary)
-        summaries.append(summary)
-    if len(job.prompts) > 1:
-        _write_json(workdir / "summary.json", {"prompts": summaries})
-    return summaries
+        recorders = [Recorder(job, job.prompts[i], outs[i]) for i in members]
+        for recorder, summary in zip(recorders, search_group(job, compiled[len(members)], problem, state, recorders, checkpoints, progress, resume)):
+            summary["compile_s"] = round(compile_s, 3)
+            summary["prompts_per_step"] = len(members)
+            summary["compilation_cache_hits"] = _CACHE_HITS[0] if config.compilation_cache_dir else None
+            _write_json(recorder.out / "summary.json", summary)
+        summaries.update({i: json.loads((outs[i] / "summary.json").read_text()) for i in members})
+    ordered = [summaries[i] for i in range(len(job.prompts))]
+    if several:
+        _write_json(workdir / "summary.json", {"prompts": ordered})
+    return ordered
 
 
 def check_same_config(saved: dict, current: dict) -> None:
@@ -163,97 +180,163 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
+_CACHE_HITS = [0]
+
+
 def enable_compilation_cache(directory: str | Path) -> None:
     """Persist compiled executables across processes, so repeated runs skip compilation."""
+    if jax.config.jax_compilation_cache_dir is None:
+        jax.monitoring.register_event_listener(
+            lambda event, **kwargs: _CACHE_HITS.__setitem__(0, _CACHE_HITS[0] + (event == "/jax/compilation_cache/cache_hits"))
+        )
     jax.config.update("jax_compilation_cache_dir", str(Path(directory).expanduser().absolute()))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 
-def search_prompt(job: Job, step, problem: Problem, state, prompt: str, out: Path, progress: bool, resume: bool = False) -> dict:
-    config, search = job.config, job.search
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    checkpointer = Checkpointer(out / "checkpoints", config.checkpoint_every) if config.checkpoint_every > 0 else None
-    lines: list[dict] = []
+class Recorder:
+    """One prompt's outputs: its metrics lines, images and summary."""
+
+    def __init__(self, job: Job, prompt: str, out: Path):
+        self.job, self.prompt, self.out = job, prompt, out
+        self.lines: list[dict] = []
+        self.stopped_because: str | None = None
+        (out / "images").mkdir(parents=True, exist_ok=True)
+
+    def resume_from(self, generation: int) -> bool:
+        kept = _read_lines(self.out / "metrics.jsonl")[: generation + 1]
+        if len(kept) != generation + 1:  # lines are written before each checkpoint; only a hand-edited file gets here
+            return False
+        self.lines = kept
+        self.stopped_because = _stop_reason(self.job.config, kept[-1], len(kept) - 1)
+        return True
+
+    def open(self):
+        _rewrite_lines(self.out / "metrics.jsonl", self.lines)
+        self._file = (self.out / "metrics.jsonl").open("a")
+
+    def record(self, generation: int, state, report, seconds: float, elapsed: float) -> None:
+        config, search = self.job.config, self.job.search
+        used = {"images": (generation + 1) * search.images_per_generation, "nfe": (generation + 1) * search.nfe_per_generation}
+        if generation == 0:
+            baseline = (state.baseline_fitness, state.baseline_components, state.baseline_image)
+            line = _baseline_line(baseline, report, seconds, used)
+            _save_image(state.baseline_image, self.out / "images" / "baseline.png")
+        else:
+            line = _generation_line(generation, report, seconds, used, config.maximize)
+            _save_image(report.best_image, self.out / "images" / f"step_{generation:04d}.png")
+        line["elapsed_s"] = round(elapsed, 4)
+        self._file.write(json.dumps(line) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self.lines.append(line)
+        self.stopped_because = _stop_reason(config, line, generation)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def summary(self, state, problem: Problem) -> dict:
+        config, lines = self.job.config, self.lines
+        best_solution = np.asarray(state.best_solution)
+        np.save(self.out / "best_solution.npy", best_solution)
+        np.save(self.out / "best_latent.npy", np.asarray(self.job.space.apply(self.job.search_params.space, best_solution, problem.centre)))
+        plot_fitness(lines, self.out / "fitness.png", title=self.prompt)
+        final = lines[-1]
+        seconds = [line["wall_s"] for line in lines[1:]]
+        return {
+            "prompt": self.prompt,
+            "model": self.job.model.name,
+            "strategy": config.strategy,
+            "space": config.space,
+            "rewards": dict(config.rewards),
+            "maximize": config.maximize,
+            "baseline_fitness": lines[0]["best_fitness"],
+            "best_fitness": final["best_fitness"],
+            "best_components": {k: final[k] for k in config.rewards},
+            "baseline_components": {k: lines[0][k] for k in config.rewards},
+            "generations": len(lines) - 1,
+            "stopped_because": self.stopped_because or "steps",
+            "images": final["images"],
+            "nfe": final["nfe"],
+            "seconds_per_generation": round(float(np.median(seconds)), 4) if seconds else None,
+            "generation_0_s": lines[0]["wall_s"],
+            "search_s": final["elapsed_s"],
+            "best_image": f"images/step_{len(lines) - 1:04d}.png",
+            "device": jax.devices()[0].device_kind,
+            "num_devices": jax.device_count(),
+            "population_sharded_over": self.job.population_devices,
+            "config": config.to_dict(),
+        }
+
+
+def search_group(job: Job, step, problem: Problem, state, recorders: list[Recorder], checkpoints: Path, progress: bool, resume: bool) -> list[dict]:
+    """Run the prompts of ``recorders`` together (leading axis of ``problem`` and ``state``) to the end."""
+    config = job.config
+    checkpointer = Checkpointer(checkpoints, config.checkpoint_every) if config.checkpoint_every > 0 else None
+    done = -1
     if resume and checkpointer is not None:
         restored = checkpointer.restore_latest(state)
-        if restored is not None:
-            done, restored_state = restored
-            kept = _read_lines(out / "metrics.jsonl")[: done + 1]
-            if len(kept) == done + 1:
-                lines, state = kept, restored_state
-            else:  # lines are written before each checkpoint, so only a hand-edited file gets here
-                print(f"jaxalign: warning: {out / 'metrics.jsonl'} is shorter than its checkpoint; starting over", file=sys.stderr)
-    _rewrite_lines(out / "metrics.jsonl", lines)
-    generation_seconds = [line["wall_s"] for line in lines[1:]]
-    stopped_because = "steps"
-    bar = _progress_bar(config.steps, prompt, progress)
-    bar.update(max(0, len(lines) - 1))
-    search_start = time.perf_counter() - (lines[-1]["elapsed_s"] if lines else 0.0)
-    with (out / "metrics.jsonl").open("a") as metrics:
-        for generation in range(len(lines), config.steps + 1):
-            start = time.perf_counter()
-            state, report = step(job.model_params, problem, job.search_params, state)
-            report = jax.device_get(report)
-            seconds = time.perf_counter() - start
-            used = {"images": (generation + 1) * search.images_per_generation, "nfe": (generation + 1) * search.nfe_per_generation}
-            if generation == 0:
-                baseline = jax.device_get((state.baseline_fitness, state.baseline_components, state.baseline_image))
-                line = _baseline_line(baseline, report, seconds, used)
-                _save_image(baseline[2], out / "images" / "baseline.png")
-            else:
-                generation_seconds.append(seconds)
-                line = _generation_line(generation, report, seconds, used, config.maximize)
-                _save_image(report.best_image, out / "images" / f"step_{generation:04d}.png")
-                bar.update(1)
-                bar.set_postfix(best=f"{line['best_fitness']:.4g}", mean=f"{line['mean_fitness']:.4g}")
-            line["elapsed_s"] = round(time.perf_counter() - search_start, 4)
-            metrics.write(json.dumps(line) + "\n")
-            metrics.flush()
-            os.fsync(metrics.fileno())
-            lines.append(line)
-            stop = None
-            if generation and _reached(config, line["best_fitness"]):
-                stop = "target_reward"
-            elif generation and config.max_seconds and line["elapsed_s"] >= config.max_seconds:
-                stop = "max_seconds"
-            if checkpointer is not None and checkpointer.due(generation, last=stop is not None or generation == config.steps):
-                checkpointer.save(generation, state)
-            if stop:
-                stopped_because = stop
-                break
+        if restored is not None and all(r.resume_from(restored[0]) for r in recorders):
+            done, state = restored
+        else:
+            if restored is not None:
+                print(f"jaxalign: warning: metrics in {recorders[0].out} are shorter than their checkpoint; starting over", file=sys.stderr)
+            for recorder in recorders:
+                recorder.lines, recorder.stopped_because = [], None
+    for recorder in recorders:
+        recorder.open()
+    label = recorders[0].prompt if len(recorders) == 1 else f"{len(recorders)} prompts"
+    bar = _progress_bar(config.steps, label, progress)
+    bar.update(max(0, done))
+    search_start = time.perf_counter() - (recorders[0].lines[-1]["elapsed_s"] if done >= 0 else 0.0)
+    for generation in range(done + 1, config.steps + 1):
+        if all(r.stopped_because for r in recorders):
+            break
+        start = time.perf_counter()
+        state, reports = step(job.model_params, problem, job.search_params, state)
+        host_state, reports = jax.device_get((_reported_state(state, generation), reports))
+        seconds = time.perf_counter() - start
+        elapsed = time.perf_counter() - search_start
+        for j, recorder in enumerate(recorders):
+            if not recorder.stopped_because:
+                recorder.record(generation, _member(host_state, j), _member(reports, j), seconds, elapsed)
+        if generation:
+            bar.update(1)
+            bar.set_postfix(best=_fmt_best(recorders))
+        finished = all(r.stopped_because for r in recorders) or generation == config.steps
+        if checkpointer is not None and checkpointer.due(generation, last=finished):
+            checkpointer.save(generation, state)
     bar.close()
     if checkpointer is not None:
         checkpointer.close()
-    if len(lines) > 1 and _reached(config, lines[-1]["best_fitness"]):
-        stopped_because = "target_reward"
-    best_solution = np.asarray(state.best_solution)
-    np.save(out / "best_solution.npy", best_solution)
-    np.save(out / "best_latent.npy", np.asarray(job.space.apply(job.search_params.space, best_solution, problem.centre)))
-    plot_fitness(lines, out / "fitness.png", title=prompt)
-    final = lines[-1]
-    return {
-        "prompt": prompt,
-        "model": job.model.name,
-        "strategy": config.strategy,
-        "space": config.space,
-        "rewards": dict(config.rewards),
-        "maximize": config.maximize,
-        "baseline_fitness": lines[0]["best_fitness"],
-        "best_fitness": final["best_fitness"],
-        "best_components": {k: final[k] for k in config.rewards},
-        "baseline_components": {k: lines[0][k] for k in config.rewards},
-        "generations": len(lines) - 1,
-        "stopped_because": stopped_because,
-        "images": final["images"],
-        "nfe": final["nfe"],
-        "seconds_per_generation": round(float(np.median(generation_seconds)), 4) if generation_seconds else None,
-        "generation_0_s": lines[0]["wall_s"],
-        "search_s": final["elapsed_s"],
-        "best_image": f"images/step_{len(lines) - 1:04d}.png",
-        "device": jax.devices()[0].device_kind,
-        "config": config.to_dict(),
-    }
+    for recorder in recorders:
+        recorder.close()
+    host_state = jax.device_get(state)
+    return [recorder.summary(_member(host_state, j), _member(problem, j)) for j, recorder in enumerate(recorders)]
+
+
+def _reported_state(state, generation: int):
+    # Only generation 0 needs the baseline from the state; later lines come from the report.
+    return state if generation == 0 else None
+
+
+def _member(tree, index: int):
+    return None if tree is None else jax.tree.map(lambda x: x[index], tree)
+
+
+def _fmt_best(recorders: list[Recorder]) -> str:
+    bests = [r.lines[-1]["best_fitness"] for r in recorders if r.lines and r.lines[-1]["best_fitness"] is not None]
+    return f"{np.median(bests):.4g}" if bests else "n/a"
+
+
+def _stop_reason(config, line: dict, generation: int) -> str | None:
+    if generation and _reached(config, line["best_fitness"]):
+        return "target_reward"
+    if generation and config.max_seconds and line["elapsed_s"] >= config.max_seconds:
+        return "max_seconds"
+    if generation >= config.steps:
+        return "steps"
+    return None
 
 
 def _baseline_line(baseline, report, seconds: float, used: dict) -> dict:

@@ -105,7 +105,7 @@ def rank_last(minimised: jax.Array, finite: jax.Array) -> jax.Array:
 class Search(NamedTuple):
     init: Any  # (key, problem, params) -> SearchState
     step: Any  # (model_params, problem, params, state) -> (SearchState, Generation); jitted
-    default_params: Any  # (problem) -> SearchParams
+    default_params: Any  # (...) -> SearchParams
     popsize: int
     images_per_generation: int
     nfe_per_generation: int
@@ -120,7 +120,14 @@ def make_search(
     latent_shape: tuple[int, int, int],
     image_shape: tuple[int, int, int],
     maximize: bool = True,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> Search:
+    """Compose the pieces into ``init`` and the one-generation ``step``.
+
+    With a ``mesh`` whose one axis is named ``"population"``, the population's latents and images
+    are sharded over its devices (each device denoises and decodes its share of the population);
+    the strategy state stays replicated.
+    """
     popsize = strategy.population_size
     direction = Direction(maximize)
     population_based = is_population_based(strategy)
@@ -158,8 +165,22 @@ def make_search(
         # and the second generation reuses the first one's compilation.
         return jax.tree.map(lambda x: jnp.asarray(x, x.dtype), state)
 
+    def shard_population(x):
+        if mesh is None:
+            return x
+        spec = jax.sharding.PartitionSpec("population", *([None] * (x.ndim - 1)))
+        return jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, spec))
+
+    def replicate(tree):
+        # The strategy state and the reports stay whole on every device, so the next step's inputs
+        # have the shardings the compiled step expects.
+        if mesh is None:
+            return tree
+        return jax.lax.with_sharding_constraint(tree, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+
     def evaluate(model_params, problem: Problem, params: SearchParams, solutions):
         latents = jax.vmap(space.apply, in_axes=(None, 0, None))(params.space, solutions, problem.centre)
+        latents = shard_population(latents)
         images = sampler.sample(model_params, latents, problem.context, problem.uncond_context, params.guidance_scale)
         total, components = objective.fn(images, params.reward_weights)
         return total, components, images
@@ -219,7 +240,7 @@ def make_search(
             best_components=state.best_components,
             best_image=state.best_image,
         )
-        return state, report
+        return replicate(state), replicate(report)
 
     def default_params(strategy_overrides: Any = None, space_overrides: Mapping | None = None, reward_weights=None, guidance_scale=7.5):
         return SearchParams(
@@ -237,6 +258,25 @@ def make_search(
         images_per_generation=popsize,
         nfe_per_generation=popsize * sampler.num_steps,
     )
+
+
+def batched(search: Search) -> tuple[Any, Any]:
+    """``init`` and ``step`` over a leading prompt axis of problems and states, in one compiled step.
+
+    Every prompt keeps its own key, strategy state and best-so-far; results equal running the
+    prompts one at a time with the same keys.
+    """
+    init = jax.jit(jax.vmap(search.init, in_axes=(0, 0, None)))
+    step = jax.jit(jax.vmap(search.step, in_axes=(None, 0, None, 0)))
+    return init, step
+
+
+def population_mesh(popsize: int) -> jax.sharding.Mesh | None:
+    """A one-axis mesh over all devices for the population, when there are several and they divide it."""
+    devices = jax.devices()
+    if len(devices) < 2 or popsize % len(devices):
+        return None
+    return jax.sharding.Mesh(devices, ("population",))
 
 
 def _cond(predicate, true_fn, false_fn):

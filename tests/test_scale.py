@@ -1,0 +1,94 @@
+"""Multi-prompt batching, population sharding over 8 CPU devices, and the persistent compilation cache."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxalign.cli import main
+from jaxalign.run import make_problem
+from jaxalign.search import batched
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT = str(ROOT / "configs" / "default.py")
+SMALL = ["--config.height=32", "--config.width=32", "--config.num_inference_steps=2"]
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_DISABLE_MOST_OPTIMIZATIONS": "true"}
+PROMPTS = ["a red circle", "a blue square", "a green star"]
+
+
+def test_batched_prompts_equal_one_at_a_time(small_job):
+    job = small_job
+    problems, keys = zip(*(make_problem(job, p, i) for i, p in enumerate(PROMPTS)))
+    init, step = batched(job.search)
+    stacked = jax.tree.map(lambda *x: jnp.stack(x), *problems)
+    states = init(jnp.stack(keys), stacked, job.search_params)
+    singles = [job.search.init(k, p, job.search_params) for k, p in zip(keys, problems)]
+    for _ in range(3):
+        states, reports = step(job.model_params, stacked, job.search_params, states)
+        for j, problem in enumerate(problems):
+            singles[j], report = job.search.step(job.model_params, problem, job.search_params, singles[j])
+            np.testing.assert_allclose(np.asarray(reports.fitness[j]), np.asarray(report.fitness), rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(float(reports.best_fitness[j]), float(report.best_fitness), rtol=1e-5)
+    assert step._cache_size() == 1
+    # The prompts are really different searches.
+    assert len({float(b) for b in reports.best_fitness}) == 3
+
+
+def metrics(workdir):
+    return [
+        {k: v for k, v in json.loads(line).items() if k not in ("wall_s", "elapsed_s")}
+        for line in Path(workdir, "metrics.jsonl").read_text().splitlines()
+    ]
+
+
+def assert_same_metrics(a, b, rel=1e-5):
+    assert len(a) == len(b)
+    for line_a, line_b in zip(a, b):
+        assert line_a.keys() == line_b.keys()
+        for key, value in line_a.items():
+            assert line_b[key] == (pytest.approx(value, rel=rel, abs=1e-6) if isinstance(value, float) else value), key
+
+
+def test_cli_batch_prompts_matches_sequential(tmp_path, capsys):
+    common = ["run", "--config", DEFAULT, "--no-progress", *SMALL, "--config.popsize=6", "--config.steps=3",
+              f"--config.prompts={PROMPTS[:2]!r}", "--config.rewards={'brightness': 1.0}"]  # fmt: skip
+    assert main([*common, "--workdir", str(tmp_path / "seq")]) == 0
+    assert main([*common, "--workdir", str(tmp_path / "batch"), "--config.batch_prompts=true"]) == 0
+    for folder in ("000_a_red_circle", "001_a_blue_square"):
+        assert_same_metrics(metrics(tmp_path / "seq" / folder), metrics(tmp_path / "batch" / folder))
+    summaries = json.loads((tmp_path / "batch" / "summary.json").read_text())["prompts"]
+    assert [s["prompts_per_step"] for s in summaries] == [2, 2]
+
+
+def run_cli(workdir, *extra, env=ENV):
+    args = [sys.executable, "-m", "jaxalign", "run", "--config", DEFAULT, "--workdir", str(workdir), "--no-progress", *SMALL, *extra]
+    result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    return json.loads(Path(workdir, "summary.json").read_text())
+
+
+def test_population_sharded_over_eight_devices_matches_one_device(tmp_path):
+    extra = ["--config.popsize=8", "--config.steps=3", "--config.rewards={'brightness': 1.0, 'contrast': 1.0}"]
+    eight = {**ENV, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    sharded = run_cli(tmp_path / "sharded", *extra, env=eight)
+    single = run_cli(tmp_path / "single", *extra)
+    assert sharded["num_devices"] == 8 and sharded["population_sharded_over"] == 8
+    assert single["num_devices"] == 1 and single["population_sharded_over"] == 1
+    assert_same_metrics(metrics(tmp_path / "sharded"), metrics(tmp_path / "single"), rel=1e-4)
+
+
+def test_persistent_compilation_cache_is_reused_across_processes(tmp_path):
+    cache = tmp_path / "xla-cache"
+    extra = ["--config.popsize=4", "--config.steps=1", f"--config.compilation_cache_dir={cache}"]
+    first = run_cli(tmp_path / "first", *extra)
+    assert any(cache.iterdir())
+    second = run_cli(tmp_path / "second", *extra)
+    assert first["compilation_cache_hits"] == 0
+    assert second["compilation_cache_hits"] >= 1
+    assert metrics(tmp_path / "first") == metrics(tmp_path / "second")
