@@ -51,7 +51,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.steps = 10  # generations after generation 0 (baseline + initial population)
     c.max_seconds = 0.0  # stop after this much search time; 0 means no limit
     c.target_reward = config_dict.placeholder(float)  # stop once the best reaches it; None: no target
-    c.seed = 0
+    c.seed = 0  # centre latents and search keys
     # Scale.
     c.batch_prompts = False  # search all prompts together in one vmapped compiled step
     c.shard_population = True  # shard the population over all local devices when they divide popsize
@@ -61,8 +61,8 @@ def default_config() -> ml_collections.ConfigDict:
     return c
 
 
-def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
-    """Run ``get_config()`` of a config file, check its fields and apply ``--config.x=v`` overrides."""
+def load_config(path: str | Path, overrides: Sequence[str] = (), schema: ml_collections.ConfigDict | None = None) -> ml_collections.ConfigDict:
+    """Run ``get_config()`` of a config file, check its fields against ``schema`` and apply overrides."""
     path = Path(path)
     if not path.is_file():
         raise JaxalignError(f"config file not found: {path}")
@@ -79,14 +79,14 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ml_collectio
     if not hasattr(module, "get_config"):
         raise JaxalignError(f"config {path} has no get_config() function")
     config = module.get_config()
-    check_fields(config)
+    check_fields(config, schema)
     for override in overrides:
         apply_override(config, override)
     return config
 
 
-def check_fields(config: ml_collections.ConfigDict) -> None:
-    schema = default_config()
+def check_fields(config: ml_collections.ConfigDict, schema: ml_collections.ConfigDict | None = None) -> None:
+    schema = default_config() if schema is None else schema
     unknown = sorted(set(config.keys()) - set(schema.keys()))
     if unknown:
         raise JaxalignError(f"config field(s) {', '.join(unknown)} do not exist; valid: {', '.join(sorted(schema.keys()))}")
@@ -104,7 +104,7 @@ def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
         if name not in node or not isinstance(node[name], ml_collections.ConfigDict):
             raise JaxalignError(f"config field {'.'.join(parents[: i + 1])!r} does not exist")
         node = node[name]
-    is_open = len(parents) == 1 and parents[0] in OPEN_MAPPINGS
+    is_open = len(parents) >= 1 and parents[-1] in OPEN_MAPPINGS
     if leaf not in node:
         if not is_open:
             raise JaxalignError(f"config field {dotted!r} does not exist; valid: {', '.join(sorted(node.keys()))}")

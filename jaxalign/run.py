@@ -54,11 +54,14 @@ class Job:
     population_devices: int
 
 
-def build(config) -> Job:
-    """Everything a run needs, built and checked; raises JaxalignError on bad input."""
+def build(config, loaded: tuple[DiffusionModel, Any] | None = None) -> Job:
+    """Everything a run needs, built and checked; raises JaxalignError on bad input.
+
+    ``loaded`` reuses an already loaded ``(model, params)`` (sweeps load the model once).
+    """
     validate(config)
     prompts = read_prompts(config)
-    model, model_params = load_model(config.model, dtype=config.dtype, seed=config.seed)
+    model, model_params = loaded if loaded is not None else load_model(config.model, dtype=config.dtype)
     latent_shape = model.latent_shape(config.height, config.width)
     space = SPACES[config.space]()
     unknown = sorted(set(config.space_params) - set(space.default_params))

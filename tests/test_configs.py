@@ -13,9 +13,15 @@ CONFIGS = sorted(p for p in (Path(__file__).resolve().parent.parent / "configs")
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_config_loads_and_validates(path, monkeypatch):
     monkeypatch.chdir(path.parent.parent)  # relative prompt files resolve from the repository root
+    if path.stem.startswith("sweep"):
+        from jaxalign.sweep import load_sweep_config
+
+        validate(load_sweep_config(path).base)
+        assert "python scripts/sweep.py --config configs/" + path.name in path.read_text()
+        return
     config = load_config(path)
     validate(config)
-    assert "jaxalign run --config configs/" + path.name in (path.read_text())
+    assert "jaxalign run --config configs/" + path.name in path.read_text()
 
 
 def test_variant_changes_a_few_fields():

@@ -1,0 +1,188 @@
+"""Sweeps: the Cartesian product of prompts x strategies x spaces x seeds x reward sets.
+
+A sweep config (``configs/sweep.py``) holds a ``base`` run config and the axes. Runs that share a
+strategy, space, reward set and seed form one job: the model is loaded once for the whole sweep,
+and the prompts of a job reuse one compiled generation step (with ``base.compilation_cache_dir``
+set, jobs whose programs are identical also skip compilation across processes). Each job writes a
+normal run workdir (one subfolder per prompt); re-running the sweep resumes unfinished jobs from
+their checkpoints and skips finished ones. The aggregate is ``runs.csv`` (one row per run: final
+fitness, NFE, wall time), ``steps.csv`` (best fitness per step of every run) and one plot per
+reward set of the median and interquartile range of best fitness against NFE for each strategy.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import itertools
+import json
+import re
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+
+from jaxalign.config import apply_override, check_fields, default_config, load_config, read_prompts
+from jaxalign.errors import JaxalignError
+
+AXES = ("strategies", "spaces", "seeds", "reward_sets")
+
+
+def default_sweep_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.base = default_config()  # every run starts from this; its prompts / prompt_file are the prompt axis
+    c.strategies = [{"name": "CoSyNE", "params": {}}]  # each: {"name": ..., "params": {...}}
+    c.spaces = [{"name": "noise", "params": {}}]  # each: {"name": ..., "params": {...}}
+    c.seeds = [0]
+    c.reward_sets = [{"jpeg_compressibility": 1.0}]  # each: reward name -> weight
+    return c
+
+
+def load_sweep_config(path: str | Path, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    config = load_config(path, (), schema=default_sweep_config())
+    for override in overrides:
+        apply_override(config, override)
+    check_sweep(config)
+    return config
+
+
+def check_sweep(config: ml_collections.ConfigDict) -> None:
+    unknown = sorted(set(config.keys()) - set(default_sweep_config().keys()))
+    if unknown:
+        raise JaxalignError(f"sweep config field(s) {', '.join(unknown)} do not exist; valid: base, {', '.join(AXES)}")
+    check_fields(config.base)
+    for axis in AXES:
+        if len(config[axis]) == 0:
+            raise JaxalignError(f"sweep axis {axis} is empty")
+    read_prompts(config.base)
+
+
+def expand(config: ml_collections.ConfigDict) -> list[tuple[str, ml_collections.ConfigDict]]:
+    """(job name, run config) for every strategy x space x seed x reward set; prompts stay inside each job."""
+    jobs = []
+    for strategy, space, seed, rewards in itertools.product(
+        _named(config.strategies), _named(config.spaces), list(config.seeds), list(config.reward_sets)
+    ):
+        run = copy.deepcopy(config.base)
+        run.strategy, run.strategy_params = strategy["name"], dict(strategy.get("params", {}))
+        run.space, run.space_params = space["name"], dict(space.get("params", {}))
+        run.seed, run.rewards = int(seed), dict(rewards)
+        name = "__".join([_label(strategy), _label(space), _reward_label(rewards), f"seed{seed}"])
+        jobs.append((name, run))
+    return jobs
+
+
+def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path, progress: bool = False) -> dict:
+    """Run (or resume) every job, then write the aggregate CSVs and plots. Returns counts and wall time."""
+    from jaxalign.model import load_model
+    from jaxalign.run import build, check_workdir, run
+
+    check_sweep(config)
+    workdir = check_workdir(workdir)
+    jobs = expand(config)
+    loaded = load_model(config.base.model, dtype=config.base.dtype)
+    built = [(name, build(run_config, loaded)) for name, run_config in jobs]  # all bad input fails here, before output
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "sweep_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    start = time.perf_counter()
+    ran = skipped = 0
+    for name, job in built:
+        job_dir = workdir / name
+        finished = (job_dir / "summary.json").is_file()
+        run(job, job_dir, progress=progress, resume=True)
+        skipped, ran = skipped + finished, ran + (not finished)
+    wall_s = time.perf_counter() - start
+    rows, steps = aggregate(workdir, [name for name, _ in built])
+    return {"jobs": len(built), "ran": ran, "skipped": skipped, "runs": len(rows), "wall_s": round(wall_s, 2), "steps_rows": len(steps)}
+
+
+def aggregate(workdir: Path, names: list[str]) -> tuple[list[dict], list[dict]]:
+    rows, steps = [], []
+    for name in names:
+        job_dir = workdir / name
+        for summary_path in sorted(job_dir.glob("**/summary.json")):
+            summary = json.loads(summary_path.read_text())
+            if "prompts" in summary:
+                continue
+            run_id = f"{name}/{summary_path.parent.relative_to(job_dir)}".rstrip("/.")
+            rows.append(
+                {
+                    "run": run_id,
+                    "strategy": summary["strategy"],
+                    "space": summary["space"],
+                    "rewards": _reward_label(summary["rewards"]),
+                    "seed": summary["config"]["seed"],
+                    "prompt": summary["prompt"],
+                    "baseline_fitness": summary["baseline_fitness"],
+                    "best_fitness": summary["best_fitness"],
+                    "generations": summary["generations"],
+                    "nfe": summary["nfe"],
+                    "images": summary["images"],
+                    "search_s": summary["search_s"],
+                    "seconds_per_generation": summary["seconds_per_generation"],
+                }
+            )
+            for line in (summary_path.parent / "metrics.jsonl").read_text().splitlines():
+                line = json.loads(line)
+                steps.append({"run": run_id, "strategy": summary["strategy"], "rewards": rows[-1]["rewards"], "step": line["step"],
+                              "best_fitness": line["best_fitness"], "nfe": line["nfe"], "elapsed_s": line["elapsed_s"]})  # fmt: skip
+    _write_csv(workdir / "runs.csv", rows)
+    _write_csv(workdir / "steps.csv", steps)
+    plot_sweep(steps, workdir)
+    return rows, steps
+
+
+def plot_sweep(steps: list[dict], workdir: Path) -> None:
+    """Per reward set: median and interquartile range of best fitness against NFE, one curve per strategy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for rewards in sorted({s["rewards"] for s in steps}):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for strategy in sorted({s["strategy"] for s in steps if s["rewards"] == rewards}):
+            runs: dict[str, dict[int, float]] = {}
+            for s in steps:
+                if s["rewards"] == rewards and s["strategy"] == strategy and s["best_fitness"] is not None:
+                    runs.setdefault(s["run"], {})[s["nfe"]] = s["best_fitness"]
+            nfes = sorted(set.intersection(*(set(r) for r in runs.values())))
+            values = np.array([[r[n] for n in nfes] for r in runs.values()])
+            q25, median, q75 = np.percentile(values, [25, 50, 75], axis=0)
+            ax.plot(nfes, median, "-o", markersize=3, label=f"{strategy} (n={len(runs)})")
+            ax.fill_between(nfes, q25, q75, alpha=0.2)
+        ax.set_xlabel("NFE (denoising steps)")
+        ax.set_ylabel(f"best fitness ({rewards})")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(workdir / f"sweep_{rewards}.png", dpi=100)
+        plt.close(fig)
+
+
+def _named(entries) -> list[dict]:
+    named = []
+    for entry in entries:
+        entry = {"name": entry} if isinstance(entry, str) else dict(entry)
+        if "name" not in entry:
+            raise JaxalignError(f"sweep entry {entry} has no name")
+        named.append(entry)
+    return named
+
+
+def _label(entry: dict) -> str:
+    params = "".join(f"-{k}{v}" for k, v in sorted(dict(entry.get("params", {})).items()))
+    return re.sub(r"[^A-Za-z0-9_.+-]", "", entry["name"] + params)
+
+
+def _reward_label(rewards) -> str:
+    return "+".join(f"{w:g}{name}" if w != 1 else name for name, w in sorted(dict(rewards).items()))
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    with path.open("w", newline="") as handle:
+        if rows:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
