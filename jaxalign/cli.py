@@ -25,6 +25,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", required=True, help="a config file (configs/<name>.py) with get_config()")
     run.add_argument("--workdir", required=True, help="output directory")
     run.add_argument("--resume", action="store_true", help="continue an interrupted run in WORKDIR from its checkpoints")
+    run.add_argument(
+        "--distributed", action="store_true", help="call jax.distributed.initialize() first (multi-host TPU/GPU; cluster from the environment)"
+    )
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
@@ -51,14 +54,21 @@ def _run(args, overrides: list[str]) -> int:
     from jaxalign.run import build, check_workdir, run
 
     config = load_config(args.config, overrides)
-    check_workdir(args.workdir)
+    workdir = args.workdir
+    if args.distributed:
+        import jax
+
+        jax.distributed.initialize()
+        if jax.process_count() > 1 and jax.process_index() > 0:  # process 0 writes the run; the others beside it
+            workdir = f"{workdir}/process_{jax.process_index()}"
+    check_workdir(workdir)
     job = build(config)
-    summaries = run(job, args.workdir, progress=not args.no_progress, resume=args.resume)
+    summaries = run(job, workdir, progress=not args.no_progress, resume=args.resume)
     for summary in summaries:
         print(
             f"{summary['prompt'][:50]!r}: baseline {_fmt(summary['baseline_fitness'])} -> best {_fmt(summary['best_fitness'])} "
             f"after {summary['generations']} generations ({summary['seconds_per_generation']} s/generation, "
-            f"compile {summary['compile_s']} s) in {args.workdir}"
+            f"compile {summary['compile_s']} s) in {workdir}"
         )
     return 0
 

@@ -85,10 +85,11 @@ def test_population_sharded_over_eight_devices_matches_one_device(tmp_path):
 
 def test_persistent_compilation_cache_is_reused_across_processes(tmp_path):
     cache = tmp_path / "xla-cache"
-    extra = ["--config.popsize=4", "--config.steps=1", f"--config.compilation_cache_dir={cache}"]
+    # A reward without host callbacks: JAX never caches programs that contain them.
+    extra = ["--config.popsize=4", "--config.steps=1", f"--config.compilation_cache_dir={cache}", "--config.rewards={'contrast': 1.0}"]
     first = run_cli(tmp_path / "first", *extra)
     assert any(cache.iterdir())
     second = run_cli(tmp_path / "second", *extra)
-    assert first["compilation_cache_hits"] == 0
-    assert second["compilation_cache_hits"] >= 1
+    assert first["step_from_compilation_cache"] is False
+    assert second["step_from_compilation_cache"] is True
     assert metrics(tmp_path / "first") == metrics(tmp_path / "second")
