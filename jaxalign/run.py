@@ -35,7 +35,7 @@ from jaxalign.errors import JaxalignError
 from jaxalign.model import DiffusionModel, load_model
 from jaxalign.rewards import weighted_sum
 from jaxalign.sampler import make_sampler
-from jaxalign.search import Problem, Search, SearchParams, batched, make_search, population_mesh
+from jaxalign.search import Problem, Search, SearchParams, batched, device_mesh, make_search, prompt_sharding
 from jaxalign.spaces import SPACES
 from jaxalign.strategies import make_params, make_strategy
 
@@ -51,7 +51,7 @@ class Job:
     space: Any
     sampler: Any
     latent_shape: tuple[int, int, int]
-    population_devices: int
+    mesh: Any  # ("prompts", "population") device mesh, or None on one device
 
 
 def build(config, loaded: tuple[DiffusionModel, Any] | None = None) -> Job:
@@ -73,7 +73,7 @@ def build(config, loaded: tuple[DiffusionModel, Any] | None = None) -> Job:
     strategy_params = make_params(strategy, dict(config.strategy_params))
     objective = weighted_sum(dict(config.rewards))
     sampler = make_sampler(model, config.scheduler, config.num_inference_steps)
-    mesh = population_mesh(config.popsize) if config.shard_population else None
+    mesh = device_mesh(config.popsize, len(prompts) if config.batch_prompts else 1) if config.shard_population else None
     search = make_search(
         sampler=sampler,
         space=space,
@@ -89,7 +89,7 @@ def build(config, loaded: tuple[DiffusionModel, Any] | None = None) -> Job:
         space_overrides=dict(config.space_params),
         guidance_scale=config.guidance_scale,
     )
-    return Job(config, model, model_params, search, search_params, prompts, space, sampler, latent_shape, mesh.size if mesh else 1)
+    return Job(config, model, model_params, search, search_params, prompts, space, sampler, latent_shape, mesh)
 
 
 def check_workdir(workdir: str | Path) -> Path:
@@ -137,7 +137,7 @@ def run(job: Job, workdir: str | Path, progress: bool = True, resume: bool = Fal
     else:
         groups = [([i], outs[i] / "checkpoints") for i in range(len(job.prompts))]
 
-    init, step = batched(job.search)
+    init, step = batched(job.search, job.mesh)
     compiled: dict[int, Any] = {}
     summaries: dict[int, dict] = {}
     for members, checkpoints in groups:
@@ -145,8 +145,8 @@ def run(job: Job, workdir: str | Path, progress: bool = True, resume: bool = Fal
             summaries.update({i: json.loads((outs[i] / "summary.json").read_text()) for i in members})
             continue
         problems, keys = zip(*(make_problem(job, job.prompts[i], i) for i in members))
-        problem = jax.tree.map(lambda *x: jnp.stack(x), *problems)
-        state = init(jnp.stack(keys), problem, job.search_params)
+        problem = prompt_sharding(job.mesh, jax.tree.map(lambda *x: jnp.stack(x), *problems))
+        state = prompt_sharding(job.mesh, init(prompt_sharding(job.mesh, jnp.stack(keys)), problem, job.search_params))
         compile_s, from_cache = 0.0, None
         if len(members) not in compiled:  # same shapes, same executable: compile once, ahead of time
             start, hits = time.perf_counter(), _CACHE_HITS[0]
@@ -268,7 +268,8 @@ class Recorder:
             "best_image": f"images/step_{len(lines) - 1:04d}.png",
             "device": jax.devices()[0].device_kind,
             "num_devices": jax.device_count(),
-            "population_sharded_over": self.job.population_devices,
+            "population_sharded_over": self.job.mesh.shape["population"] if self.job.mesh else 1,
+            "prompts_sharded_over": self.job.mesh.shape["prompts"] if self.job.mesh else 1,
             "config": config.to_dict(),
         }
 
@@ -287,6 +288,7 @@ def search_group(job: Job, step, problem: Problem, state, recorders: list[Record
                 print(f"jaxalign: warning: metrics in {recorders[0].out} are shorter than their checkpoint; starting over", file=sys.stderr)
             for recorder in recorders:
                 recorder.lines, recorder.stopped_because = [], None
+    state = jax.device_put(state, step.input_shardings[0][3])  # where the compiled step expects it
     for recorder in recorders:
         recorder.open()
     label = recorders[0].prompt if len(recorders) == 1 else f"{len(recorders)} prompts"

@@ -21,11 +21,13 @@ counted.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from jaxalign.model import Params as ModelParams
@@ -124,9 +126,9 @@ def make_search(
 ) -> Search:
     """Compose the pieces into ``init`` and the one-generation ``step``.
 
-    With a ``mesh`` whose one axis is named ``"population"``, the population's latents and images
-    are sharded over its devices (each device denoises and decodes its share of the population);
-    the strategy state stays replicated.
+    With a ``mesh`` that has a ``"population"`` axis, the population's latents and images are
+    sharded over it (each device denoises and decodes its share of the population); the strategy
+    state stays replicated.
     """
     popsize = strategy.population_size
     direction = Direction(maximize)
@@ -260,23 +262,44 @@ def make_search(
     )
 
 
-def batched(search: Search) -> tuple[Any, Any]:
+def batched(search: Search, mesh: jax.sharding.Mesh | None = None) -> tuple[Any, Any]:
     """``init`` and ``step`` over a leading prompt axis of problems and states, in one compiled step.
 
     Every prompt keeps its own key, strategy state and best-so-far; results equal running the
-    prompts one at a time with the same keys.
+    prompts one at a time with the same keys. With a mesh whose ``"prompts"`` axis has several
+    devices, the prompt axis is sharded over it (inputs must be placed with :func:`prompt_sharding`).
     """
-    init = jax.jit(jax.vmap(search.init, in_axes=(0, 0, None)))
-    step = jax.jit(jax.vmap(search.step, in_axes=(None, 0, None, 0)))
+    spmd = "prompts" if mesh is not None and mesh.shape["prompts"] > 1 else None
+    init = jax.jit(jax.vmap(search.init, in_axes=(0, 0, None), spmd_axis_name=spmd))
+    step = jax.jit(jax.vmap(search.step, in_axes=(None, 0, None, 0), spmd_axis_name=spmd))
     return init, step
 
 
-def population_mesh(popsize: int) -> jax.sharding.Mesh | None:
-    """A one-axis mesh over all devices for the population, when there are several and they divide it."""
+def device_mesh(popsize: int, num_prompts: int = 1) -> jax.sharding.Mesh | None:
+    """A ("prompts", "population") mesh over the local devices, or None on one device.
+
+    Prompts searched together take as many devices as divide their number; the population shares
+    the rest when they divide ``popsize`` (otherwise the population is not sharded and only the
+    prompt axis uses devices).
+    """
     devices = jax.devices()
-    if len(devices) < 2 or popsize % len(devices):
+    if len(devices) < 2:
         return None
-    return jax.sharding.Mesh(devices, ("population",))
+    prompts = math.gcd(num_prompts, len(devices))
+    population = len(devices) // prompts
+    if popsize % population:
+        population = 1
+    if prompts * population == 1:
+        return None
+    grid = np.asarray(devices[: prompts * population]).reshape(prompts, population)
+    return jax.sharding.Mesh(grid, ("prompts", "population"))
+
+
+def prompt_sharding(mesh: jax.sharding.Mesh | None, tree: Any) -> Any:
+    """Place a tree with a leading prompt axis on ``mesh``, split over its "prompts" axis."""
+    if mesh is None or mesh.shape["prompts"] == 1:
+        return tree
+    return jax.device_put(tree, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("prompts")))
 
 
 def _cond(predicate, true_fn, false_fn):

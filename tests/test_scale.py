@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -81,6 +82,33 @@ def test_population_sharded_over_eight_devices_matches_one_device(tmp_path):
     assert sharded["num_devices"] == 8 and sharded["population_sharded_over"] == 8
     assert single["num_devices"] == 1 and single["population_sharded_over"] == 1
     assert_same_metrics(metrics(tmp_path / "sharded"), metrics(tmp_path / "single"), rel=1e-4)
+
+
+def test_prompt_and_population_axes_sharded_over_eight_devices(tmp_path):
+    extra = ["--config.popsize=8", "--config.steps=3", "--config.batch_prompts=true", f"--config.prompts={PROMPTS[:2]!r}",
+             "--config.rewards={'brightness': 1.0}"]  # fmt: skip
+    eight = {**ENV, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    run_cli(tmp_path / "sharded", *extra, env=eight)
+    run_cli(tmp_path / "single", *extra)
+    for folder in ("000_a_red_circle", "001_a_blue_square"):
+        summary = json.loads((tmp_path / "sharded" / folder / "summary.json").read_text())
+        assert (summary["prompts_sharded_over"], summary["population_sharded_over"]) == (2, 4)
+        assert_same_metrics(metrics(tmp_path / "sharded" / folder), metrics(tmp_path / "single" / folder), rel=1e-4)
+
+
+def test_sharded_run_resumes_from_checkpoint(tmp_path):
+    extra = ["--config.popsize=8", "--config.steps=4", "--config.checkpoint_every=2", "--config.rewards={'brightness': 1.0}"]
+    eight = {**ENV, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    run_cli(tmp_path / "run", *extra, env=eight)
+    complete = metrics(tmp_path / "run")
+    # As if killed after generation 3 was logged: the newest usable checkpoint is generation 2.
+    (tmp_path / "run" / "summary.json").unlink()
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    (tmp_path / "run" / "metrics.jsonl").write_text("\n".join(lines[:4]) + "\n")
+    shutil.rmtree(tmp_path / "run" / "checkpoints" / "4")
+    summary = run_cli(tmp_path / "run", *extra, "--resume", env=eight)
+    assert summary["population_sharded_over"] == 8
+    assert metrics(tmp_path / "run") == complete
 
 
 def test_persistent_compilation_cache_is_reused_across_processes(tmp_path):
