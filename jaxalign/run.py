@@ -79,7 +79,6 @@ def build(config, loaded: tuple[DiffusionModel, Any] | None = None) -> Job:
         space=space,
         strategy=strategy,
         objective=objective,
-        latent_shape=latent_shape,
         image_shape=(config.height, config.width, 3),
         maximize=config.maximize,
         mesh=mesh,
@@ -221,7 +220,7 @@ class Recorder:
 
     def record(self, generation: int, state, report, seconds: float, elapsed: float) -> None:
         config, search = self.job.config, self.job.search
-        used = {"images": (generation + 1) * search.images_per_generation, "nfe": (generation + 1) * search.nfe_per_generation}
+        used = {"images": (generation + 1) * search.popsize, "nfe": (generation + 1) * search.nfe_per_generation}
         if generation == 0:
             baseline = (state.baseline_fitness, state.baseline_components, state.baseline_image)
             line = _baseline_line(baseline, report, seconds, used)

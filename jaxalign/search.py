@@ -109,7 +109,6 @@ class Search(NamedTuple):
     step: Any  # (model_params, problem, params, state) -> (SearchState, Generation); jitted
     default_params: Any  # (...) -> SearchParams
     popsize: int
-    images_per_generation: int
     nfe_per_generation: int
 
 
@@ -119,7 +118,6 @@ def make_search(
     space: SearchSpace,
     strategy,
     objective: Objective,
-    latent_shape: tuple[int, int, int],
     image_shape: tuple[int, int, int],
     maximize: bool = True,
     mesh: jax.sharding.Mesh | None = None,
@@ -257,7 +255,6 @@ def make_search(
         step=jax.jit(step),
         default_params=default_params,
         popsize=popsize,
-        images_per_generation=popsize,
         nfe_per_generation=popsize * sampler.num_steps,
     )
 

@@ -72,7 +72,6 @@ def _search(job, objective, maximize=True, strategy="CoSyNE"):
         space=job.space,
         strategy=make_strategy(strategy, job.config.popsize, centre_solution),
         objective=objective,
-        latent_shape=job.latent_shape,
         image_shape=(job.config.height, job.config.width, 3),
         maximize=maximize,
     )
