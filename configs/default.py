@@ -1,4 +1,5 @@
-"""The default job: CoSyNE over the initial noise of the embedded model, maximising JPEG compressibility.
+"""The default job: CoSyNE over the initial noise of the embedded model, maximising the share of red pixels
+(``color_fraction:red``) of "a red circle on a blue background".
 
 Run:
     jaxalign run --config configs/default.py --workdir runs/default

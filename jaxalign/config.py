@@ -4,7 +4,8 @@ Configs are Python files with a ``get_config()`` returning an ``ml_collections.C
 the flax examples and big_vision); :func:`default_config` is the complete schema, every config
 file starts from it and changes a few fields. Command-line overrides are
 ``--config.<field>=<value>``; fields that do not exist are an error, except inside the open
-mappings (``rewards``, ``strategy_params``, ``space_params``) whose keys depend on the names chosen.
+mappings (``rewards``, ``strategy_params``, ``space_params``, ``method_params``) whose keys depend on
+the names chosen.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from ml_collections import config_dict
 
 from jaxalign.errors import JaxalignError
 
-OPEN_MAPPINGS = ("rewards", "strategy_params", "space_params")
+OPEN_MAPPINGS = ("rewards", "strategy_params", "space_params", "method_params")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -32,17 +33,19 @@ def default_config() -> ml_collections.ConfigDict:
     c.prompts = ["a red circle on a blue background"]
     c.prompt_file = ""  # .txt (one prompt per line) or .csv with a "prompt" column; replaces prompts
     c.negative_prompt = ""
-    c.rewards = ml_collections.ConfigDict({"jpeg_compressibility": 1.0})  # reward name -> weight
+    c.rewards = ml_collections.ConfigDict({"color_fraction:red": 1.0})  # reward name (or name:argument) -> weight
     c.maximize = True
     # Model and sampler.
     c.model = "embedded"  # "embedded" or a local diffusers-format directory
     c.dtype = "float32"  # float32 | bfloat16
     c.scheduler = "ddim"  # ddim | dpmsolver++
     c.num_inference_steps = 10
-    c.height = 64
-    c.width = 64
+    c.height = 32  # the embedded model's size; 512 for SD 1.x
+    c.width = 32
     c.guidance_scale = 7.5
     # Search.
+    c.method = "evolution"  # evolution | random | zero_order | dno | dno_zo | svdd | dsearch | das
+    c.method_params = ml_collections.ConfigDict()  # options of a non-evolution method, e.g. learning_rate
     c.strategy = "CoSyNE"  # CoSyNE or any evosax algorithm name
     c.strategy_params = ml_collections.ConfigDict()  # fields of the strategy's evosax Params
     c.space = "noise"  # noise | rotation | svd_rotation
@@ -176,7 +179,8 @@ def read_prompts(config: ml_collections.ConfigDict) -> list[str]:
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks that need no model: numbers in range and known names."""
-    from jaxalign.rewards import REWARDS
+    from jaxalign.methods import METHODS
+    from jaxalign.rewards import parse_reward
     from jaxalign.schedulers import SCHEDULERS
     from jaxalign.spaces import SPACES
     from jaxalign.strategies import STRATEGIES
@@ -202,11 +206,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise JaxalignError(f"unknown dtype {config.dtype!r}; valid: bfloat16, float32")
     STRATEGIES[config.strategy]
     SPACES[config.space]
+    method = METHODS[config.method]
+    if not method.uses_strategy and config.space != "noise":
+        raise JaxalignError(f"method {config.method!r} searches the initial noise itself; set space='noise' (got {config.space!r})")
+    if not method.uses_strategy and config.strategy_params:
+        raise JaxalignError(f"strategy_params apply to method 'evolution' only; method {config.method!r} takes method_params")
+    if method.uses_strategy and config.method_params:
+        raise JaxalignError("method_params apply to non-evolution methods; evolution takes strategy_params and space_params")
+    if method.needs_ddim and config.num_inference_steps < 2:
+        raise JaxalignError(f"method {config.method!r} needs num_inference_steps >= 2, got {config.num_inference_steps}")
     SCHEDULERS[config.scheduler]
     if not config.rewards:
         raise JaxalignError("rewards is empty; give at least one reward name with its weight")
     for name, weight in config.rewards.items():
-        REWARDS[name]
+        parse_reward(name)
         if not isinstance(weight, (int, float)) or not math.isfinite(weight):
             raise JaxalignError(f"reward weight for {name!r} must be a finite number, got {weight!r}")
     read_prompts(config)

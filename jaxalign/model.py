@@ -8,9 +8,10 @@ jitted function.
 
 Two sources:
 
-* ``"embedded"``: a tiny SD-architecture model whose configs ship in ``jaxalign/embedded``
-  (diffusers layout), with a seeded random initialisation and a byte-level CLIP tokenizer built
-  locally, so the whole pipeline runs with no downloads.
+* ``"embedded"``: a tiny SD-architecture model (32x32 images) trained on procedural shapes by
+  ``scripts/train_tiny.py`` (MODEL.md) and shipped in ``jaxalign/embedded`` in diffusers' layout
+  with Flax weights and Stable Diffusion's CLIP tokenizer, so the whole pipeline runs with no
+  downloads.
 * a local diffusers-format directory (``model_index.json``, ``unet/``, ``vae/``,
   ``text_encoder/``, ``tokenizer/``, ``scheduler/``) with Flax weights, or PyTorch weights that
   are converted with ``from_pt``.
@@ -106,12 +107,29 @@ class DiffusionModel:
         ).sample
         return out.astype(jnp.float32)
 
-    def decode(self, params: Params, latents: jax.Array) -> jax.Array:
-        """Images [B, H, W, 3] in [0, 1] from latents [B, c, h, w]."""
+    def decode(self, params: Params, latents: jax.Array, clip: bool = True) -> jax.Array:
+        """Images [B, H, W, 3] in [0, 1] from latents [B, c, h, w]; ``clip=False`` leaves them unclipped."""
         scaled = (latents / self.vae.scaling_factor).astype(self.dtype)
         images = self.vae.apply({"params": params["vae"]}, scaled, method=self.vae.decode).sample
-        images = jnp.transpose(images.astype(jnp.float32), (0, 2, 3, 1))
-        return jnp.clip(images / 2 + 0.5, 0.0, 1.0)
+        images = jnp.transpose(images.astype(jnp.float32), (0, 2, 3, 1)) / 2 + 0.5
+        return jnp.clip(images, 0.0, 1.0) if clip else images
+
+    def encode(self, params: Params, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """The VAE posterior's mean and log-variance [B, c, h, w] (scaled like the sampler's latents)
+        for images [B, H, W, 3] in [0, 1]."""
+        pixels = jnp.transpose(images * 2 - 1, (0, 3, 1, 2)).astype(self.dtype)
+        posterior = self.vae.apply({"params": params["vae"]}, pixels, method=self.vae.encode).latent_dist
+        mean = jnp.transpose(posterior.mean.astype(jnp.float32), (0, 3, 1, 2)) * self.vae.scaling_factor
+        logvar = jnp.transpose(posterior.logvar.astype(jnp.float32), (0, 3, 1, 2)) + 2 * jnp.log(self.vae.scaling_factor)
+        return mean, logvar
+
+
+def with_latent_scale(model: DiffusionModel, scaling_factor: float) -> DiffusionModel:
+    """The same model with its VAE latent scaling factor replaced (set after training a VAE)."""
+    from diffusers import FlaxAutoencoderKL
+
+    vae = FlaxAutoencoderKL.from_config({**model.vae.config, "scaling_factor": scaling_factor}, dtype=model.dtype)
+    return dataclasses.replace(model, vae=vae)
 
 
 @functools.cache
@@ -119,23 +137,31 @@ def _jit_encode(model: DiffusionModel):
     return jax.jit(model.encode_tokens)
 
 
-def load_model(source: str = EMBEDDED, dtype: str = "float32", seed: int = 0) -> tuple[DiffusionModel, Params]:
-    """Load ``"embedded"`` (seeded random weights) or a local diffusers-format directory."""
+def load_model(source: str = EMBEDDED, dtype: str = "float32") -> tuple[DiffusionModel, Params]:
+    """Load ``"embedded"`` (the shipped tiny model) or a local diffusers-format directory."""
     if dtype not in _DTYPES:
         raise JaxalignError(f"unknown dtype {dtype!r}; valid: {', '.join(_DTYPES)}")
     _quiet_flax_deprecation_warnings()
     if source == EMBEDDED:
-        return _load(EMBEDDED_DIR, EMBEDDED, _DTYPES[dtype], seed=seed)
+        return _load(EMBEDDED_DIR, EMBEDDED, _DTYPES[dtype])
     path = Path(source).expanduser()
     if not path.is_dir():
         raise JaxalignError(f"model directory not found: {path} (expected a diffusers-format directory or 'embedded')")
     missing = [c for c in (*_COMPONENTS, "scheduler") if not (path / c).is_dir()]
     if missing:
         raise JaxalignError(f"model directory {path} lacks {', '.join(missing)}/ (expected diffusers layout)")
-    return _load(path, str(path), _DTYPES[dtype], seed=None)
+    return _load(path, str(path), _DTYPES[dtype])
 
 
-def _load(path: Path, name: str, dtype, seed: int | None) -> tuple[DiffusionModel, Params]:
+def init_model(config_dir: str | os.PathLike, seed: int = 0, dtype: str = "float32") -> tuple[DiffusionModel, Params]:
+    """A model from a diffusers-format directory's configs with fresh seeded weights (for training)."""
+    _quiet_flax_deprecation_warnings()
+    path = Path(config_dir)
+    return _load(path, str(path), _DTYPES[dtype], seed=seed)
+
+
+def _load(path: Path, name: str, dtype, seed: int | None = None) -> tuple[DiffusionModel, Params]:
+    """Modules from ``path``'s configs; weights from its files, or seeded random ones when ``seed`` is given."""
     from diffusers import FlaxAutoencoderKL, FlaxUNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTokenizer, FlaxCLIPTextModel
 
@@ -148,7 +174,7 @@ def _load(path: Path, name: str, dtype, seed: int | None) -> tuple[DiffusionMode
         "vae": jax.eval_shape(vae.init_weights, jax.random.key(0)),
         "text_encoder": text_encoder.params_shape_tree,
     }
-    if seed is not None and not any(_weight_files(path / c) for c in _COMPONENTS):
+    if seed is not None:
         params = {c: seeded_init(tree, seed=seed + i) for i, (c, tree) in enumerate(shapes.items())}
     else:
         params = {c: read_weights(path / c, tree) for c, tree in shapes.items()}
@@ -304,6 +330,11 @@ def save_model(model: DiffusionModel, params: Params, path: str | os.PathLike) -
     for component, cls in (("unet", FlaxUNet2DConditionModel), ("vae", FlaxAutoencoderKL)):
         module = getattr(model, component)
         cls.from_config(module.config).save_pretrained(path / component, params=host[component])
+        # Name the PyTorch class, as diffusers directories on the Hub do, so either framework reads it.
+        config_file = path / component / "config.json"
+        config = json.loads(config_file.read_text())
+        config["_class_name"] = config["_class_name"].removeprefix("Flax")
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     model.text_encoder.save_pretrained(path / "text_encoder", params=host["text_encoder"])
     model.tokenizer.save_pretrained(path / "tokenizer")
     (path / "scheduler").mkdir(exist_ok=True)

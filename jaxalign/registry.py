@@ -34,6 +34,9 @@ class Registry(Mapping[str, T], Generic[T]):
         except KeyError:
             raise JaxalignError(f"unknown {self.kind} {name!r}; valid: {', '.join(sorted(self._entries))}") from None
 
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._entries)
 

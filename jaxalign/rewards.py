@@ -103,6 +103,26 @@ def jpeg_compressibility(quality: int = 95) -> Reward:
     return Reward(fn, differentiable=False)
 
 
+@REWARDS.register("color_fraction")
+def color_fraction(colour: str) -> Reward:
+    """Share of pixels close to a named colour of :data:`jaxalign.shapes.COLOURS` (soft, differentiable).
+
+    A pixel counts by ``sigmoid((0.25 - d) / 0.03)`` of its RGB distance d to the colour, so pixels
+    within ~0.2 count fully and pixels of the other named colours (>= 0.3 away) hardly at all.
+    """
+    from jaxalign.shapes import COLOURS
+
+    if colour not in COLOURS:
+        raise JaxalignError(f"unknown colour {colour!r} for color_fraction; valid: {', '.join(COLOURS)}")
+    target = jnp.asarray(COLOURS[colour], jnp.float32)
+
+    def fn(images):
+        distance = jnp.sqrt(jnp.sum((images - target) ** 2, axis=-1) + 1e-12)
+        return _per_image_mean(jax.nn.sigmoid((0.25 - distance) / 0.03))
+
+    return Reward(fn, differentiable=True)
+
+
 class Objective(NamedTuple):
     """``fn(images, weights) -> (total [N], {name: component [N]})`` and its default weights."""
 
@@ -111,11 +131,21 @@ class Objective(NamedTuple):
     differentiable: bool
 
 
+def parse_reward(spec: str) -> Reward:
+    """A reward from its config name: ``"brightness"``, or ``"name:argument"`` such as ``"color_fraction:red"``."""
+    name, _, argument = spec.partition(":")
+    constructor = REWARDS[name]
+    try:
+        return constructor(argument) if argument else constructor()
+    except TypeError:
+        raise JaxalignError(f"reward {name!r} takes {'no argument' if argument else 'an argument, as ' + name + ':<value>'}; got {spec!r}") from None
+
+
 def weighted_sum(weights: Mapping[str, float]) -> Objective:
     """The objective sum_k w_k r_k(images) over named rewards; weights are traced arguments."""
     if not weights:
         raise JaxalignError("rewards is empty; give at least one reward name with its weight")
-    rewards = {name: REWARDS[name]() for name in weights}
+    rewards = {name: parse_reward(name) for name in weights}
 
     def fn(images, w):
         components = {name: reward.fn(images).astype(jnp.float32) for name, reward in rewards.items()}

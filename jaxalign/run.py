@@ -32,10 +32,11 @@ from PIL import Image
 from jaxalign.checkpoint import Checkpointer
 from jaxalign.config import read_prompts, validate
 from jaxalign.errors import JaxalignError
+from jaxalign.methods import METHODS, Context, build_method
 from jaxalign.model import DiffusionModel, load_model
 from jaxalign.rewards import weighted_sum
 from jaxalign.sampler import make_sampler
-from jaxalign.search import Problem, Search, SearchParams, batched, device_mesh, make_search, prompt_sharding
+from jaxalign.search import Problem, Search, SearchParams, batched, device_mesh, prompt_sharding
 from jaxalign.spaces import SPACES
 from jaxalign.strategies import make_params, make_strategy
 
@@ -69,20 +70,23 @@ def build(config, loaded: tuple[DiffusionModel, Any] | None = None) -> Job:
         valid = ", ".join(sorted(space.default_params)) or "(none)"
         raise JaxalignError(f"unknown space_params {', '.join(unknown)} for space {config.space!r}; valid: {valid}")
     centre_solution = space.init(jnp.zeros(latent_shape, jnp.float32))
-    strategy = make_strategy(config.strategy, config.popsize, centre_solution)
-    strategy_params = make_params(strategy, dict(config.strategy_params))
+    spec = METHODS[config.method]
+    strategy = make_strategy(config.strategy, config.popsize, centre_solution) if spec.uses_strategy else None
+    strategy_params = make_params(strategy, dict(config.strategy_params)) if spec.uses_strategy else None
     objective = weighted_sum(dict(config.rewards))
-    sampler = make_sampler(model, config.scheduler, config.num_inference_steps)
+    # Gradient-based methods backpropagate through the sampler: recompute each step's activations.
+    sampler = make_sampler(model, config.scheduler, config.num_inference_steps, remat=spec.needs_gradient)
     mesh = device_mesh(config.popsize, len(prompts) if config.batch_prompts else 1) if config.shard_population else None
-    search = make_search(
+    context = Context(
         sampler=sampler,
-        space=space,
-        strategy=strategy,
         objective=objective,
         image_shape=(config.height, config.width, 3),
+        latent_shape=latent_shape,
+        popsize=config.popsize,
         maximize=config.maximize,
         mesh=mesh,
     )
+    search = build_method(config.method, context, space=space, strategy=strategy, options=dict(config.method_params))
     search_params = search.default_params(
         strategy_overrides=strategy_params,
         space_overrides=dict(config.space_params),
@@ -220,7 +224,7 @@ class Recorder:
 
     def record(self, generation: int, state, report, seconds: float, elapsed: float) -> None:
         config, search = self.job.config, self.job.search
-        used = {"images": (generation + 1) * search.popsize, "nfe": (generation + 1) * search.nfe_per_generation}
+        used = search.budget(generation)
         if generation == 0:
             baseline = (state.baseline_fitness, state.baseline_components, state.baseline_image)
             line = _baseline_line(baseline, report, seconds, used)
@@ -242,15 +246,21 @@ class Recorder:
         config, lines = self.job.config, self.lines
         best_solution = np.asarray(state.best_solution)
         np.save(self.out / "best_solution.npy", best_solution)
-        np.save(self.out / "best_latent.npy", np.asarray(self.job.space.apply(self.job.search_params.space, best_solution, problem.centre)))
+        if METHODS[config.method].uses_strategy:
+            best_latent = self.job.space.apply(self.job.search_params.space, best_solution, problem.centre)
+        else:  # the initial noise (noise methods) or the final latent (svdd, dsearch, das)
+            best_latent = best_solution.reshape(self.job.latent_shape)
+        np.save(self.out / "best_latent.npy", np.asarray(best_latent))
         plot_fitness(lines, self.out / "fitness.png", title=self.prompt)
         final = lines[-1]
         seconds = [line["wall_s"] for line in lines[1:]]
         return {
             "prompt": self.prompt,
             "model": self.job.model.name,
-            "strategy": config.strategy,
+            "method": config.method,
+            "strategy": config.strategy if METHODS[config.method].uses_strategy else None,
             "space": config.space,
+            "best_solution_is": self.job.search.best_solution_is,
             "rewards": dict(config.rewards),
             "maximize": config.maximize,
             "baseline_fitness": lines[0]["best_fitness"],
@@ -261,6 +271,7 @@ class Recorder:
             "stopped_because": self.stopped_because or "steps",
             "images": final["images"],
             "nfe": final["nfe"],
+            "vjp_nfe": final["vjp_nfe"],
             "seconds_per_generation": round(float(np.median(seconds)), 4) if seconds else None,
             "generation_0_s": lines[0]["wall_s"],
             "search_s": final["elapsed_s"],

@@ -24,6 +24,11 @@ class Sampler(NamedTuple):
     sample: Callable[..., jax.Array]
     schedule: Schedule
     num_steps: int
+    # Pieces for methods that act inside the denoising loop (SVDD, DSearch, DAS):
+    guided_output: Callable[..., jax.Array]  # (params, x [N,c,h,w], i, context, uncond_context, guidance_scale) -> model output
+    decode: Callable[..., jax.Array]  # (params, latents) -> images
+    prediction_type: str
+    scheduler: str
 
 
 def make_sampler(
@@ -36,22 +41,28 @@ def make_sampler(
     solver = get_scheduler(scheduler, model.noise_schedule.prediction_type)
     schedule = solver.make_schedule(model.noise_schedule, num_inference_steps)
 
-    def denoise_step(params, context_pair, guidance_scale, carry, i):
-        x = carry[0]
-        eps_uncond, eps_cond = jnp.split(
+    def pair(context, uncond_context, n):
+        return jnp.concatenate(
+            [jnp.broadcast_to(uncond_context, (n, *uncond_context.shape)), jnp.broadcast_to(context, (n, *context.shape))]
+        )
+
+    def cfg_output(params, x, i, context_pair, guidance_scale):
+        out_uncond, out_cond = jnp.split(
             model.predict_noise(params, jnp.concatenate([x, x]), schedule.timesteps[i], context_pair), 2
         )
-        guided = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
-        return solver.step(carry, guided, i, schedule)
+        return out_uncond + guidance_scale * (out_cond - out_uncond)
+
+    def guided_output(params, x, i, context, uncond_context, guidance_scale):
+        return cfg_output(params, x, i, pair(context, uncond_context, x.shape[0]), guidance_scale)
+
+    def denoise_step(params, context_pair, guidance_scale, carry, i):
+        return solver.step(carry, cfg_output(params, carry[0], i, context_pair, guidance_scale), i, schedule)
 
     if remat:
         denoise_step = jax.checkpoint(denoise_step)
 
     def sample(params: Params, latents: jax.Array, context: jax.Array, uncond_context: jax.Array, guidance_scale) -> jax.Array:
-        n = latents.shape[0]
-        context_pair = jnp.concatenate(
-            [jnp.broadcast_to(uncond_context, (n, *uncond_context.shape)), jnp.broadcast_to(context, (n, *context.shape))]
-        )
+        context_pair = pair(context, uncond_context, latents.shape[0])
 
         def body(carry, i):
             return denoise_step(params, context_pair, guidance_scale, carry, i), None
@@ -59,4 +70,12 @@ def make_sampler(
         carry, _ = jax.lax.scan(body, solver.init_carry(latents.astype(jnp.float32)), jnp.arange(num_inference_steps))
         return model.decode(params, carry[0])
 
-    return Sampler(sample=sample, schedule=schedule, num_steps=num_inference_steps)
+    return Sampler(
+        sample=sample,
+        schedule=schedule,
+        num_steps=num_inference_steps,
+        guided_output=guided_output,
+        decode=model.decode,
+        prediction_type=model.noise_schedule.prediction_type,
+        scheduler=scheduler,
+    )

@@ -50,17 +50,18 @@ class Problem:
 class SearchParams:
     """Numeric knobs of a search; all traced, so they can be swept or vmapped without recompiling."""
 
-    strategy: Any
+    strategy: Any  # the evosax strategy's params (evolution), None for other methods
     space: dict[str, jax.Array]
     reward_weights: dict[str, jax.Array]
     guidance_scale: jax.Array
+    method: dict[str, jax.Array] = struct.field(default_factory=dict)  # numeric knobs of non-evolution methods
 
 
 @struct.dataclass
 class SearchState:
     key: jax.Array
     generation: jax.Array
-    strategy_state: Any
+    method_state: Any  # the evosax strategy state, or a method's own state
     best_fitness: jax.Array  # in the objective's own direction
     best_solution: jax.Array
     best_image: jax.Array
@@ -105,11 +106,114 @@ def rank_last(minimised: jax.Array, finite: jax.Array) -> jax.Array:
 
 
 class Search(NamedTuple):
+    """A search method: pure ``init`` and one-generation ``step``, and its budget per generation.
+
+    NFE counts UNet forward evaluations of one latent (a classifier-free-guidance pair counts once);
+    ``vjp_nfe_per_generation`` counts backward passes through the UNet (gradient-based methods).
+    """
+
     init: Any  # (key, problem, params) -> SearchState
     step: Any  # (model_params, problem, params, state) -> (SearchState, Generation); jitted
     default_params: Any  # (...) -> SearchParams
     popsize: int
     nfe_per_generation: int
+    images_per_generation: int = 0
+    vjp_nfe_per_generation: int = 0
+    best_solution_is: str = "search-space solution"
+    # Generation 0 (the baseline and initial population) may cost differently from later ones.
+    initial_nfe: int = 0
+    initial_images: int = 0
+    initial_vjp_nfe: int = 0
+
+    def budget(self, generation: int) -> dict[str, int]:
+        """Images, NFE and backward NFE used once ``generation`` has finished."""
+        return {
+            "images": self.initial_images + generation * self.images_per_generation,
+            "nfe": self.initial_nfe + generation * self.nfe_per_generation,
+            "vjp_nfe": self.initial_vjp_nfe + generation * self.vjp_nfe_per_generation,
+        }
+
+
+def initial_state(key, method_state, best_solution, component_names, image_shape, direction: Direction) -> SearchState:
+    """A state before generation 0, strongly typed so ``step``'s output state has the same avals."""
+    nan = jnp.float32(jnp.nan)
+    no_components = {name: nan for name in component_names}
+    blank = jnp.zeros(image_shape, jnp.float32)
+    state = SearchState(
+        key=key,
+        generation=jnp.int32(0),
+        method_state=method_state,
+        best_fitness=jnp.float32(direction.worst()),
+        best_solution=best_solution,
+        best_image=blank,
+        best_components=no_components,
+        baseline_fitness=nan,
+        baseline_image=blank,
+        baseline_components=no_components,
+    )
+    return jax.tree.map(lambda x: jnp.asarray(x, x.dtype), state)
+
+
+def record(state: SearchState, key, method_state, solutions, total, components, images, direction: Direction) -> tuple[SearchState, Generation]:
+    """The next state and the report of a generation that evaluated ``solutions`` to ``images`` and scores.
+
+    Tracks the best so far (non-finite scores never become it) and, at generation 0, takes member 0
+    as the unaligned baseline.
+    """
+    first = state.generation == 0
+    finite = jnp.isfinite(total)
+    candidates = jnp.where(finite, direction.to_minimised(total), jnp.inf)
+    best = jnp.argmin(candidates)
+    improved = candidates[best] < direction.to_minimised(state.best_fitness)
+    pick = lambda new, old: jnp.where(improved, new, old)  # noqa: E731
+    pick_baseline = lambda new, old: jnp.where(first, new, old)  # noqa: E731
+    member = lambda tree, i: jax.tree.map(lambda x: x[i], tree)  # noqa: E731
+    state = SearchState(
+        key=key,
+        generation=state.generation + 1,
+        method_state=method_state,
+        best_fitness=pick(total[best], state.best_fitness),
+        best_solution=pick(solutions[best], state.best_solution),
+        best_image=pick(images[best], state.best_image),
+        best_components=jax.tree.map(pick, member(components, best), state.best_components),
+        baseline_fitness=pick_baseline(total[0], state.baseline_fitness),
+        baseline_image=pick_baseline(images[0], state.baseline_image),
+        baseline_components=jax.tree.map(pick_baseline, member(components, 0), state.baseline_components),
+    )
+    report = Generation(
+        fitness=jnp.where(finite, total, jnp.nan),
+        components=components,
+        num_nonfinite=jnp.sum(~finite),
+        best_fitness=state.best_fitness,
+        best_components=state.best_components,
+        best_image=state.best_image,
+    )
+    return state, report
+
+
+def initial_population(key, centre_solution, popsize: int):
+    """Generation 0 of every method: the centre (the baseline) and ``popsize - 1`` N(0, 1) draws."""
+    others = jax.random.normal(key, (popsize - 1, centre_solution.size), centre_solution.dtype)
+    return jnp.concatenate([centre_solution[None], others])
+
+
+def sharding_helpers(mesh):
+    """``(shard_population, replicate)`` constraints for a ("prompts", "population") mesh; identities without one."""
+
+    def shard_population(x):
+        if mesh is None:
+            return x
+        spec = jax.sharding.PartitionSpec("population", *([None] * (x.ndim - 1)))
+        return jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, spec))
+
+    def replicate(tree):
+        # States and reports stay whole on every device, so the next step's inputs have the
+        # shardings the compiled step expects.
+        if mesh is None:
+            return tree
+        return jax.lax.with_sharding_constraint(tree, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+
+    return shard_population, replicate
 
 
 def make_search(
@@ -132,10 +236,7 @@ def make_search(
     direction = Direction(maximize)
     population_based = is_population_based(strategy)
     component_names = tuple(objective.default_weights)
-
-    def initial_population(key, centre_solution):
-        others = jax.random.normal(key, (popsize - 1, centre_solution.size), centre_solution.dtype)
-        return jnp.concatenate([centre_solution[None], others])
+    shard_population, replicate = sharding_helpers(mesh)
 
     def init(key: jax.Array, problem: Problem, params: SearchParams) -> SearchState:
         key, init_key = jax.random.split(key)
@@ -146,37 +247,7 @@ def make_search(
             strategy_state = strategy.init(init_key, placeholder, jnp.full((popsize,), jnp.inf), params.strategy)
         else:
             strategy_state = strategy.init(init_key, centre_solution, params.strategy)
-        nan = jnp.float32(jnp.nan)
-        no_components = {name: nan for name in component_names}
-        blank = jnp.zeros(image_shape, jnp.float32)
-        state = SearchState(
-            key=key,
-            generation=jnp.int32(0),
-            strategy_state=strategy_state,
-            best_fitness=jnp.float32(direction.worst()),
-            best_solution=centre_solution,
-            best_image=blank,
-            best_components=no_components,
-            baseline_fitness=nan,
-            baseline_image=blank,
-            baseline_components=no_components,
-        )
-        # Strong types throughout, so the state that step returns has the same avals as this one
-        # and the second generation reuses the first one's compilation.
-        return jax.tree.map(lambda x: jnp.asarray(x, x.dtype), state)
-
-    def shard_population(x):
-        if mesh is None:
-            return x
-        spec = jax.sharding.PartitionSpec("population", *([None] * (x.ndim - 1)))
-        return jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, spec))
-
-    def replicate(tree):
-        # The strategy state and the reports stay whole on every device, so the next step's inputs
-        # have the shardings the compiled step expects.
-        if mesh is None:
-            return tree
-        return jax.lax.with_sharding_constraint(tree, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+        return initial_state(key, strategy_state, centre_solution, component_names, image_shape, direction)
 
     def evaluate(model_params, problem: Problem, params: SearchParams, solutions):
         latents = jax.vmap(space.apply, in_axes=(None, 0, None))(params.space, solutions, problem.centre)
@@ -191,17 +262,14 @@ def make_search(
         centre_solution = space.init(problem.centre)
 
         def propose_initial():
-            return initial_population(population_key, centre_solution), state.strategy_state
+            return initial_population(population_key, centre_solution, popsize), state.method_state
 
         def propose_next():
-            return strategy.ask(ask_key, state.strategy_state, params.strategy)
+            return strategy.ask(ask_key, state.method_state, params.strategy)
 
         solutions, asked_state = _cond(first, propose_initial, propose_next)
         total, components, images = evaluate(model_params, problem, params, solutions)
-
-        finite = jnp.isfinite(total)
-        minimised = direction.to_minimised(total)
-        strategy_fitness = rank_last(minimised, finite)
+        strategy_fitness = rank_last(direction.to_minimised(total), jnp.isfinite(total))
 
         def start():
             if population_based:
@@ -212,37 +280,9 @@ def make_search(
             return strategy.tell(tell_key, solutions, strategy_fitness, asked_state, params.strategy)[0]
 
         strategy_state = _cond(first, start, update)
+        return replicate(record(state, key, strategy_state, solutions, total, components, images, direction))
 
-        candidates = jnp.where(finite, minimised, jnp.inf)
-        best = jnp.argmin(candidates)
-        improved = candidates[best] < direction.to_minimised(state.best_fitness)
-        pick = lambda new, old: jnp.where(improved, new, old)  # noqa: E731
-        pick_baseline = lambda new, old: jnp.where(first, new, old)  # noqa: E731
-        member = lambda tree, i: jax.tree.map(lambda x: x[i], tree)  # noqa: E731
-
-        state = SearchState(
-            key=key,
-            generation=state.generation + 1,
-            strategy_state=strategy_state,
-            best_fitness=pick(total[best], state.best_fitness),
-            best_solution=pick(solutions[best], state.best_solution),
-            best_image=pick(images[best], state.best_image),
-            best_components=jax.tree.map(pick, member(components, best), state.best_components),
-            baseline_fitness=pick_baseline(total[0], state.baseline_fitness),
-            baseline_image=pick_baseline(images[0], state.baseline_image),
-            baseline_components=jax.tree.map(pick_baseline, member(components, 0), state.baseline_components),
-        )
-        report = Generation(
-            fitness=jnp.where(finite, total, jnp.nan),
-            components=components,
-            num_nonfinite=jnp.sum(~finite),
-            best_fitness=state.best_fitness,
-            best_components=state.best_components,
-            best_image=state.best_image,
-        )
-        return replicate(state), replicate(report)
-
-    def default_params(strategy_overrides: Any = None, space_overrides: Mapping | None = None, reward_weights=None, guidance_scale=7.5):
+    def default_params(strategy_overrides: Any = None, space_overrides: Mapping | None = None, reward_weights=None, guidance_scale=7.5, method_overrides=None):
         return SearchParams(
             strategy=strategy.default_params if strategy_overrides is None else strategy_overrides,
             space={k: jnp.float32(v) for k, v in {**space.default_params, **(space_overrides or {})}.items()},
@@ -256,6 +296,9 @@ def make_search(
         default_params=default_params,
         popsize=popsize,
         nfe_per_generation=popsize * sampler.num_steps,
+        images_per_generation=popsize,
+        initial_nfe=popsize * sampler.num_steps,
+        initial_images=popsize,
     )
 
 

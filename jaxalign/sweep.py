@@ -1,6 +1,7 @@
 """Sweeps: the Cartesian product of prompts x strategies x spaces x seeds x reward sets.
 
-A sweep config (``configs/sweep.py``) holds a ``base`` run config and the axes. Runs that share a
+A sweep config (``configs/sweep.py``) holds a ``base`` run config and the axes; the strategy axis
+also takes method names (``random``, ``zero_order``, ``dno``, ...), so baselines sit in the same plots. Runs that share a
 strategy, space, reward set and seed form one job: the model is loaded once for the whole sweep,
 and the prompts of a job reuse one compiled generation step (with ``base.compilation_cache_dir``
 set, jobs whose programs are identical also skip compilation across processes). Each job writes a
@@ -26,6 +27,7 @@ import numpy as np
 
 from jaxalign.config import apply_override, check_fields, default_config, load_config, read_prompts
 from jaxalign.errors import JaxalignError
+from jaxalign.methods import METHODS
 
 AXES = ("strategies", "spaces", "seeds", "reward_sets")
 
@@ -33,7 +35,8 @@ AXES = ("strategies", "spaces", "seeds", "reward_sets")
 def default_sweep_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.base = default_config()  # every run starts from this; its prompts / prompt_file are the prompt axis
-    c.strategies = [{"name": "CoSyNE", "params": {}}]  # each: {"name": ..., "params": {...}}
+    # each: {"name": ..., "params": {...}}; an evosax strategy, or a method name (random, zero_order, dno, ...)
+    c.strategies = [{"name": "CoSyNE", "params": {}}]
     c.spaces = [{"name": "noise", "params": {}}]  # each: {"name": ..., "params": {...}}
     c.seeds = [0]
     c.reward_sets = [{"jpeg_compressibility": 1.0}]  # each: reward name -> weight
@@ -66,7 +69,10 @@ def expand(config: ml_collections.ConfigDict) -> list[tuple[str, ml_collections.
         _named(config.strategies), _named(config.spaces), list(config.seeds), list(config.reward_sets)
     ):
         run = copy.deepcopy(config.base)
-        run.strategy, run.strategy_params = strategy["name"], dict(strategy.get("params", {}))
+        if strategy["name"] in METHODS:  # a non-evolution method (random, zero_order, ...) on the same axis
+            run.method, run.method_params = strategy["name"], dict(strategy.get("params", {}))
+        else:
+            run.strategy, run.strategy_params = strategy["name"], dict(strategy.get("params", {}))
         run.space, run.space_params = space["name"], dict(space.get("params", {}))
         run.seed, run.rewards = int(seed), dict(rewards)
         name = "__".join([_label(strategy), _label(space), _reward_label(rewards), f"seed{seed}"])
@@ -110,7 +116,7 @@ def aggregate(workdir: Path, names: list[str]) -> tuple[list[dict], list[dict]]:
             rows.append(
                 {
                     "run": run_id,
-                    "strategy": summary["strategy"],
+                    "strategy": summary["strategy"] or summary["method"],
                     "space": summary["space"],
                     "rewards": _reward_label(summary["rewards"]),
                     "seed": summary["config"]["seed"],
@@ -126,7 +132,7 @@ def aggregate(workdir: Path, names: list[str]) -> tuple[list[dict], list[dict]]:
             )
             for line in (summary_path.parent / "metrics.jsonl").read_text().splitlines():
                 line = json.loads(line)
-                steps.append({"run": run_id, "strategy": summary["strategy"], "rewards": rows[-1]["rewards"], "step": line["step"],
+                steps.append({"run": run_id, "strategy": summary["strategy"] or summary["method"], "rewards": rows[-1]["rewards"], "step": line["step"],
                               "best_fitness": line["best_fitness"], "nfe": line["nfe"], "elapsed_s": line["elapsed_s"]})  # fmt: skip
     _write_csv(workdir / "runs.csv", rows)
     _write_csv(workdir / "steps.csv", steps)

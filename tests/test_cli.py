@@ -19,7 +19,9 @@ SMALL = ["--config.height=32", "--config.width=32", "--config.num_inference_step
 
 def test_run_end_to_end(tmp_path, capsys):
     workdir = tmp_path / "run"
-    code = main(["run", "--config", DEFAULT, "--workdir", str(workdir), "--no-progress", *SMALL, "--config.steps=4"])
+    # JPEG compressibility, so the saved PNG can be re-scored exactly.
+    jpeg = "--config.rewards={'jpeg_compressibility': 1.0}"
+    code = main(["run", "--config", DEFAULT, "--workdir", str(workdir), "--no-progress", *SMALL, "--config.steps=4", jpeg])
     assert code == 0, capsys.readouterr().err
     lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [0, 1, 2, 3, 4]

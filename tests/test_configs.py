@@ -39,6 +39,6 @@ def test_overrides_parse_by_field_type():
     assert config.popsize == 8 and config.guidance_scale == 3.0 and config.maximize is False
     assert config.prompts == ["a cat"]
     assert config.strategy_params.std_init == 0.2
-    assert dict(config.rewards) == {"jpeg_compressibility": 1.0, "brightness": 2}
+    assert dict(config.rewards) == {"color_fraction:red": 1.0, "brightness": 2}
     with pytest.raises(JaxalignError, match="does not exist"):
         apply_override(config, "--config.sampler.steps=3")

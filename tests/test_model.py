@@ -1,5 +1,6 @@
 """The model module: the embedded default, saving and loading diffusers directories, PyTorch weights."""
 
+import inspect
 import json
 import shutil
 
@@ -17,22 +18,21 @@ def leaves(tree):
     return [np.asarray(x) for x in jax.tree.leaves(tree)]
 
 
-def test_embedded_is_deterministic_per_seed(embedded):
+def test_embedded_loads_the_same_shipped_weights(embedded):
     model, params = embedded
     _, again = load_model("embedded")
-    _, other = load_model("embedded", seed=1)
     assert all(np.array_equal(a, b) for a, b in zip(leaves(params), leaves(again)))
-    assert not all(np.array_equal(a, b) for a, b in zip(leaves(params), leaves(other)))
-    assert model.latent_shape(64, 64) == (4, 16, 16)
-    assert model.default_size == 64
+    assert model.latent_shape(32, 32) == (4, 8, 8)
+    assert model.default_size == 32
 
 
-def test_embedded_tokenizer_is_byte_level_clip(embedded):
+def test_embedded_tokenizer_is_stable_diffusions_clip_bpe(embedded):
     model, _ = embedded
     ids = model.tokenize(["a red circle", ""])
     assert ids.shape == (2, 77)
-    bos, eos = 512, 513
-    assert ids[0, 0] == bos and ids[0, 13] == eos and (ids[0, 14:] == eos).all()
+    bos, eos = 49406, 49407
+    # The ids of CLIP's vocabulary ("a</w>" 320, "red</w>" 736, "circle</w>" 7117), padded with the end token.
+    assert list(ids[0, :5]) == [bos, 320, 736, 7117, eos] and (ids[0, 5:] == eos).all()
     assert model.tokenizer.decode(ids[0], skip_special_tokens=True) == "a red circle"
     assert list(ids[1, :2]) == [bos, eos]
 
@@ -85,8 +85,8 @@ def pytorch_sd_dir(tmp_path_factory):
 
     path = tmp_path_factory.mktemp("pt") / "sd"
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(**_config("unet"))
-    vae = AutoencoderKL(**_config("vae"))
+    unet = UNet2DConditionModel(**_config("unet", UNet2DConditionModel))
+    vae = AutoencoderKL(**_config("vae", AutoencoderKL))
     text = CLIPTextModel(CLIPTextConfig.from_pretrained(EMBEDDED_DIR / "text_encoder"))
     for module in (unet, vae, text):  # random non-trivial norms and biases, so the mapping of every leaf matters
         with torch.no_grad():
@@ -101,8 +101,10 @@ def pytorch_sd_dir(tmp_path_factory):
     return path, unet.eval(), vae.eval(), text.eval()
 
 
-def _config(component):
-    return {k: v for k, v in json.loads((EMBEDDED_DIR / component / "config.json").read_text()).items() if not k.startswith("_")}
+def _config(component, cls):
+    # The shipped configs were written by the Flax classes; keep the fields the PyTorch class takes.
+    accepted = inspect.signature(cls.__init__).parameters
+    return {k: v for k, v in json.loads((EMBEDDED_DIR / component / "config.json").read_text()).items() if k in accepted}
 
 
 def test_pytorch_safetensors_weights_match_pytorch_outputs(pytorch_sd_dir):

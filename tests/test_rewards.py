@@ -97,7 +97,39 @@ def test_differentiable_rewards_have_gradients():
 
 
 def test_unknown_reward_and_empty_rewards():
-    with pytest.raises(JaxalignError, match="unknown reward 'beauty'; valid: brightness, contrast, jpeg_compressibility"):
+    with pytest.raises(JaxalignError, match="unknown reward 'beauty'; valid: brightness, color_fraction, contrast, jpeg_compressibility"):
         weighted_sum({"beauty": 1.0})
     with pytest.raises(JaxalignError, match="empty"):
         weighted_sum({})
+
+
+def test_color_fraction_counts_pixels_of_the_named_colour():
+    from jaxalign.rewards import parse_reward
+    from jaxalign.shapes import COLOURS
+
+    red, blue = (np.broadcast_to(np.asarray(COLOURS[c], np.float32), (8, 8, 3)) for c in ("red", "blue"))
+    half = np.concatenate([red[:4], blue[4:]])
+    images = jnp.asarray(np.stack([red, blue, half]))
+    reward = parse_reward("color_fraction:red")
+    np.testing.assert_allclose(np.asarray(reward.fn(images)), [1.0, 0.0, 0.5], atol=1e-3)
+    # Every other named colour is far enough not to count.
+    others = jnp.asarray(np.stack([np.broadcast_to(np.asarray(v, np.float32), (4, 4, 3)) for k, v in COLOURS.items() if k != "red"]))
+    assert float(jnp.max(reward.fn(others))) < 0.01
+    assert reward.differentiable
+    grad = jax.grad(lambda x: reward.fn(x).sum())(images * 0.9)
+    assert np.isfinite(np.asarray(grad)).all()
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("color_fraction", "takes an argument, as color_fraction:<value>"),
+        ("color_fraction:pink", "unknown colour 'pink' for color_fraction"),
+        ("brightness:2", "reward 'brightness' takes no argument"),
+    ],
+)
+def test_reward_arguments_are_checked(spec, message):
+    from jaxalign.rewards import parse_reward
+
+    with pytest.raises(JaxalignError, match=message):
+        parse_reward(spec)

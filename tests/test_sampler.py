@@ -61,7 +61,8 @@ def test_guidance_scale_one_ignores_the_unconditional_branch(inputs):
     a = sample(params, latents, context, uncond, 1.0)
     b = sample(params, latents, context, jnp.zeros_like(uncond), 1.0)
     c = sample(params, latents, context, jnp.zeros_like(uncond), 4.0)
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+    # u + 1 * (c - u) equals c up to float rounding, which the denoising steps carry to ~1e-6.
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
     assert np.abs(np.asarray(c) - np.asarray(b)).max() > 1e-3
 
 

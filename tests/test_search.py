@@ -108,7 +108,7 @@ def test_nonfinite_scores_rank_last_and_are_counted(small_job):
         assert int(report.num_nonfinite) >= small_job.config.popsize // 2
         assert np.isnan(report.fitness).sum() == int(report.num_nonfinite)
         assert np.isfinite(float(report.best_fitness))
-    assert np.isfinite(np.asarray(state.strategy_state.mean)).all()
+    assert np.isfinite(np.asarray(state.method_state.mean)).all()
 
 
 def test_generations_compose_under_lax_scan(small_job):

@@ -57,3 +57,15 @@ def test_sweep_script_reports_bad_input_in_one_line(tmp_path):
     )  # fmt: skip
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["sweep: error: sweep axis spaces is empty"]
+
+
+def test_method_names_on_the_strategy_axis_set_the_method():
+    from jaxalign.sweep import expand
+
+    config = load_sweep_config(SWEEP, TINY)
+    config.strategies = [{"name": "CoSyNE", "params": {}}, {"name": "zero_order", "params": {"cosine": 0.9}}]
+    runs = {name.split("__")[0]: run for name, run in expand(config)}
+    assert runs["CoSyNE"].method == "evolution" and runs["CoSyNE"].strategy == "CoSyNE"
+    zero_order = runs["zero_order-cosine0.9"]
+    assert zero_order.method == "zero_order" and dict(zero_order.method_params) == {"cosine": 0.9}
+    assert not zero_order.strategy_params

@@ -1,0 +1,36 @@
+"""Fitness against NFE budget: CoSyNE, SNES, Sep_CMA_ES, PGPE, best-of-N and zero-order search on the
+embedded model, the first 4 Open Image Preferences prompts, 3 seeds, three weight-free rewards.
+
+Every strategy and method spends popsize x num_inference_steps NFE per generation, so the sweep's
+plots (median and interquartile range of best fitness against NFE, one per reward) compare them at
+equal budgets. Run from the repository root, with ``shared/`` beside it:
+
+    python scripts/sweep.py --config configs/sweep_budget_curves.py --workdir runs/sweep_budget_curves
+"""
+
+import csv
+from pathlib import Path
+
+from configs import default
+from jaxalign.sweep import default_sweep_config
+
+PROMPTS = Path("../shared/data/open_image_preferences_60.csv")
+
+
+def get_config():
+    config = default_sweep_config()
+    config.base = default.get_config()
+    with PROMPTS.open(newline="", encoding="utf-8") as handle:
+        config.base.prompts = [row["prompt"] for row in csv.DictReader(handle)][:4]
+    config.base.batch_prompts = True
+    config.strategies = [
+        {"name": "CoSyNE", "params": {}},
+        {"name": "SNES", "params": {"std_init": 0.3}},
+        {"name": "Sep_CMA_ES", "params": {"std_init": 0.3}},
+        {"name": "PGPE", "params": {"std_init": 0.3}},
+        {"name": "random", "params": {}},
+        {"name": "zero_order", "params": {}},
+    ]
+    config.seeds = [0, 1, 2]
+    config.reward_sets = [{"jpeg_compressibility": 1.0}, {"brightness": 1.0}, {"saturation": 1.0}]
+    return config

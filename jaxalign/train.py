@@ -1,0 +1,320 @@
+"""Training the embedded tiny Stable Diffusion model on the procedural shapes data (:mod:`jaxalign.shapes`).
+
+Latent diffusion in two stages (Rombach et al. 2022, arXiv 2112.10752), with SD's own components
+at tiny size:
+
+1. ``autoencoder``: AutoencoderKL trained on reconstructions (L1 + squared error) with a small KL
+   term; its latent scaling factor is then set to 1 / std of the latents, as SD's 0.18215 was.
+2. ``denoiser``: CLIP text encoder and UNet trained jointly with epsilon prediction under the
+   model's DDPM noise schedule (SD's scaled-linear betas). Captions are replaced by the empty
+   prompt 10% of the time, so classifier-free guidance (Ho & Salimans 2022) works.
+
+Each stage is one jitted update ``(state, frozen, batch, key) -> (state, metrics)`` over a
+:class:`TrainState` pytree; the exported weights are an exponential moving average. Batches and
+keys are functions of the step number, so a run resumed from an orbax checkpoint sees the same
+data as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import gzip
+import json
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from jaxalign import shapes
+from jaxalign.errors import JaxalignError
+from jaxalign.model import DiffusionModel, Params, init_model, save_model, with_latent_scale
+
+CAPTION_DROPOUT = 0.1
+
+
+@struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Params  # the components this stage trains
+    opt_state: Any
+    ema: Params
+
+
+@dataclasses.dataclass(frozen=True)
+class StageConfig:
+    steps: int
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    warmup_steps: int = 200
+    ema_decay: float = 0.999
+
+
+def make_optimizer(config: StageConfig) -> optax.GradientTransformation:
+    """AdamW with linear warm-up, cosine decay to 10% and gradient clipping at norm 1."""
+    warmup = min(config.warmup_steps, config.steps)
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, config.learning_rate, warmup, max(config.steps, warmup + 1), config.learning_rate / 10
+    )
+    return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=1e-4))
+
+
+def init_state(params: Params, optimizer: optax.GradientTransformation) -> TrainState:
+    params = jax.tree.map(jnp.array, params)  # copies: the update donates its state
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params), ema=jax.tree.map(jnp.array, params))
+
+
+def make_update(loss_fn: Callable, optimizer: optax.GradientTransformation, ema_decay: float) -> Callable:
+    """Jitted ``update(state, frozen, batch, key) -> (state, metrics)`` for ``loss_fn(params, frozen, batch, key)``."""
+
+    def update(state: TrainState, frozen: Params, batch: dict, key: jax.Array):
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, frozen, batch, key)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema = optax.incremental_update(params, state.ema, 1.0 - ema_decay)
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **metrics}
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state, ema=ema), metrics
+
+    return jax.jit(update, donate_argnums=0)
+
+
+def autoencoder_loss(model: DiffusionModel, kl_weight: float = 1e-4) -> Callable:
+    """Reconstruction (L1 + squared error) of a posterior sample, plus ``kl_weight`` x KL to N(0, I) per element."""
+    scale = model.vae.scaling_factor
+
+    def loss_fn(params, frozen, batch, key):
+        mean, logvar = model.encode(params, batch["images"])
+        latents = mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape)
+        error = model.decode(params, latents, clip=False) - batch["images"]
+        reconstruction = jnp.mean(jnp.abs(error)) + jnp.mean(error**2)
+        raw_mean, raw_logvar = mean / scale, logvar - 2 * jnp.log(scale)
+        kl = 0.5 * jnp.mean(raw_mean**2 + jnp.exp(raw_logvar) - 1.0 - raw_logvar)
+        return reconstruction + kl_weight * kl, {"reconstruction": reconstruction, "kl": kl}
+
+    return loss_fn
+
+
+def denoiser_loss(model: DiffusionModel) -> Callable:
+    """Epsilon-prediction MSE at uniform timesteps; latents are VAE posterior samples of the batch images."""
+    alphas_cumprod = jnp.asarray(model.noise_schedule.alphas_cumprod(), jnp.float32)
+
+    def loss_fn(params, frozen, batch, key):
+        latent_key, time_key, noise_key = jax.random.split(key, 3)
+        mean, logvar = model.encode(frozen, batch["images"])
+        clean = mean + jnp.exp(0.5 * logvar) * jax.random.normal(latent_key, mean.shape)
+        t = jax.random.randint(time_key, (clean.shape[0],), 0, len(alphas_cumprod))
+        noise = jax.random.normal(noise_key, clean.shape)
+        alpha_bar = alphas_cumprod[t][:, None, None, None]
+        noisy = jnp.sqrt(alpha_bar) * clean + jnp.sqrt(1.0 - alpha_bar) * noise
+        context = model.encode_tokens(params, batch["token_ids"])
+        loss = jnp.mean((model.predict_noise(params, noisy, t, context) - noise) ** 2)
+        return loss, {}
+
+    return loss_fn
+
+
+def shapes_batch(model: DiffusionModel, data_seed: int, stage: str, step: int, batch_size: int) -> dict:
+    """The batch for one step: rendered images, and token ids with captions dropped at CAPTION_DROPOUT."""
+    seed = [data_seed, sum(map(ord, stage)), step]
+    data = shapes.make_batch(int(np.random.default_rng(seed).integers(2**62)), batch_size)
+    drop = np.random.default_rng([*seed, 1]).random(batch_size) < CAPTION_DROPOUT
+    captions = ["" if d else c for c, d in zip(data.captions, drop)]
+    return {"images": jnp.asarray(data.images), "token_ids": jnp.asarray(model.tokenize(captions))}
+
+
+def run_stage(
+    name: str,
+    model: DiffusionModel,
+    loss_fn: Callable,
+    params: Params,
+    frozen: Params,
+    config: StageConfig,
+    workdir: Path,
+    data_seed: int,
+    checkpoint_every: int = 500,
+    progress: bool = True,
+) -> TrainState:
+    """Train ``params`` for ``config.steps`` steps, resuming from ``workdir/checkpoints/<name>``; losses go to ``<name>_loss.csv``."""
+    import orbax.checkpoint as ocp
+    from tqdm import tqdm
+
+    optimizer = make_optimizer(config)
+    update = make_update(loss_fn, optimizer, config.ema_decay)
+    state = init_state(params, optimizer)
+    manager = ocp.CheckpointManager(
+        (workdir / "checkpoints" / name).absolute(),
+        options=ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False, create=True),
+    )
+    log = workdir / f"{name}_loss.csv"
+    rows: list[dict] = []
+    if manager.latest_step() is not None:
+        state = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(state))
+        rows = [r for r in _read_csv(log) if int(r["step"]) <= int(state.step)]
+    key = jax.random.key(data_seed)
+    start = int(state.step)
+    bar = tqdm(total=config.steps, initial=start, desc=name, disable=not progress, dynamic_ncols=True)
+    begin = time.perf_counter()
+    for step in range(start, config.steps):
+        batch = shapes_batch(model, data_seed, name, step, config.batch_size)
+        state, metrics = update(state, frozen, batch, jax.random.fold_in(key, step))
+        if (step + 1) % 25 == 0 or step + 1 == config.steps:
+            row = {"step": step + 1, **{k: float(v) for k, v in metrics.items()}}
+            rows.append(row)
+            bar.set_postfix(loss=f"{row['loss']:.4f}")
+        bar.update(1)
+        if checkpoint_every and ((step + 1) % checkpoint_every == 0 or step + 1 == config.steps):
+            manager.save(step + 1, args=ocp.args.StandardSave(state), force=True)
+            manager.wait_until_finished()
+            _write_csv(log, rows)
+    bar.close()
+    manager.close()
+    _write_csv(log, rows)
+    if config.steps > start:
+        print(f"{name}: {config.steps - start} steps in {time.perf_counter() - begin:.1f} s", flush=True)
+    return state
+
+
+def latent_scale(model: DiffusionModel, vae_params: Params, data_seed: int, num_images: int = 1024) -> float:
+    """1 / std of unscaled posterior means over ``num_images`` shapes images (SD's scaling_factor)."""
+    images = jnp.asarray(shapes.make_batch(data_seed + 7919, num_images).images)
+    mean, _ = jax.jit(model.encode)({"vae": vae_params}, images)
+    return float(model.vae.scaling_factor / jnp.std(mean))
+
+
+def train_tiny(
+    config_dir: Path,
+    workdir: Path,
+    out_dir: Path,
+    autoencoder: StageConfig,
+    denoiser: StageConfig,
+    data_seed: int = 0,
+    checkpoint_every: int = 500,
+    progress: bool = True,
+) -> tuple[DiffusionModel, Params]:
+    """Both stages, then the EMA weights exported to ``out_dir`` in diffusers' Flax layout."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    model, params = init_model(config_dir, seed=data_seed)
+    state = run_stage(
+        "autoencoder", model, autoencoder_loss(model), {"vae": params["vae"]}, {}, autoencoder,
+        workdir, data_seed, checkpoint_every, progress,
+    )  # fmt: skip
+    vae = state.ema["vae"]
+    model = with_latent_scale(model, latent_scale(model, vae, data_seed))
+    trainable = {"text_encoder": params["text_encoder"], "unet": params["unet"]}
+    state = run_stage(
+        "denoiser", model, denoiser_loss(model), trainable, {"vae": vae}, denoiser,
+        workdir, data_seed, checkpoint_every, progress,
+    )  # fmt: skip
+    trained = {**jax.device_get(state.ema), "vae": jax.device_get(vae)}
+    save_model(model, trained, out_dir)
+    return model, trained
+
+
+def write_clip_tokenizer(bpe_vocab_gz: Path, out_dir: Path, max_length: int = 77) -> None:
+    """Write Stable Diffusion's CLIP tokenizer (49,408 tokens) from CLIP's BPE merge list.
+
+    ``bpe_simple_vocab_16e6.txt.gz`` ships with OpenAI's CLIP and with the open-clip-torch
+    package; the vocabulary is the 256 byte symbols, the same with an end-of-word marker, one
+    token per merge (the first 48,894), and the start/end tokens.
+    """
+    from transformers import CLIPTokenizer
+    from transformers.models.clip.tokenization_clip import bytes_to_unicode
+
+    if not bpe_vocab_gz.is_file():
+        raise JaxalignError(f"CLIP BPE vocabulary not found: {bpe_vocab_gz} (bpe_simple_vocab_16e6.txt.gz from open-clip-torch)")
+    lines = gzip.decompress(bpe_vocab_gz.read_bytes()).decode("utf-8").split("\n")
+    merges = lines[1 : 49152 - 256 - 2 + 1]
+    symbols = list(bytes_to_unicode().values())
+    tokens = symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
+    scratch = out_dir / "_build"
+    scratch.mkdir(parents=True, exist_ok=True)
+    (scratch / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
+    (scratch / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    tokenizer = CLIPTokenizer(
+        str(scratch / "vocab.json"), str(scratch / "merges.txt"), model_max_length=max_length, pad_token="<|endoftext|>"
+    )
+    tokenizer.save_pretrained(out_dir)
+    shutil.rmtree(scratch)
+
+
+def _read_csv(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        return
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot_losses(workdir: Path) -> Path:
+    """Loss curves of both stages, from their CSV logs, as ``workdir/loss.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for ax, name in zip(axes, ("autoencoder", "denoiser")):
+        rows = _read_csv(workdir / f"{name}_loss.csv")
+        ax.plot([int(r["step"]) for r in rows], [float(r["loss"]) for r in rows])
+        ax.set(title=name, xlabel="step", ylabel="loss", yscale="log")
+    fig.tight_layout()
+    path = workdir / "loss.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def caption_following(
+    model: DiffusionModel, params: Params, held_out: bool, count: int = 96, seed: int = 0, num_steps: int = 25, guidance_scale: float = 5.0
+) -> tuple[dict[str, float], np.ndarray, list[str]]:
+    """Per-attribute accuracy of :func:`jaxalign.shapes.describe` on samples for full captions.
+
+    One image per caption (seeded noise, DDIM), for ``count`` captions of held-out or training
+    combinations. Returns accuracies (shape, colour, background, size, position, all), the images
+    and the captions.
+    """
+    from jaxalign.sampler import make_sampler
+
+    data = shapes.make_batch(seed + 104729, count, held_out=held_out)
+    captions = [shapes.caption(a) for a in data.attributes]
+    sampler = make_sampler(model, "ddim", num_steps)
+    contexts = model.encode_prompts(params, [*captions, ""])
+    noise = jax.random.normal(jax.random.key(seed), (count, 1, *model.latent_shape(shapes.IMAGE_SIZE, shapes.IMAGE_SIZE)))
+    sample_one = jax.vmap(sampler.sample, in_axes=(None, 0, 0, None, None))
+    images = np.asarray(jax.jit(sample_one)(params, noise, contexts[:-1], contexts[-1], guidance_scale))[:, 0]
+    read = [shapes.describe(image) for image in images]
+    accuracy = {
+        field: float(np.mean([r is not None and getattr(r, field) == getattr(a, field) for r, a in zip(read, data.attributes)]))
+        for field in shapes.Attributes._fields
+    }
+    accuracy["all"] = float(np.mean([r == a for r, a in zip(read, data.attributes)]))
+    return accuracy, images, captions
+
+
+def save_grid(images: np.ndarray, path: Path, columns: int = 8, scale: int = 3) -> None:
+    """Images [N, H, W, 3] in [0, 1] as one PNG grid, upscaled by ``scale`` (nearest)."""
+    from PIL import Image
+
+    rows = -(-len(images) // columns)
+    h, w = images.shape[1:3]
+    grid = np.ones((rows * (h + 2), columns * (w + 2), 3), np.float32)
+    for i, image in enumerate(images):
+        r, c = divmod(i, columns)
+        grid[r * (h + 2) + 1 : r * (h + 2) + 1 + h, c * (w + 2) + 1 : c * (w + 2) + 1 + w] = image
+    pixels = (np.clip(grid, 0, 1) * 255).round().astype(np.uint8)
+    Image.fromarray(pixels).resize((pixels.shape[1] * scale, pixels.shape[0] * scale), Image.NEAREST).save(path)

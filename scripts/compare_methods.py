@@ -1,0 +1,82 @@
+"""Every alignment method on one config at equal NFE budgets (the table in BENCHMARKS.md).
+
+    python scripts/compare_methods.py --config configs/default.py --workdir runs/compare_methods --budget 1760
+
+Runs each method until its UNet evaluations reach ``--budget`` (generation 0 included) and reports
+the best fitness reached within the budget, from each run's own ``metrics.jsonl``. SVDD draws
+``num_candidates`` (4) candidates per particle per step, so it runs with popsize/4 particles to
+spend about the same NFE per generation. Prints the hardware, writes ``methods.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import platform
+import time
+from pathlib import Path
+
+import jax
+
+from jaxalign.config import load_config
+from jaxalign.methods import METHODS
+from jaxalign.model import load_model
+from jaxalign.run import build, run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--budget", type=int, default=1760, help="NFE budget per method, generation 0 included")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    args, overrides = parser.parse_known_args()
+    base = load_config(args.config, overrides)
+    print(f"device: {jax.devices()[0].device_kind} ({platform.processor() or platform.machine()}), jax {jax.__version__}")
+    loaded = load_model(base.model, dtype=base.dtype)
+    rows = []
+    for method in args.methods.split(","):
+        config = load_config(args.config, overrides)
+        config.method = method
+        if method == "svdd":
+            config.popsize = max(2, config.popsize // 4)
+        if METHODS[method].needs_gradient and not _differentiable(config):
+            print(f"{method}: skipped ({dict(config.rewards)} is not differentiable)")
+            continue
+        probe = build(config, loaded).search
+        config.steps = max(1, math.ceil((args.budget - probe.initial_nfe) / probe.nfe_per_generation))
+        job = build(config, loaded)
+        start = time.perf_counter()
+        (summary,) = run(job, args.workdir / method, progress=False)
+        seconds = time.perf_counter() - start
+        lines = [json.loads(x) for x in (args.workdir / method / "metrics.jsonl").read_text().splitlines()]
+        within = [line for line in lines if line["nfe"] <= args.budget]
+        row = {
+            "method": method,
+            "popsize": config.popsize,
+            "generations": len(within) - 1,
+            "nfe": within[-1]["nfe"],
+            "images": within[-1]["images"],
+            "vjp_nfe": within[-1]["vjp_nfe"],
+            "baseline": summary["baseline_fitness"],
+            "best_at_budget": within[-1]["best_fitness"],
+            "seconds": round(seconds, 1),
+        }
+        rows.append(row)
+        print("  ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+    with (args.workdir / "methods.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _differentiable(config) -> bool:
+    from jaxalign.rewards import weighted_sum
+
+    return weighted_sum(dict(config.rewards)).differentiable
+
+
+if __name__ == "__main__":
+    main()
