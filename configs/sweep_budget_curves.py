@@ -1,5 +1,5 @@
 """Fitness against NFE budget: CoSyNE, SNES, Sep_CMA_ES, PGPE, best-of-N and zero-order search on the
-embedded model, the first 4 Open Image Preferences prompts, 3 seeds, three weight-free rewards.
+embedded model, the first 2 Open Image Preferences prompts, 3 seeds, three weight-free rewards.
 
 Every strategy and method spends popsize x num_inference_steps NFE per generation, so the sweep's
 plots (median and interquartile range of best fitness against NFE, one per reward) compare them at
@@ -21,7 +21,7 @@ def get_config():
     config = default_sweep_config()
     config.base = default.get_config()
     with PROMPTS.open(newline="", encoding="utf-8") as handle:
-        config.base.prompts = [row["prompt"] for row in csv.DictReader(handle)][:4]
+        config.base.prompts = [row["prompt"] for row in csv.DictReader(handle)][:2]
     config.base.batch_prompts = True
     config.strategies = [
         {"name": "CoSyNE", "params": {}},
