@@ -184,10 +184,6 @@ def _noise_method(context: Context, numeric, propose, update, init_method_state,
     )
 
 
-def _best_index(scores):
-    return jnp.argmax(scores)
-
-
 def _random(context: Context, numeric) -> Search:
     def propose(key, method_state, params, problem):
         return jax.random.normal(key, (context.popsize, problem.centre.size))
@@ -221,7 +217,7 @@ def _zero_order(context: Context, numeric) -> Search:
         return sphere_neighbours(key, state.pivot, params.method["cosine"], context.popsize)
 
     def update(key, state: PivotState, noises, scores, extra, params, first):
-        best = _best_index(scores)
+        best = jnp.argmax(scores)
         moves = first | (scores[best] > state.score)
         return PivotState(jnp.where(moves, noises[best], state.pivot), jnp.where(moves, scores[best], state.score))
 
@@ -321,7 +317,7 @@ def _dno_zo(context: Context, numeric) -> Search:
 
     def update(key, state: OptimizerState, noises, scores, extra, params, first):
         def start():
-            z = noises[_best_index(scores)]
+            z = noises[jnp.argmax(scores)]
             return OptimizerState(z, _with_knobs(optimizer.init(z), params))
 
         def descend():
