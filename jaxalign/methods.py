@@ -58,6 +58,7 @@ from jaxalign.search import (
     initial_state,
     make_search,
     record,
+    sample_and_score,
     sharding_helpers,
 )
 
@@ -145,9 +146,7 @@ def _noise_method(context: Context, numeric, propose, update, init_method_state,
 
     def plain_evaluate(model_params, problem, params, noises):
         latents = shard_population(noises.reshape(-1, *context.latent_shape))
-        images = context.sampler.sample(model_params, latents, problem.context, problem.uncond_context, params.guidance_scale)
-        total, components = context.objective.fn(images, params.reward_weights)
-        return total, components, images, None
+        return (*sample_and_score(context.sampler, context.objective, model_params, problem, params, latents), None)
 
     evaluate = evaluate_fn or plain_evaluate
 
@@ -164,7 +163,7 @@ def _noise_method(context: Context, numeric, propose, update, init_method_state,
             lambda: propose(propose_key, state.method_state, params, problem),
         )
         total, components, images, extra = evaluate(model_params, problem, params, noises)
-        scores = jnp.where(jnp.isfinite(total), -direction.to_minimised(total), -jnp.inf)
+        scores = _signed_scores(context, total)
         method_state = update(update_key, state.method_state, noises, scores, extra, params, first)
         return replicate(record(state, key, method_state, noises, total, components, images, direction))
 
@@ -261,8 +260,7 @@ def noise_loss(context: Context) -> Callable:
 
     def loss(model_params, problem, params, noises):
         latents = shard_population(noises.reshape(-1, *context.latent_shape))
-        images = context.sampler.sample(model_params, latents, problem.context, problem.uncond_context, params.guidance_scale)
-        total, components = context.objective.fn(images, params.reward_weights)
+        total, components, images = sample_and_score(context.sampler, context.objective, model_params, problem, params, latents)
         shell = params.method["shell_penalty"] * (jnp.linalg.norm(noises, axis=1) / np.sqrt(dim) - 1.0) ** 2
         return jnp.sum(-sign * total + shell), (total, components, images)
 

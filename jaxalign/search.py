@@ -191,6 +191,13 @@ def record(state: SearchState, key, method_state, solutions, total, components, 
     return state, report
 
 
+def sample_and_score(sampler: Sampler, objective: Objective, model_params, problem: Problem, params: SearchParams, latents):
+    """Denoise, decode and score initial latents [N, c, h, w]: (total [N], components, images)."""
+    images = sampler.sample(model_params, latents, problem.context, problem.uncond_context, params.guidance_scale)
+    total, components = objective.fn(images, params.reward_weights)
+    return total, components, images
+
+
 def initial_population(key, centre_solution, popsize: int):
     """Generation 0 of every method: the centre (the baseline) and ``popsize - 1`` N(0, 1) draws."""
     others = jax.random.normal(key, (popsize - 1, centre_solution.size), centre_solution.dtype)
@@ -251,10 +258,7 @@ def make_search(
 
     def evaluate(model_params, problem: Problem, params: SearchParams, solutions):
         latents = jax.vmap(space.apply, in_axes=(None, 0, None))(params.space, solutions, problem.centre)
-        latents = shard_population(latents)
-        images = sampler.sample(model_params, latents, problem.context, problem.uncond_context, params.guidance_scale)
-        total, components = objective.fn(images, params.reward_weights)
-        return total, components, images
+        return sample_and_score(sampler, objective, model_params, problem, params, shard_population(latents))
 
     def step(model_params: ModelParams, problem: Problem, params: SearchParams, state: SearchState):
         key, ask_key, tell_key, population_key = jax.random.split(state.key, 4)
