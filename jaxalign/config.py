@@ -36,9 +36,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.rewards = ml_collections.ConfigDict({"color_fraction:red": 1.0})  # reward name (or name:argument) -> weight
     c.maximize = True
     # Model and sampler.
-    c.model = "embedded"  # "embedded" or a local diffusers-format directory
+    c.model = "embedded"  # "embedded", a local diffusers-format directory, or a Hub repo id in the local HF cache
+    c.model_family = "auto"  # auto | sd | sdxl; a config for one family refuses another family's weights
     c.dtype = "float32"  # float32 | bfloat16
-    c.scheduler = "ddim"  # ddim | dpmsolver++
+    c.scheduler = "ddim"  # ddim | dpmsolver++ | lcm
     c.num_inference_steps = 10
     c.height = 32  # the embedded model's size; 512 for SD 1.x
     c.width = 32
@@ -180,6 +181,7 @@ def read_prompts(config: ml_collections.ConfigDict) -> list[str]:
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks that need no model: numbers in range and known names."""
     from jaxalign.methods import METHODS
+    from jaxalign.model import FAMILIES
     from jaxalign.rewards import parse_reward
     from jaxalign.schedulers import SCHEDULERS
     from jaxalign.spaces import SPACES
@@ -216,6 +218,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if method.needs_ddim and config.num_inference_steps < 2:
         raise JaxalignError(f"method {config.method!r} needs num_inference_steps >= 2, got {config.num_inference_steps}")
     SCHEDULERS[config.scheduler]
+    if config.model_family != "auto":
+        FAMILIES[config.model_family]
     if not config.rewards:
         raise JaxalignError("rewards is empty; give at least one reward name with its weight")
     for name, weight in config.rewards.items():

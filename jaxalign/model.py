@@ -1,20 +1,27 @@
-"""Stable Diffusion (1.x/2.x architecture) components behind one small, pure interface.
+"""Stable Diffusion components (SD 1.x/2.x and SDXL) behind one small, pure interface.
 
 This is the only module of jaxalign that touches diffusers' and transformers' Flax classes
-(``FlaxUNet2DConditionModel``, ``FlaxAutoencoderKL``, ``FlaxCLIPTextModel``), so the rest of
-the package sees a :class:`DiffusionModel` (static: modules, tokenizer, shapes, noise schedule)
-and a params pytree (``{"text_encoder", "unet", "vae"}``) that is passed explicitly to every
-jitted function.
+(``FlaxUNet2DConditionModel``, ``FlaxAutoencoderKL``, ``FlaxCLIPTextModel``,
+``FlaxCLIPTextModelWithProjection``, ``FlaxCLIPModel``), so the rest of the package sees a
+:class:`DiffusionModel` (static: modules, tokenizers, shapes, noise schedule) and a params pytree
+(``{"text_encoder", "unet", "vae"}``, plus ``"text_encoder_2"`` for SDXL) that is passed
+explicitly to every jitted function.
 
-Two sources:
+Model families are a registry (:data:`FAMILIES`): ``sd`` (SD 1.x/2.x, LCM-distilled SD) and
+``sdxl`` (two text encoders, pooled text embeddings and size micro-conditioning, Podell et al.
+2023, arXiv 2307.01952). One class serves both; SDXL's conditioning is a dict pytree instead of
+one hidden-state array.
+
+Sources:
 
 * ``"embedded"``: a tiny SD-architecture model (32x32 images) trained on procedural shapes by
   ``scripts/train_tiny.py`` (MODEL.md) and shipped in ``jaxalign/embedded`` in diffusers' layout
   with Flax weights and Stable Diffusion's CLIP tokenizer, so the whole pipeline runs with no
   downloads.
 * a local diffusers-format directory (``model_index.json``, ``unet/``, ``vae/``,
-  ``text_encoder/``, ``tokenizer/``, ``scheduler/``) with Flax weights, or PyTorch weights that
-  are converted with ``from_pt``.
+  ``text_encoder/``, ``tokenizer/``, ``scheduler/``, and ``text_encoder_2/``, ``tokenizer_2/`` for
+  SDXL) with Flax msgpack, safetensors or ``.bin`` weights (read with ``weights_only=True``).
+* a Hub repo id (``"org/name"``) already in the local Hugging Face cache; nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -37,12 +44,45 @@ import numpy as np
 from jaxalign.errors import JaxalignError
 from jaxalign.schedulers import NoiseSchedule
 
+from jaxalign.registry import Registry
+
 EMBEDDED = "embedded"
 EMBEDDED_DIR = Path(__file__).parent / "embedded"
-_COMPONENTS = ("unet", "vae", "text_encoder")
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 Params = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFamily:
+    """What a family's diffusers directory holds: its pipeline classes and weighted components."""
+
+    name: str
+    pipelines: tuple[str, ...]  # model_index.json "_class_name" values of this family
+    components: tuple[str, ...]  # subdirectories with weights
+
+    @property
+    def directories(self) -> tuple[str, ...]:
+        return (*self.components, "scheduler")
+
+
+FAMILIES: Registry[ModelFamily] = Registry("model family")
+FAMILIES.register(
+    "sd",
+    ModelFamily(
+        "sd",
+        ("StableDiffusionPipeline", "FlaxStableDiffusionPipeline", "LatentConsistencyModelPipeline"),
+        ("unet", "vae", "text_encoder"),
+    ),
+)
+FAMILIES.register(
+    "sdxl",
+    ModelFamily(
+        "sdxl",
+        ("StableDiffusionXLPipeline", "FlaxStableDiffusionXLPipeline"),
+        ("unet", "vae", "text_encoder", "text_encoder_2"),
+    ),
+)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -56,6 +96,11 @@ class DiffusionModel:
     tokenizer: Any
     noise_schedule: NoiseSchedule
     dtype: Any
+    family: str = "sd"
+    text_encoder_2: Any = None  # SDXL's second (projecting) text encoder
+    tokenizer_2: Any = None
+    force_zeros_for_empty_prompt: bool = True  # SDXL: an empty negative prompt is all-zero conditioning
+    unet_extra: dict = dataclasses.field(default_factory=dict)  # UNet config fields diffusers' Flax UNet lacks
 
     @property
     def latent_channels(self) -> int:
@@ -70,6 +115,12 @@ class DiffusionModel:
         return int(self.unet.sample_size) * self.vae_scale_factor
 
     @property
+    def guidance_embedding_dim(self) -> int | None:
+        """Set for guidance-distilled UNets (LCM): the guidance scale enters through the timestep
+        embedding instead of classifier-free guidance."""
+        return self.unet_extra.get("time_cond_proj_dim")
+
+    @property
     def max_prompt_tokens(self) -> int:
         return int(self.tokenizer.model_max_length)
 
@@ -80,30 +131,67 @@ class DiffusionModel:
         return (self.latent_channels, height // f, width // f)
 
     def tokenize(self, prompts: Sequence[str]) -> np.ndarray:
-        """Token ids [len(prompts), max_prompt_tokens], padded and truncated like SD pipelines."""
-        ids = self.tokenizer(
-            list(prompts),
-            padding="max_length",
-            max_length=self.max_prompt_tokens,
-            truncation=True,
-            return_tensors="np",
-        ).input_ids
-        return ids.astype(np.int32)
+        """Token ids [len(prompts), max_prompt_tokens] (SDXL: [len(prompts), 2, tokens], one row per
+        tokenizer), padded and truncated like diffusers' pipelines."""
 
-    def encode_tokens(self, params: Params, token_ids: jax.Array) -> jax.Array:
-        """Text-encoder hidden states [B, tokens, dim] for token ids [B, tokens]."""
-        return self.text_encoder(token_ids, params=params["text_encoder"])[0]
+        def ids(tokenizer):
+            return tokenizer(
+                list(prompts), padding="max_length", max_length=self.max_prompt_tokens, truncation=True, return_tensors="np"
+            ).input_ids.astype(np.int32)
 
-    def encode_prompts(self, params: Params, prompts: Sequence[str]) -> jax.Array:
+        if self.tokenizer_2 is None:
+            return ids(self.tokenizer)
+        return np.stack([ids(self.tokenizer), ids(self.tokenizer_2)], axis=1)
+
+    def encode_tokens(self, params: Params, token_ids: jax.Array) -> Any:
+        """Conditioning for token ids: hidden states [B, tokens, dim] for SD; for SDXL a dict of
+        ``hidden_states`` [B, tokens, dim_1 + dim_2] (both encoders' penultimate layers) and
+        ``text_embeds`` [B, projection_dim] (the second encoder's pooled projection)."""
+        if self.text_encoder_2 is None:
+            return self.text_encoder(token_ids, params=params["text_encoder"])[0]
+        first = self.text_encoder(token_ids[:, 0], params=params["text_encoder"], output_hidden_states=True)
+        second = self.text_encoder_2(token_ids[:, 1], params=params["text_encoder_2"], output_hidden_states=True)
+        hidden = jnp.concatenate([first.hidden_states[-2], second.hidden_states[-2]], axis=-1)
+        return {"hidden_states": hidden, "text_embeds": second.text_embeds}
+
+    def encode_prompts(self, params: Params, prompts: Sequence[str]) -> Any:
         return _jit_encode(self)(params, jnp.asarray(self.tokenize(prompts)))
 
-    def predict_noise(self, params: Params, latents: jax.Array, timestep: jax.Array, context: jax.Array) -> jax.Array:
-        """UNet output for latents [B, c, h, w] at one timestep, conditioned on context [B, tokens, dim]."""
+    def conditioning(self, params: Params, prompt: str, negative_prompt: str = "") -> tuple[Any, Any]:
+        """(context, uncond_context) for one prompt, each without a batch axis; SDXL pipelines
+        replace an empty negative prompt by zeros (``force_zeros_for_empty_prompt``)."""
+        both = self.encode_prompts(params, [prompt, negative_prompt])
+        context, uncond = jax.tree.map(lambda x: x[0], both), jax.tree.map(lambda x: x[1], both)
+        if self.text_encoder_2 is not None and self.force_zeros_for_empty_prompt and not negative_prompt:
+            uncond = jax.tree.map(jnp.zeros_like, uncond)
+        return context, uncond
+
+    def predict_noise(self, params: Params, latents: jax.Array, timestep: jax.Array, context: Any, guidance_scale=None) -> jax.Array:
+        """UNet output for latents [B, c, h, w] at one timestep, conditioned on context
+        ([B, tokens, dim], or SDXL's dict, see :meth:`encode_tokens`); ``guidance_scale`` feeds the
+        guidance embedding of guidance-distilled UNets (:attr:`guidance_embedding_dim`)."""
+        if self.guidance_embedding_dim is not None:
+            if guidance_scale is None:
+                raise ValueError("this UNet embeds the guidance scale; pass guidance_scale")
+            embedding = guidance_scale_embedding(jnp.broadcast_to(guidance_scale - 1.0, (latents.shape[0],)), self.guidance_embedding_dim)
+            with _added_time_condition(embedding @ params["unet"]["time_embedding"]["cond_proj"]["kernel"]):
+                return self._unet_output(params, latents, timestep, context)
+        return self._unet_output(params, latents, timestep, context)
+
+    def _unet_output(self, params: Params, latents: jax.Array, timestep: jax.Array, context: Any) -> jax.Array:
+        added = None
+        if isinstance(context, dict):
+            # SDXL's micro-conditioning: original size, crop top-left (0, 0), target size, all the output size.
+            height, width = (s * self.vae_scale_factor for s in latents.shape[2:])
+            time_ids = jnp.broadcast_to(jnp.array([height, width, 0, 0, height, width], self.dtype), (latents.shape[0], 6))
+            added = {"text_embeds": context["text_embeds"].astype(self.dtype), "time_ids": time_ids}
+            context = context["hidden_states"]
         out = self.unet.apply(
             {"params": params["unet"]},
             latents.astype(self.dtype),
             jnp.broadcast_to(timestep, (latents.shape[0],)),
             context.astype(self.dtype),
+            added_cond_kwargs=added,
         ).sample
         return out.astype(jnp.float32)
 
@@ -124,6 +212,28 @@ class DiffusionModel:
         return mean, logvar
 
 
+def guidance_scale_embedding(w: jax.Array, dim: int) -> jax.Array:
+    """Sinusoidal embedding [B, dim] of guidance weights w [B] (x1000), as LCM pipelines embed w - 1."""
+    half = dim // 2
+    frequencies = jnp.exp(jnp.arange(half, dtype=jnp.float32) * -(jnp.log(10000.0) / (half - 1)))
+    angles = (w.astype(jnp.float32) * 1000.0)[:, None] * frequencies[None]
+    return jnp.pad(jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=1), ((0, 0), (0, dim % 2)))
+
+
+def _added_time_condition(condition: jax.Array):
+    """Within this context the UNet's time embedding MLP sees ``t_emb + condition`` as its input:
+    the ``cond_proj`` term of diffusers' PyTorch ``TimestepEmbedding``, which the Flax UNet lacks."""
+    import flax.linen as nn
+    from diffusers.models.embeddings_flax import FlaxTimestepEmbedding
+
+    def interceptor(next_fun, args, kwargs, context):
+        if isinstance(context.module, FlaxTimestepEmbedding) and context.module.name == "time_embedding" and context.method_name == "__call__":
+            args = (args[0] + condition.astype(args[0].dtype), *args[1:])
+        return next_fun(*args, **kwargs)
+
+    return nn.intercept_methods(interceptor)
+
+
 def with_latent_scale(model: DiffusionModel, scaling_factor: float) -> DiffusionModel:
     """The same model with its VAE latent scaling factor replaced (set after training a VAE)."""
     from diffusers import FlaxAutoencoderKL
@@ -137,35 +247,111 @@ def _jit_encode(model: DiffusionModel):
     return jax.jit(model.encode_tokens)
 
 
-def load_model(source: str = EMBEDDED, dtype: str = "float32") -> tuple[DiffusionModel, Params]:
-    """Load ``"embedded"`` (the shipped tiny model) or a local diffusers-format directory."""
+def load_model(source: str = EMBEDDED, dtype: str = "float32", family: str = "auto") -> tuple[DiffusionModel, Params]:
+    """Load ``"embedded"``, a local diffusers-format directory, or a Hub repo id from the local cache.
+
+    ``family`` ("auto", or a name in :data:`FAMILIES`) is checked against the directory's
+    ``model_index.json``, so a config written for one family refuses another family's weights.
+    """
     if dtype not in _DTYPES:
         raise JaxalignError(f"unknown dtype {dtype!r}; valid: {', '.join(_DTYPES)}")
+    if family != "auto":
+        FAMILIES[family]
     _quiet_flax_deprecation_warnings()
     if source == EMBEDDED:
-        return _load(EMBEDDED_DIR, EMBEDDED, _DTYPES[dtype])
+        path, name = EMBEDDED_DIR, EMBEDDED
+    else:
+        path = resolve_model_dir(source)
+        name = str(path) if Path(source).expanduser().is_dir() else source
+    detected = detect_family(path)
+    if family not in ("auto", detected.name):
+        raise JaxalignError(
+            f"model family mismatch: the config expects {family!r} ({' or '.join(FAMILIES[family].pipelines)}) "
+            f"but {path} holds a {detected.name!r} model"
+        )
+    return _load(path, name, _DTYPES[dtype], detected)
+
+
+def resolve_model_dir(source: str) -> Path:
+    """A local diffusers directory for ``source``: a path, or a Hub repo id already in the HF cache.
+
+    The cache is read offline (``local_files_only``), so ``HF_HUB_OFFLINE`` is always respected;
+    its location follows ``HF_HUB_CACHE`` / ``HF_HOME`` as the Hub library does.
+    """
     path = Path(source).expanduser()
-    if not path.is_dir():
-        raise JaxalignError(f"model directory not found: {path} (expected a diffusers-format directory or 'embedded')")
-    missing = [c for c in (*_COMPONENTS, "scheduler") if not (path / c).is_dir()]
+    if path.is_dir():
+        return path
+    if source.count("/") != 1 or path.is_absolute() or source.startswith("."):
+        raise JaxalignError(f"model directory not found: {path} (expected a diffusers-format directory, a cached Hub repo id, or 'embedded')")
+    cache = hf_cache_dir()
+    snapshot = _cached_snapshot(cache, source)
+    if snapshot is None:
+        looked = cache / ("models--" + source.replace("/", "--"))
+        raise JaxalignError(
+            f"model {source!r} is not in the local Hugging Face cache (looked in {looked}); "
+            "download it where there is network access, or give a local diffusers directory"
+        )
+    return snapshot
+
+
+def hf_cache_dir() -> Path:
+    """The Hugging Face Hub cache directory, read from the environment at call time."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
+def _cached_snapshot(cache: Path, repo_id: str) -> Path | None:
+    """The snapshot folder ``refs/main`` points to in the cache layout, or the newest one."""
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    ref = repo / "refs" / "main"
+    if ref.is_file():
+        snapshot = repo / "snapshots" / ref.read_text().strip()
+        if snapshot.is_dir():
+            return snapshot
+    snapshots = sorted((repo / "snapshots").glob("*"), key=lambda p: p.stat().st_mtime) if (repo / "snapshots").is_dir() else []
+    return snapshots[-1] if snapshots else None
+
+
+def detect_family(path: Path) -> ModelFamily:
+    """The family a diffusers directory belongs to, from ``model_index.json`` (or its folders), with
+    every component folder it needs checked."""
+    index = path / "model_index.json"
+    if index.is_file():
+        pipeline = json.loads(index.read_text()).get("_class_name", "")
+        matches = [f for f in FAMILIES.values() if pipeline in f.pipelines]
+        if not matches:
+            known = ", ".join(p for f in FAMILIES.values() for p in f.pipelines)
+            raise JaxalignError(f"{index} names pipeline {pipeline!r}; jaxalign loads {known}")
+        family = matches[0]
+    else:
+        family = FAMILIES["sdxl" if (path / "text_encoder_2").is_dir() else "sd"]
+    missing = [c for c in family.directories if not (path / c).is_dir()]
     if missing:
-        raise JaxalignError(f"model directory {path} lacks {', '.join(missing)}/ (expected diffusers layout)")
-    return _load(path, str(path), _DTYPES[dtype])
+        raise JaxalignError(f"model directory {path} lacks {', '.join(m + '/' for m in missing)} (expected diffusers layout of a {family.name!r} model)")
+    return family
 
 
 def init_model(config_dir: str | os.PathLike, seed: int = 0, dtype: str = "float32") -> tuple[DiffusionModel, Params]:
     """A model from a diffusers-format directory's configs with fresh seeded weights (for training)."""
     _quiet_flax_deprecation_warnings()
     path = Path(config_dir)
-    return _load(path, str(path), _DTYPES[dtype], seed=seed)
+    return _load(path, str(path), _DTYPES[dtype], detect_family(path), seed=seed)
 
 
-def _load(path: Path, name: str, dtype, seed: int | None = None) -> tuple[DiffusionModel, Params]:
-    """Modules from ``path``'s configs; weights from its files, or seeded random ones when ``seed`` is given."""
+def _load(path: Path, name: str, dtype, family: ModelFamily, seed: int | None = None) -> tuple[DiffusionModel, Params]:
+    """Modules from ``path``'s configs; weights from its files, or seeded random ones when ``seed`` is given.
+
+    Each leaf goes to the device on its own and is cast there, so the host never holds a second
+    full copy (safetensors are memory-mapped).
+    """
     from diffusers import FlaxAutoencoderKL, FlaxUNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTokenizer, FlaxCLIPTextModel
+    from transformers import CLIPTextConfig, FlaxCLIPTextModel, FlaxCLIPTextModelWithProjection
 
-    unet = FlaxUNet2DConditionModel.from_config(_read_json(path / "unet" / "config.json"), dtype=dtype)
+    unet_config = _read_json(path / "unet" / "config.json")
+    _check_unet_config(unet_config, path / "unet" / "config.json")
+    unet = FlaxUNet2DConditionModel.from_config(unet_config, dtype=dtype)
     vae = FlaxAutoencoderKL.from_config(_read_json(path / "vae" / "config.json"), dtype=dtype)
     text_encoder = FlaxCLIPTextModel(CLIPTextConfig.from_pretrained(path / "text_encoder"), dtype=dtype, _do_init=False)
     schedule = NoiseSchedule.from_config(_read_json(path / "scheduler" / "scheduler_config.json"))
@@ -174,24 +360,71 @@ def _load(path: Path, name: str, dtype, seed: int | None = None) -> tuple[Diffus
         "vae": jax.eval_shape(vae.init_weights, jax.random.key(0)),
         "text_encoder": text_encoder.params_shape_tree,
     }
+    unet_extra = {"time_cond_proj_dim": unet_config["time_cond_proj_dim"]} if unet_config.get("time_cond_proj_dim") else {}
+    if unet_extra:  # the guidance embedding's projection (no bias), applied by _added_time_condition
+        cond_proj = jax.ShapeDtypeStruct((unet_extra["time_cond_proj_dim"], unet.block_out_channels[0]), jnp.float32)
+        shapes["unet"] = {**shapes["unet"], "time_embedding": {**shapes["unet"]["time_embedding"], "cond_proj": {"kernel": cond_proj}}}
+    text_encoder_2 = None
+    if "text_encoder_2" in family.components:
+        config_2 = CLIPTextConfig.from_pretrained(path / "text_encoder_2")
+        text_encoder_2 = FlaxCLIPTextModelWithProjection(config_2, dtype=dtype, _do_init=False)
+        shapes["text_encoder_2"] = text_encoder_2.params_shape_tree
     if seed is not None:
         params = {c: seeded_init(tree, seed=seed + i) for i, (c, tree) in enumerate(shapes.items())}
     else:
         params = {c: read_weights(path / c, tree) for c, tree in shapes.items()}
-    if (path / "tokenizer").is_dir():
-        tokenizer = CLIPTokenizer.from_pretrained(path / "tokenizer")
-    else:
-        tokenizer = _byte_level_clip_tokenizer(text_encoder.config.max_position_embeddings)
+    max_length = text_encoder.config.max_position_embeddings
+    tokenizer = _tokenizer(path / "tokenizer", max_length)
+    tokenizer_2 = _tokenizer(path / "tokenizer_2", max_length) if text_encoder_2 is not None else None
+    index = path / "model_index.json"
+    force_zeros = json.loads(index.read_text()).get("force_zeros_for_empty_prompt", True) if index.is_file() else True
 
-    params = jax.tree.map(lambda x: jnp.asarray(x, dtype=dtype if np.issubdtype(x.dtype, np.floating) else x.dtype), params)
+    def to_device(x):
+        x = jax.device_put(np.asarray(x))
+        return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+
+    params = jax.tree.map(to_device, params)
     model = DiffusionModel(
-        name=name, unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, noise_schedule=schedule, dtype=dtype
-    )
+        name=name, unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, noise_schedule=schedule, dtype=dtype,
+        family=family.name, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, force_zeros_for_empty_prompt=bool(force_zeros),
+        unet_extra=unet_extra,
+    )  # fmt: skip
     return model, params
 
 
+# UNet config fields that change the architecture in ways diffusers' Flax UNet does not implement,
+# with the value it assumes (its group norms always have 32 groups, for instance).
+_FLAX_UNET_ASSUMES = {
+    "norm_num_groups": 32, "class_embed_type": None, "num_class_embeds": None, "encoder_hid_dim": None,
+    "encoder_hid_dim_type": None, "time_embedding_type": "positional", "resnet_time_scale_shift": "default",
+    "conv_in_kernel": 3, "conv_out_kernel": 3, "time_embedding_dim": None, "timestep_post_act": None,
+    "dual_cross_attention": False, "act_fn": "silu", "attention_type": "default", "cross_attention_norm": None,
+    "mid_block_only_cross_attention": None, "class_embeddings_concat": False, "resnet_skip_time_act": False,
+    "resnet_out_scale_factor": 1.0, "time_embedding_act_fn": None, "addition_embed_type": "text_time",
+}  # fmt: skip
+
+
+def _check_unet_config(config: dict, path: Path) -> None:
+    for name, assumed in _FLAX_UNET_ASSUMES.items():
+        value = config.get(name, assumed)
+        if value != assumed and not (name == "addition_embed_type" and value is None) and not (name == "mid_block_only_cross_attention" and value is False):
+            raise JaxalignError(f"{path}: {name}={value!r} is not supported (the Flax UNet implements {name}={assumed!r})")
+
+
+def _tokenizer(directory: Path, max_length: int):
+    from transformers import CLIPTokenizer
+
+    if directory.is_dir():
+        return CLIPTokenizer.from_pretrained(directory)
+    return _byte_level_clip_tokenizer(max_length)
+
+
 _FLAX_WEIGHTS = ("diffusion_flax_model.msgpack", "flax_model.msgpack")
-_TORCH_WEIGHTS = ("diffusion_pytorch_model.safetensors", "model.safetensors", "diffusion_pytorch_model.bin", "pytorch_model.bin")
+_TORCH_WEIGHTS = (
+    "diffusion_pytorch_model.safetensors", "model.safetensors",
+    "diffusion_pytorch_model.fp16.safetensors", "model.fp16.safetensors",  # Hub "fp16" variants
+    "diffusion_pytorch_model.bin", "pytorch_model.bin",
+)  # fmt: skip
 
 
 def _weight_files(component_dir: Path) -> list[Path]:
@@ -334,12 +567,25 @@ def save_model(model: DiffusionModel, params: Params, path: str | os.PathLike) -
         config_file = path / component / "config.json"
         config = json.loads(config_file.read_text())
         config["_class_name"] = config["_class_name"].removeprefix("Flax")
+        if component == "unet":
+            config.update(model.unet_extra)
         config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     model.text_encoder.save_pretrained(path / "text_encoder", params=host["text_encoder"])
     model.tokenizer.save_pretrained(path / "tokenizer")
+    if model.text_encoder_2 is not None:
+        model.text_encoder_2.save_pretrained(path / "text_encoder_2", params=host["text_encoder_2"])
+        model.tokenizer_2.save_pretrained(path / "tokenizer_2")
     (path / "scheduler").mkdir(exist_ok=True)
     (path / "scheduler" / "scheduler_config.json").write_text(json.dumps(model.noise_schedule.to_config(), indent=2))
-    (path / "model_index.json").write_text((EMBEDDED_DIR / "model_index.json").read_text())
+    index = json.loads((EMBEDDED_DIR / "model_index.json").read_text())
+    if model.text_encoder_2 is not None:
+        index.update(
+            _class_name="StableDiffusionXLPipeline",
+            text_encoder_2=["transformers", "CLIPTextModelWithProjection"],
+            tokenizer_2=["transformers", "CLIPTokenizer"],
+            force_zeros_for_empty_prompt=model.force_zeros_for_empty_prompt,
+        )
+    (path / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
 def seeded_init(shapes: Any, seed: int) -> Any:

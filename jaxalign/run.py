@@ -62,7 +62,7 @@ def build(config, loaded: tuple[DiffusionModel, Any] | None = None) -> Job:
     """
     validate(config)
     prompts = read_prompts(config)
-    model, model_params = loaded if loaded is not None else load_model(config.model, dtype=config.dtype)
+    model, model_params = loaded if loaded is not None else load_model(config.model, dtype=config.dtype, family=config.model_family)
     latent_shape = model.latent_shape(config.height, config.width)
     space = SPACES[config.space]()
     unknown = sorted(set(config.space_params) - set(space.default_params))
@@ -112,9 +112,9 @@ def make_problem(job: Job, prompt: str, index: int) -> tuple[Problem, jax.Array]
     """The prompt's conditioning and centre latent, and the key its search starts from."""
     key = jax.random.fold_in(jax.random.key(job.config.seed), index)
     centre_key, search_key = jax.random.split(key)
-    contexts = job.model.encode_prompts(job.model_params, [prompt, job.config.negative_prompt])
+    context, uncond_context = job.model.conditioning(job.model_params, prompt, job.config.negative_prompt)
     centre = jax.random.normal(centre_key, job.latent_shape, jnp.float32)
-    return Problem(context=contexts[0], uncond_context=contexts[1], centre=centre), search_key
+    return Problem(context=context, uncond_context=uncond_context, centre=centre), search_key
 
 
 def run(job: Job, workdir: str | Path, progress: bool = True, resume: bool = False) -> list[dict]:

@@ -1,7 +1,8 @@
 """The text-to-image sampler: a pure function from initial latents to images.
 
-``sample(params, latents [N, c, h, w], context [tokens, dim], uncond_context [tokens, dim],
-guidance_scale) -> images [N, H, W, 3] in [0, 1]``. The timestep loop is a ``lax.scan`` over the
+``sample(params, latents [N, c, h, w], context, uncond_context, guidance_scale) -> images
+[N, H, W, 3] in [0, 1]``, where a context is one prompt's conditioning (hidden states
+[tokens, dim], or SDXL's dict of hidden states and pooled embedding). The timestep loop is a ``lax.scan`` over the
 scheduler's coefficient rows, classifier-free guidance evaluates the conditional and
 unconditional branches as one batch of 2N (Ho & Salimans 2022, arXiv 2207.12598), and the
 whole population is decoded in one VAE call. Everything static (model, scheduler, number of
@@ -42,30 +43,30 @@ def make_sampler(
     schedule = solver.make_schedule(model.noise_schedule, num_inference_steps)
 
     def pair(context, uncond_context, n):
-        return jnp.concatenate(
-            [jnp.broadcast_to(uncond_context, (n, *uncond_context.shape)), jnp.broadcast_to(context, (n, *context.shape))]
+        # Contexts are arrays (SD) or dicts of arrays (SDXL); each leaf gets the batch of 2n.
+        return jax.tree.map(
+            lambda c, u: jnp.concatenate([jnp.broadcast_to(u, (n, *u.shape)), jnp.broadcast_to(c, (n, *c.shape))]),
+            context,
+            uncond_context,
         )
-
-    def cfg_output(params, x, i, context_pair, guidance_scale):
-        out_uncond, out_cond = jnp.split(
-            model.predict_noise(params, jnp.concatenate([x, x]), schedule.timesteps[i], context_pair), 2
-        )
-        return out_uncond + guidance_scale * (out_cond - out_uncond)
 
     def guided_output(params, x, i, context, uncond_context, guidance_scale):
-        return cfg_output(params, x, i, pair(context, uncond_context, x.shape[0]), guidance_scale)
+        n, t = x.shape[0], schedule.timesteps[i]
+        if model.guidance_embedding_dim is not None:  # guidance-distilled (LCM): one conditional pass
+            batch_context = jax.tree.map(lambda c: jnp.broadcast_to(c, (n, *c.shape)), context)
+            return model.predict_noise(params, x, t, batch_context, guidance_scale=guidance_scale)
+        out_uncond, out_cond = jnp.split(model.predict_noise(params, jnp.concatenate([x, x]), t, pair(context, uncond_context, n)), 2)
+        return out_uncond + guidance_scale * (out_cond - out_uncond)
 
-    def denoise_step(params, context_pair, guidance_scale, carry, i):
-        return solver.step(carry, cfg_output(params, carry[0], i, context_pair, guidance_scale), i, schedule)
+    def denoise_step(params, context, uncond_context, guidance_scale, carry, i):
+        return solver.step(carry, guided_output(params, carry[0], i, context, uncond_context, guidance_scale), i, schedule)
 
     if remat:
         denoise_step = jax.checkpoint(denoise_step)
 
-    def sample(params: Params, latents: jax.Array, context: jax.Array, uncond_context: jax.Array, guidance_scale) -> jax.Array:
-        context_pair = pair(context, uncond_context, latents.shape[0])
-
+    def sample(params: Params, latents: jax.Array, context, uncond_context, guidance_scale) -> jax.Array:
         def body(carry, i):
-            return denoise_step(params, context_pair, guidance_scale, carry, i), None
+            return denoise_step(params, context, uncond_context, guidance_scale, carry, i), None
 
         carry, _ = jax.lax.scan(body, solver.init_carry(latents.astype(jnp.float32)), jnp.arange(num_inference_steps))
         return model.decode(params, carry[0])

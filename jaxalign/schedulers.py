@@ -10,6 +10,11 @@ multiply-adds and nothing inside it branches on the step number.
 * ``dpmsolver++``: multistep DPM-Solver++(2M) with the midpoint second-order update and a
   first-order final step to sigma = 0 (Lu et al. 2022, arXiv 2211.01095), as diffusers'
   ``DPMSolverMultistepScheduler`` with its defaults.
+* ``lcm``: multistep latent-consistency sampling for LCM-distilled models (Luo et al. 2023,
+  arXiv 2310.04378), as diffusers' ``LCMScheduler``: each step maps x_t to a clean estimate with
+  the consistency boundary condition and re-noises it to the next timestep. The re-noising noise
+  is drawn from a fixed key and shared by every population member, so an image stays a
+  deterministic function of its initial latent, which is what a noise search optimises.
 
 Timestep spacings ``leading``, ``linspace`` and ``trailing`` follow diffusers' definitions.
 """
@@ -44,6 +49,8 @@ class NoiseSchedule:
     timestep_spacing: str = "leading"
     steps_offset: int = 1
     set_alpha_to_one: bool = False
+    original_inference_steps: int = 50  # LCM: the distillation schedule's step count
+    timestep_scaling: float = 10.0  # LCM: scale of t in the consistency boundary condition
 
     @classmethod
     def from_config(cls, config: dict) -> NoiseSchedule:
@@ -188,11 +195,61 @@ def _dpm_step(prediction_type: str):
     return step
 
 
+def _lcm_schedule(schedule: NoiseSchedule, num_steps: int) -> Schedule:
+    alphas_cumprod = schedule.alphas_cumprod()
+    skip = schedule.num_train_timesteps // schedule.original_inference_steps
+    origin = (np.arange(1, schedule.original_inference_steps + 1) * skip - 1)[::-1]
+    if num_steps > len(origin):
+        raise JaxalignError(f"lcm takes at most original_inference_steps={len(origin)} steps, got {num_steps}")
+    timesteps = origin[np.floor(np.linspace(0, len(origin), num_steps, endpoint=False)).astype(np.int64)]
+    alpha_bar = alphas_cumprod[timesteps]
+    # The last step returns the clean estimate itself: alpha_prev = 1, sigma_prev = 0.
+    alpha_bar_prev = np.append(alphas_cumprod[timesteps[1:]], 1.0)
+    scaled = timesteps * schedule.timestep_scaling
+    sigma_data = 0.5
+    return Schedule(
+        timesteps=jnp.asarray(timesteps, jnp.int32),
+        alpha=jnp.asarray(np.sqrt(alpha_bar), jnp.float32),
+        sigma=jnp.asarray(np.sqrt(1 - alpha_bar), jnp.float32),
+        coefficients={
+            "c_skip": jnp.asarray(sigma_data**2 / (scaled**2 + sigma_data**2), jnp.float32),
+            "c_out": jnp.asarray(scaled / np.sqrt(scaled**2 + sigma_data**2), jnp.float32),
+            "alpha_prev": jnp.asarray(np.sqrt(alpha_bar_prev), jnp.float32),
+            "sigma_prev": jnp.asarray(np.sqrt(1 - alpha_bar_prev), jnp.float32),
+        },
+    )
+
+
+LCM_NOISE_SEED = 0
+
+
+def lcm_noise(key: jax.Array, i, shape) -> jax.Array:
+    """The re-noising noise of LCM step ``i`` for one latent of ``shape`` (shared by the batch)."""
+    return jax.random.normal(jax.random.fold_in(key, i), shape, jnp.float32)
+
+
+def _lcm_step(prediction_type: str):
+    def step(carry, model_output, i, s: Schedule):
+        x, key = carry
+        x0, _ = predict_x0_and_eps(prediction_type, x, model_output, s.alpha[i], s.sigma[i])
+        c = s.coefficients
+        denoised = c["c_out"][i] * x0 + c["c_skip"][i] * x
+        return (c["alpha_prev"][i] * denoised + c["sigma_prev"][i] * lcm_noise(key, i, x.shape[1:]), key)
+
+    return step
+
+
 SCHEDULERS: Registry[Callable[[str], Scheduler]] = Registry("scheduler")
 SCHEDULERS.register("ddim", lambda prediction_type: Scheduler(_ddim_schedule, lambda x: (x,), _ddim_step(prediction_type)))
 SCHEDULERS.register(
     "dpmsolver++",
     lambda prediction_type: Scheduler(_dpm_schedule, lambda x: (x, jnp.zeros_like(x)), _dpm_step(prediction_type)),
+)
+
+
+SCHEDULERS.register(
+    "lcm",
+    lambda prediction_type: Scheduler(_lcm_schedule, lambda x: (x, jax.random.key(LCM_NOISE_SEED)), _lcm_step(prediction_type)),
 )
 
 

@@ -41,8 +41,8 @@ from jaxalign.strategies import is_population_based
 class Problem:
     """What one search aligns: a prompt's text conditioning and the centre (baseline) latent."""
 
-    context: jax.Array  # [tokens, dim]
-    uncond_context: jax.Array  # [tokens, dim]
+    context: Any  # [tokens, dim], or SDXL's dict (see DiffusionModel.encode_tokens)
+    uncond_context: Any
     centre: jax.Array  # [c, h, w]
 
 

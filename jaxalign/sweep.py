@@ -88,7 +88,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path, progress: 
     check_sweep(config)
     workdir = check_workdir(workdir)
     jobs = expand(config)
-    loaded = load_model(config.base.model, dtype=config.base.dtype)
+    loaded = load_model(config.base.model, dtype=config.base.dtype, family=config.base.model_family)
     built = [(name, build(run_config, loaded)) for name, run_config in jobs]  # all bad input fails here, before output
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "sweep_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")

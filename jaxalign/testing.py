@@ -1,0 +1,115 @@
+"""Tiny random PyTorch models in the layouts real checkpoints use, for parity tests and smoke runs.
+
+No weights can be downloaded where jaxalign is tested, so loading code is proven on small models
+built here with diffusers' and transformers' PyTorch classes and written with ``save_pretrained``
+(safetensors), exactly as the Hub's directories are. Needs ``torch`` (the ``test`` extra).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from jaxalign.model import EMBEDDED_DIR, FAMILIES
+
+_TOKENS = {"bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 49407}  # SD's CLIP tokenizer
+
+
+def tiny_text_config(projection_dim: int = 32):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=3, vocab_size=49408,
+        max_position_embeddings=77, hidden_act="gelu", projection_dim=projection_dim, **_TOKENS,
+    )  # fmt: skip
+
+
+def tiny_scheduler_config(**changes) -> dict:
+    return {
+        "_class_name": "DDIMScheduler", "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
+        "beta_schedule": "scaled_linear", "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1,
+        "prediction_type": "epsilon", "timestep_spacing": "leading", **changes,
+    }  # fmt: skip
+
+
+def _perturb(module, seed: int):
+    """Give norms and biases random values (PyTorch initialises them to 1 and 0), so a wrongly
+    mapped leaf changes the outputs."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in module.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator))
+    return module.eval()
+
+
+def tiny_pytorch_pipeline(family: str, path: str | Path, seed: int = 0, scheduler: dict | None = None, lcm: bool = False):
+    """A tiny random diffusers pipeline of ``family`` ("sd" or "sdxl") saved at ``path`` in PyTorch
+    (safetensors) format; returns the PyTorch pipeline. 32x32 images, 16x16 latents.
+
+    ``lcm`` makes an LCM-distilled SD layout instead: a UNet with a guidance embedding
+    (``time_cond_proj_dim``), ``LCMScheduler`` and ``LatentConsistencyModelPipeline``.
+    """
+    import torch
+    from diffusers import (
+        AutoencoderKL, DDIMScheduler, LatentConsistencyModelPipeline, LCMScheduler, StableDiffusionPipeline,
+        StableDiffusionXLPipeline, UNet2DConditionModel,
+    )  # fmt: skip
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    FAMILIES[family]
+    torch.manual_seed(seed)
+    xl = family == "sdxl"
+    unet = UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=64 if xl else 32, attention_head_dim=(2, 4) if xl else 4, time_cond_proj_dim=8 if lcm else None,
+        **(dict(use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+                transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=6 * 8 + 32) if xl else {}),
+    )  # fmt: skip
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32), norm_num_groups=8,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, sample_size=32,
+    )  # fmt: skip
+    text_encoder = CLIPTextModel(tiny_text_config())
+    tokenizer = CLIPTokenizer.from_pretrained(EMBEDDED_DIR / "tokenizer")
+    for i, module in enumerate((unet, vae, text_encoder)):
+        _perturb(module, seed + i)
+    ddim = DDIMScheduler.from_config(scheduler or tiny_scheduler_config())
+    if lcm:
+        pipe = LatentConsistencyModelPipeline(
+            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+            scheduler=LCMScheduler.from_config(scheduler or tiny_scheduler_config(_class_name="LCMScheduler")),
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        )  # fmt: skip
+    elif xl:
+        text_encoder_2 = _perturb(CLIPTextModelWithProjection(tiny_text_config()), seed + 3)
+        pipe = StableDiffusionXLPipeline(
+            vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer, tokenizer_2=tokenizer,
+            unet=unet, scheduler=ddim,
+        )  # fmt: skip
+    else:
+        pipe = StableDiffusionPipeline(
+            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=ddim,
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        )  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    path = Path(path)
+    if path.exists():
+        shutil.rmtree(path)
+    pipe.save_pretrained(path, safe_serialization=True)
+    return pipe
+
+
+def fake_hf_cache(cache_dir: str | Path, repo_id: str, model_dir: str | Path, revision: str = "0" * 40) -> Path:
+    """Place a diffusers directory in the Hugging Face cache layout (``models--org--name/snapshots``)."""
+    repo = Path(cache_dir) / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / revision
+    shutil.copytree(model_dir, snapshot, dirs_exist_ok=True)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(revision)
+    return snapshot
+
+
