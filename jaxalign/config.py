@@ -23,7 +23,7 @@ from ml_collections import config_dict
 
 from jaxalign.errors import JaxalignError
 
-OPEN_MAPPINGS = ("rewards", "strategy_params", "space_params", "method_params")
+OPEN_MAPPINGS = ("rewards", "reward_paths", "strategy_params", "space_params", "method_params")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -34,6 +34,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.prompt_file = ""  # .txt (one prompt per line) or .csv with a "prompt" column; replaces prompts
     c.negative_prompt = ""
     c.rewards = ml_collections.ConfigDict({"color_fraction:red": 1.0})  # reward name (or name:argument) -> weight
+    c.reward_paths = ml_collections.ConfigDict()  # learned reward -> local weights path / cached repo id, or its options
     c.maximize = True
     # Model and sampler.
     c.model = "embedded"  # "embedded", a local diffusers-format directory, or a Hub repo id in the local HF cache
@@ -182,7 +183,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     """Checks that need no model: numbers in range and known names."""
     from jaxalign.methods import METHODS
     from jaxalign.model import FAMILIES
-    from jaxalign.rewards import parse_reward
+    from jaxalign.rewards import needs_path, parse_reward
     from jaxalign.schedulers import SCHEDULERS
     from jaxalign.spaces import SPACES
     from jaxalign.strategies import STRATEGIES
@@ -222,8 +223,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
         FAMILIES[config.model_family]
     if not config.rewards:
         raise JaxalignError("rewards is empty; give at least one reward name with its weight")
+    unused = sorted(set(config.reward_paths) - {name.partition(":")[0] for name in config.rewards})
+    if unused:
+        raise JaxalignError(f"reward_paths for {', '.join(unused)}, which is not among rewards ({', '.join(config.rewards)})")
     for name, weight in config.rewards.items():
-        parse_reward(name)
+        if not needs_path(name):  # learned rewards load (and check) their weights when the job is built
+            parse_reward(name)
         if not isinstance(weight, (int, float)) or not math.isfinite(weight):
             raise JaxalignError(f"reward weight for {name!r} must be a finite number, got {weight!r}")
     read_prompts(config)

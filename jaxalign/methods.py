@@ -59,6 +59,7 @@ from jaxalign.search import (
     make_search,
     record,
     sample_and_score,
+    score,
     sharding_helpers,
 )
 
@@ -388,7 +389,7 @@ def _trajectory_method(context: Context, numeric, guided_run, nfe: int, images: 
 
         final = jax.lax.cond(state.generation == 0, plain, lambda: guided_run(run_key, model_params, problem, params))
         images = sampler.decode(model_params, final)
-        total, components = objective.fn(images, params.reward_weights)
+        total, components = score(objective, model_params, problem, params, images)
         solutions = final.reshape(popsize, -1)
         return replicate(record(state, key, state.method_state, solutions, total, components, images, direction))
 
@@ -412,9 +413,9 @@ def _signed_scores(context: Context, total):
     return jnp.where(jnp.isfinite(signed), signed, -jnp.inf)
 
 
-def _value(context: Context, model_params, params, clean):
+def _value(context: Context, model_params, problem, params, clean):
     """Reward of the images decoded from clean latents, in the maximised direction."""
-    total, _ = context.objective.fn(context.sampler.decode(model_params, clean), params.reward_weights)
+    total, _ = score(context.objective, model_params, problem, params, context.sampler.decode(model_params, clean))
     return _signed_scores(context, total)
 
 
@@ -444,7 +445,7 @@ def _svdd(context: Context, numeric, num_candidates: int) -> Search:
             key, noise_key, select_key = jax.random.split(key, 3)
             candidates = propose(noise_key, x, out, i)
             candidate_out = output(candidates, i + 1)
-            values = _value(context, model_params, params, _predicted_clean(sampler, candidates, candidate_out, i + 1))
+            values = _value(context, model_params, problem, params, _predicted_clean(sampler, candidates, candidate_out, i + 1))
             x, out = select(select_key, candidates, values, candidate_out)
             return (x, out, key), None
 
@@ -452,7 +453,7 @@ def _svdd(context: Context, numeric, num_candidates: int) -> Search:
         x = jax.random.normal(start_key, (popsize, *context.latent_shape))
         (x, out, key), _ = jax.lax.scan(body, (x, output(x, 0), key), jnp.arange(steps - 1))
         candidates = propose(last_key, x, out, steps - 1)  # the last step lands on clean latents
-        (x,) = select(select_key, candidates, _value(context, model_params, params, candidates))
+        (x,) = select(select_key, candidates, _value(context, model_params, problem, params, candidates))
         return x
 
     nfe = popsize + popsize * m * (steps - 1)
@@ -525,7 +526,7 @@ def _dsearch(context: Context, numeric, lookahead: int, search_fraction: float, 
             out = output(x, i + 1)
 
             def search():
-                values = _value(context, model_params, params, look_ahead(x, out, i + 1))
+                values = _value(context, model_params, problem, params, look_ahead(x, out, i + 1))
                 return keep_best(x, out, values, i)
 
             x, out = jax.lax.cond(jnp.asarray(mask)[i], search, lambda: (x, out))
@@ -536,7 +537,7 @@ def _dsearch(context: Context, numeric, lookahead: int, search_fraction: float, 
         (x, out, key), _ = jax.lax.scan(body, (x, output(x, 0), key), jnp.arange(steps - 1))
         mean, std, _ = _stochastic_step(sampler, x, out, steps - 1, params.method["eta"])
         x = mean + std * jax.random.normal(last_key, x.shape)
-        return keep_best(x, x, _value(context, model_params, params, x), steps - 1)[0]
+        return keep_best(x, x, _value(context, model_params, problem, params, x), steps - 1)[0]
 
     searched = [i for i in range(steps - 1) if mask[i]]
     lookahead_nfe = popsize * sum(min(lookahead, steps - 2 - i) for i in searched)
@@ -614,7 +615,7 @@ def _das(context: Context, numeric, resampling: str) -> Search:
         def value_and_grad(x, i):
             def value(x):
                 out = sampler.guided_output(model_params, x, i, problem.context, problem.uncond_context, params.guidance_scale)
-                v = _value(context, model_params, params, _predicted_clean(sampler, x, out, i))
+                v = _value(context, model_params, problem, params, _predicted_clean(sampler, x, out, i))
                 return jnp.sum(jnp.where(jnp.isfinite(v), v, 0.0)), (v, out)
 
             (_, (v, out)), grad = jax.value_and_grad(value, has_aux=True)(x)

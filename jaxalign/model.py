@@ -447,36 +447,21 @@ def read_weights(component_dir: Path, shapes: Any) -> Any:
     Flax ``.msgpack`` files are restored directly; PyTorch state dicts (safetensors, or ``.bin``
     through ``torch.load(weights_only=True)``) are renamed and transposed to Flax's layout.
     """
-    from flax.traverse_util import flatten_dict, unflatten_dict
-
     files = _weight_files(component_dir)
     if not files:
         expected = " or ".join((*_FLAX_WEIGHTS, *_TORCH_WEIGHTS))
         raise JaxalignError(f"no weights in {component_dir} (expected {expected})")
-    expected = flatten_dict(shapes)
     if files[0].name in _FLAX_WEIGHTS:
         from flax.serialization import msgpack_restore
 
-        flat = flatten_dict(msgpack_restore(files[0].read_bytes()))
+        flat = flatten_shapes(msgpack_restore(files[0].read_bytes()))
         flat = {k[1:] if k[0] == "params" else k: v for k, v in flat.items()}
     else:
         state: dict[str, np.ndarray] = {}
         for file in files:
             state.update(_read_safetensors(file) if file.suffix == ".safetensors" else _read_torch_bin(file))
-        flat = _torch_to_flax(state, expected)
-    missing = sorted("/".join(k) for k in set(expected) - set(flat))
-    unexpected = sorted("/".join(k) for k in set(flat) - set(expected))
-    if missing or unexpected:
-        raise JaxalignError(
-            f"weights in {component_dir} do not match its config: {len(missing)} missing (e.g. {missing[:3]}), "
-            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})"
-        )
-    for key, leaf in flat.items():
-        if tuple(leaf.shape) != tuple(expected[key].shape):
-            raise JaxalignError(
-                f"weight {'/'.join(key)} in {component_dir} has shape {tuple(leaf.shape)}, its config expects {tuple(expected[key].shape)}"
-            )
-    return unflatten_dict(flat)
+        flat = _torch_to_flax(state, flatten_shapes(shapes))
+    return _checked(flat, shapes, component_dir)
 
 
 _ATTENTION_NAMES = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out_0": "proj_attn"}
@@ -484,14 +469,15 @@ _ATTENTION_NAMES = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out_0":
 
 def _torch_to_flax(state: dict[str, np.ndarray], expected: dict) -> dict:
     """Rename a PyTorch state dict to Flax keys, transposing linear and conv kernels."""
+    # diffusers' Flax modules name repeated blocks "down_blocks_0" where PyTorch has "down_blocks.0";
+    # transformers' Flax models keep "layers/0".
+    numbered = any(part.isdigit() for key in expected for part in key)
     flat = {}
     for pt_key, tensor in state.items():
         if pt_key.endswith("position_ids"):  # a buffer some CLIP checkpoints carry, not a weight
             continue
         key = tuple(pt_key.split("."))
-        if key[0] != "text_model":
-            # diffusers' Flax modules name repeated blocks "down_blocks_0" where PyTorch has "down_blocks.0";
-            # transformers' Flax CLIP keeps "layers/0".
+        if not numbered:
             key = tuple(re.sub(r"(\w+)\.(\d+)", r"\1_\2", pt_key).split("."))
         flax_key, value = _flax_leaf(key, tensor, expected)
         flat[flax_key] = value
@@ -544,13 +530,23 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
     return tensors
 
 
+def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """A PyTorch state dict from safetensors or a ``.pth``/``.pt``/``.bin`` (``weights_only`` unpickling)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise JaxalignError(f"weights file not found: {path}")
+    return _read_safetensors(path) if path.suffix == ".safetensors" else _read_torch_bin(path)
+
+
 def _read_torch_bin(path: Path) -> dict[str, np.ndarray]:
     try:
         import torch
     except ImportError:
         raise JaxalignError(f"{path} is a PyTorch pickle; install torch to read it, or convert it to safetensors") from None
     state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
-    return {k: v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy() for k, v in state.items()}
+    if isinstance(state.get("state_dict"), dict):  # training checkpoints (HPSv2) nest the weights
+        state = state["state_dict"]
+    return {k: v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy() for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
 def save_model(model: DiffusionModel, params: Params, path: str | os.PathLike) -> None:
@@ -649,3 +645,181 @@ def _quiet_flax_deprecation_warnings() -> None:
 
     diffusers_logging.set_verbosity_error()
     transformers_logging.set_verbosity_error()
+
+
+# --- CLIP models for learned rewards (CLIP score, LAION aesthetic, PickScore, HPSv2) ---------------
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ClipModel:
+    """A CLIP model (static half); weights travel as a params tree like the diffusion model's."""
+
+    module: Any  # transformers' FlaxCLIPModel
+    tokenizer: Any
+    image_size: int  # the vision tower's input size (224 for ViT-L/14 and ViT-H/14)
+    crop_size: int  # reference preprocessing: resize the shortest side, centre-crop this size
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def image_features(self, params: Params, pixels: jax.Array) -> jax.Array:
+        """Projected image embeddings [B, dim] of normalised pixels [B, size, size, 3] (not L2-normalised)."""
+        return self.module.get_image_features(jnp.transpose(pixels, (0, 3, 1, 2)), params=params)
+
+    def text_features(self, params: Params, prompts: Sequence[str]) -> jax.Array:
+        """Projected text embeddings [len(prompts), dim] (not L2-normalised)."""
+        ids = self.tokenizer(list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="np").input_ids
+        return self.module.get_text_features(jnp.asarray(ids, jnp.int32), params=params)
+
+    def logit_scale(self, params: Params) -> jax.Array:
+        return jnp.exp(params["logit_scale"])
+
+
+_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def load_clip(source: str, dtype: str = "float32") -> tuple[ClipModel, Params]:
+    """A CLIP model from a transformers-format directory (or a cached Hub repo id): ``config.json``,
+    safetensors / ``.bin`` / Flax weights, tokenizer and ``preprocessor_config.json`` when present.
+
+    PickScore and the CLIP towers of the aesthetic predictor are in this layout. Without tokenizer
+    files, CLIP's own BPE tokenizer (the one shipped with the embedded model) is used: every OpenAI
+    and LAION CLIP shares it, and the causal text tower ignores what the padding token is.
+    """
+    from transformers import CLIPConfig
+
+    path = _resolve_component(source, "CLIP model")
+    if not (path / "config.json").is_file():
+        raise JaxalignError(f"CLIP model directory {path} has no config.json (expected a transformers CLIPModel directory)")
+    config = CLIPConfig.from_pretrained(path)
+    if not hasattr(config, "vision_config") or getattr(config, "model_type", "") != "clip":
+        raise JaxalignError(f"{path}/config.json is a {getattr(config, 'model_type', '?')!r} model, expected a 'clip' CLIPModel")
+    processor = _read_json(path / "preprocessor_config.json") if (path / "preprocessor_config.json").is_file() else {}
+    return _clip_from(config, lambda shapes: read_weights(path, shapes), _clip_tokenizer(path), processor, _DTYPES[dtype])
+
+
+def load_open_clip(checkpoint: str, architecture: dict, dtype: str = "float32") -> tuple[ClipModel, Params]:
+    """A CLIP model from an open_clip checkpoint (HPSv2's ``HPS_v2*_compressed.pt``), mapped to the
+    transformers layout. ``architecture`` is open_clip's model config (``embed_dim``, ``vision_cfg``,
+    ``text_cfg``), ViT-H-14's for HPSv2. Read with ``torch.load(weights_only=True)`` or safetensors."""
+    from transformers import CLIPConfig
+
+    path = Path(checkpoint).expanduser()
+    if not path.is_file():
+        raise JaxalignError(f"open_clip checkpoint not found: {path}")
+    state = {k.removeprefix("module."): v for k, v in read_state_dict(path).items()}
+    vision, text = architecture["vision_cfg"], architecture["text_cfg"]
+    vision_width = vision["width"]
+    config = CLIPConfig(
+        projection_dim=architecture["embed_dim"],
+        text_config=dict(
+            hidden_size=text["width"], intermediate_size=int(text["width"] * text.get("mlp_ratio", 4.0)),
+            num_attention_heads=text["heads"], num_hidden_layers=text["layers"], vocab_size=text.get("vocab_size", 49408),
+            max_position_embeddings=text.get("context_length", 77), hidden_act="gelu", layer_norm_eps=1e-5,
+        ),
+        vision_config=dict(
+            hidden_size=vision_width, intermediate_size=int(vision_width * vision.get("mlp_ratio", 4.0)),
+            num_attention_heads=vision_width // vision.get("head_width", 64), num_hidden_layers=vision["layers"],
+            image_size=vision["image_size"], patch_size=vision["patch_size"], hidden_act="gelu", layer_norm_eps=1e-5,
+        ),
+    )  # fmt: skip
+    hf_state = open_clip_to_transformers(state, text["layers"], vision["layers"])
+    tokenizer = _clip_tokenizer(path.parent)
+    return _clip_from(config, lambda shapes: _checked(_torch_to_flax(hf_state, flatten_shapes(shapes)), shapes, path), tokenizer, {}, _DTYPES[dtype])
+
+
+def open_clip_to_transformers(state: dict[str, np.ndarray], text_layers: int, vision_layers: int) -> dict[str, np.ndarray]:
+    """Rename an open_clip CLIP state dict to transformers' ``CLIPModel`` keys (PyTorch layout):
+    fused ``in_proj`` attention weights are split into q/k/v and projections transposed."""
+    out: dict[str, np.ndarray] = {}
+    blocks = {"ln_1": "layer_norm1", "ln_2": "layer_norm2", "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2", "attn.out_proj": "self_attn.out_proj"}
+
+    def tower(prefix: str, target: str, layers: int):
+        for i in range(layers):
+            source = f"{prefix}transformer.resblocks.{i}."
+            dest = f"{target}.encoder.layers.{i}."
+            for old, new in blocks.items():
+                for leaf in ("weight", "bias"):
+                    out[dest + f"{new}.{leaf}"] = state[source + f"{old}.{leaf}"]
+            for leaf in ("weight", "bias"):
+                q, k, v = np.split(np.asarray(state[source + f"attn.in_proj_{leaf}"]), 3, axis=0)
+                for name, part in zip("qkv", (q, k, v)):
+                    out[dest + f"self_attn.{name}_proj.{leaf}"] = part
+
+    try:
+        tower("", "text_model", text_layers)
+        tower("visual.", "vision_model", vision_layers)
+        out["text_model.embeddings.token_embedding.weight"] = state["token_embedding.weight"]
+        out["text_model.embeddings.position_embedding.weight"] = state["positional_embedding"]
+        out["text_model.final_layer_norm.weight"] = state["ln_final.weight"]
+        out["text_model.final_layer_norm.bias"] = state["ln_final.bias"]
+        out["text_projection.weight"] = np.asarray(state["text_projection"]).T
+        out["vision_model.embeddings.class_embedding"] = state["visual.class_embedding"]
+        out["vision_model.embeddings.patch_embedding.weight"] = state["visual.conv1.weight"]
+        out["vision_model.embeddings.position_embedding.weight"] = state["visual.positional_embedding"]
+        for leaf in ("weight", "bias"):
+            out[f"vision_model.pre_layrnorm.{leaf}"] = state[f"visual.ln_pre.{leaf}"]
+            out[f"vision_model.post_layernorm.{leaf}"] = state[f"visual.ln_post.{leaf}"]
+        out["visual_projection.weight"] = np.asarray(state["visual.proj"]).T
+        out["logit_scale"] = state["logit_scale"]
+    except KeyError as missing:
+        raise JaxalignError(f"open_clip checkpoint lacks {missing} (expected an open_clip CLIP state dict with {text_layers} text and {vision_layers} vision blocks)") from None
+    return out
+
+
+def _clip_from(config, read, tokenizer, processor: dict, dtype) -> tuple[ClipModel, Params]:
+    from transformers import FlaxCLIPModel
+
+    module = FlaxCLIPModel(config, dtype=dtype, _do_init=False)
+    params = jax.tree.map(lambda x: jnp.asarray(x, dtype), read(module.params_shape_tree))
+    size = processor.get("crop_size", config.vision_config.image_size)
+    crop = size.get("height", size.get("shortest_edge")) if isinstance(size, dict) else size
+    model = ClipModel(
+        module=module, tokenizer=tokenizer, image_size=int(config.vision_config.image_size), crop_size=int(crop),
+        mean=tuple(processor.get("image_mean", _CLIP_MEAN)), std=tuple(processor.get("image_std", _CLIP_STD)),
+    )  # fmt: skip
+    return model, params
+
+
+def _clip_tokenizer(directory: Path):
+    from transformers import CLIPTokenizer
+
+    if (directory / "vocab.json").is_file() and (directory / "merges.txt").is_file():
+        return CLIPTokenizer.from_pretrained(directory)
+    return CLIPTokenizer.from_pretrained(EMBEDDED_DIR / "tokenizer")
+
+
+def _resolve_component(source: str, what: str) -> Path:
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path
+    try:
+        return resolve_model_dir(source)
+    except JaxalignError:
+        raise JaxalignError(f"{what} not found: {path} (expected a local directory or a Hub repo id in the local cache)") from None
+
+
+def flatten_shapes(shapes: Any) -> dict:
+    from flax.traverse_util import flatten_dict
+
+    return flatten_dict(shapes)
+
+
+def _checked(flat: dict, shapes: Any, source: Path) -> Any:
+    """Unflatten ``flat`` after checking its keys and shapes against ``shapes`` (one clear error)."""
+    from flax.traverse_util import unflatten_dict
+
+    expected = flatten_shapes(shapes)
+    missing = sorted("/".join(k) for k in set(expected) - set(flat))
+    unexpected = sorted("/".join(k) for k in set(flat) - set(expected))
+    if missing or unexpected:
+        raise JaxalignError(
+            f"weights in {source} do not match its config: {len(missing)} missing (e.g. {missing[:3]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+        )
+    for key, leaf in flat.items():
+        if tuple(np.shape(leaf)) != tuple(expected[key].shape):
+            raise JaxalignError(
+                f"weight {'/'.join(key)} in {source} has shape {tuple(np.shape(leaf))}, its config expects {tuple(expected[key].shape)}"
+            )
+    return unflatten_dict(flat)

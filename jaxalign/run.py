@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from jaxalign.checkpoint import Checkpointer
-from jaxalign.config import read_prompts, validate
+from jaxalign.config import OPEN_MAPPINGS, read_prompts, validate
 from jaxalign.errors import JaxalignError
 from jaxalign.methods import METHODS, Context, build_method
 from jaxalign.model import DiffusionModel, load_model
@@ -53,6 +53,7 @@ class Job:
     sampler: Any
     latent_shape: tuple[int, int, int]
     mesh: Any  # ("prompts", "population") device mesh, or None on one device
+    objective: Any = None
 
 
 def build(config, loaded: tuple[DiffusionModel, Any] | None = None) -> Job:
@@ -73,7 +74,9 @@ def build(config, loaded: tuple[DiffusionModel, Any] | None = None) -> Job:
     spec = METHODS[config.method]
     strategy = make_strategy(config.strategy, config.popsize, centre_solution) if spec.uses_strategy else None
     strategy_params = make_params(strategy, dict(config.strategy_params)) if spec.uses_strategy else None
-    objective = weighted_sum(dict(config.rewards))
+    objective = weighted_sum(dict(config.rewards), config.reward_paths.to_dict())
+    if objective.params:  # learned rewards' weights travel with the model's, as arguments of the step
+        model_params = {**model_params, "rewards": objective.params}
     # Gradient-based methods backpropagate through the sampler: recompute each step's activations.
     sampler = make_sampler(model, config.scheduler, config.num_inference_steps, remat=spec.needs_gradient)
     mesh = device_mesh(config.popsize, len(prompts) if config.batch_prompts else 1) if config.shard_population else None
@@ -92,7 +95,7 @@ def build(config, loaded: tuple[DiffusionModel, Any] | None = None) -> Job:
         space_overrides=dict(config.space_params),
         guidance_scale=config.guidance_scale,
     )
-    return Job(config, model, model_params, search, search_params, prompts, space, sampler, latent_shape, mesh)
+    return Job(config, model, model_params, search, search_params, prompts, space, sampler, latent_shape, mesh, objective)
 
 
 def check_workdir(workdir: str | Path) -> Path:
@@ -114,7 +117,8 @@ def make_problem(job: Job, prompt: str, index: int) -> tuple[Problem, jax.Array]
     centre_key, search_key = jax.random.split(key)
     context, uncond_context = job.model.conditioning(job.model_params, prompt, job.config.negative_prompt)
     centre = jax.random.normal(centre_key, job.latent_shape, jnp.float32)
-    return Problem(context=context, uncond_context=uncond_context, centre=centre), search_key
+    reward_inputs = job.objective.prepare(prompt) if job.objective is not None and job.objective.prepare else {}
+    return Problem(context=context, uncond_context=uncond_context, centre=centre, reward_inputs=reward_inputs), search_key
 
 
 def run(job: Job, workdir: str | Path, progress: bool = True, resume: bool = False) -> list[dict]:
@@ -180,7 +184,7 @@ def check_same_config(saved: dict, current: dict) -> None:
 def _flatten(tree: dict, prefix: str = "") -> dict:
     flat = {}
     for key, value in tree.items():
-        if isinstance(value, dict) and key not in ("rewards", "strategy_params", "space_params"):
+        if isinstance(value, dict) and key not in OPEN_MAPPINGS:
             flat.update(_flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value

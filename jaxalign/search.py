@@ -44,6 +44,7 @@ class Problem:
     context: Any  # [tokens, dim], or SDXL's dict (see DiffusionModel.encode_tokens)
     uncond_context: Any
     centre: jax.Array  # [c, h, w]
+    reward_inputs: dict[str, Any] = struct.field(default_factory=dict)  # prompt encodings of conditioned rewards
 
 
 @struct.dataclass
@@ -191,10 +192,15 @@ def record(state: SearchState, key, method_state, solutions, total, components, 
     return state, report
 
 
+def score(objective: Objective, model_params, problem: Problem, params: SearchParams, images):
+    """(total [N], components) of images; learned rewards' weights are ``model_params["rewards"]``."""
+    return objective.fn(images, params.reward_weights, model_params.get("rewards"), problem.reward_inputs)
+
+
 def sample_and_score(sampler: Sampler, objective: Objective, model_params, problem: Problem, params: SearchParams, latents):
     """Denoise, decode and score initial latents [N, c, h, w]: (total [N], components, images)."""
     images = sampler.sample(model_params, latents, problem.context, problem.uncond_context, params.guidance_scale)
-    total, components = objective.fn(images, params.reward_weights)
+    total, components = score(objective, model_params, problem, params, images)
     return total, components, images
 
 

@@ -97,7 +97,7 @@ def test_differentiable_rewards_have_gradients():
 
 
 def test_unknown_reward_and_empty_rewards():
-    with pytest.raises(JaxalignError, match="unknown reward 'beauty'; valid: brightness, color_fraction, contrast, jpeg_compressibility"):
+    with pytest.raises(JaxalignError, match="unknown reward .beauty.; valid: aesthetic, brightness, clip, color_fraction, contrast, hpsv2, imagereward, jpeg_compressibility"):
         weighted_sum({"beauty": 1.0})
     with pytest.raises(JaxalignError, match="empty"):
         weighted_sum({})

@@ -93,7 +93,7 @@ def test_minimising_keeps_the_smallest(small_job):
 def test_nonfinite_scores_rank_last_and_are_counted(small_job):
     brightness = weighted_sum({"brightness": 1.0})
 
-    def flaky(images, weights):
+    def flaky(images, weights, *unused):
         total, components = brightness.fn(images, weights)
         broken = (jnp.arange(images.shape[0]) % 2 == 1) | (total > jnp.median(total))
         total = jnp.where(broken, jnp.nan, total)
