@@ -83,7 +83,7 @@ def test_target_reward_and_several_prompts_from_csv(tmp_path, capsys):
 BAD_INPUTS = {
     "unknown strategy": (["--config.strategy=Nope"], "unknown strategy 'Nope'; valid: .*CoSyNE.*SNES"),
     "unknown space": (["--config.space=spiral"], "unknown space 'spiral'; valid: noise, rotation, svd_rotation"),
-    "unknown reward": (["--config.rewards={'beauty': 1.0}"], "unknown reward 'beauty'; valid: brightness"),
+    "unknown reward": (["--config.rewards={'beauty': 1.0}"], "unknown reward 'beauty'; valid: aesthetic, brightness"),
     "unknown field": (["--config.popsise=4"], "config field 'popsise' does not exist"),
     "missing model": (["--config.model=/nonexistent/sd"], "model directory not found: /nonexistent/sd"),
     "popsize 1": (["--config.popsize=1"], "popsize must be at least 2, got 1"),

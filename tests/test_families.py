@@ -1,0 +1,201 @@
+"""Real model layouts: tiny random PyTorch SD, SDXL and LCM pipelines saved by diffusers, loaded by
+jaxalign, and compared with diffusers' own PyTorch pipelines (float32) from the same initial latents."""
+
+import json
+import shutil
+from pathlib import Path
+from unittest import mock
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from jaxalign.cli import main
+from jaxalign.errors import JaxalignError
+from jaxalign.model import load_model
+from jaxalign.sampler import make_sampler
+from jaxalign.schedulers import LCM_NOISE_SEED, lcm_noise
+from jaxalign.testing import fake_hf_cache, tiny_pytorch_pipeline
+
+ROOT = Path(__file__).resolve().parent.parent
+PROMPT = "a red circle on a blue background"
+# Tolerances reached on CPU are ~3e-5; the issue asks for 1e-3 on images.
+IMAGE_ATOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def pipelines(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipelines")
+    made = {}
+    for name, family, lcm in (("sd", "sd", False), ("sdxl", "sdxl", False), ("lcm", "sd", True)):
+        made[name] = (tiny_pytorch_pipeline(family, root / name, seed=len(made), lcm=lcm), root / name)
+    return made
+
+
+def initial_latents(n=2, seed=0):
+    return np.random.default_rng(seed).standard_normal((n, 4, 16, 16)).astype(np.float32)
+
+
+def jax_sample(model, params, scheduler, steps, latents, guidance_scale, negative=""):
+    context, uncond = model.conditioning(params, PROMPT, negative)
+    sample = jax.jit(make_sampler(model, scheduler, steps).sample)
+    return np.asarray(sample(params, jnp.asarray(latents), context, uncond, guidance_scale))
+
+
+def torch_sample(pipe, latents, steps, guidance_scale, **kwargs):
+    with torch.no_grad():
+        return pipe(
+            [PROMPT] * len(latents), latents=torch.tensor(latents), num_inference_steps=steps, guidance_scale=guidance_scale,
+            output_type="np", height=32, width=32, **kwargs,
+        ).images  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["sd", "sdxl"])
+def test_four_step_ddim_sample_matches_diffusers_pytorch(pipelines, name):
+    pipe, path = pipelines[name]
+    model, params = load_model(str(path))
+    assert model.family == ("sdxl" if name == "sdxl" else "sd")
+    latents = initial_latents()
+    expected = torch_sample(pipe, latents, 4, 5.0)
+    ours = jax_sample(model, params, "ddim", 4, latents, 5.0)
+    assert expected.std() > 0.05  # the tiny model draws something, so agreement is informative
+    np.testing.assert_allclose(ours, expected, atol=IMAGE_ATOL)
+
+
+def test_sd_components_match_pytorch(pipelines):
+    pipe, path = pipelines["sd"]
+    model, params = load_model(str(path))
+    ids = model.tokenize([PROMPT])
+    with torch.no_grad():
+        expected = pipe.text_encoder(torch.tensor(ids, dtype=torch.long)).last_hidden_state.numpy()
+    np.testing.assert_allclose(np.asarray(model.encode_tokens(params, jnp.asarray(ids))), expected, atol=1e-5)
+
+    latents, hidden = initial_latents(), np.random.default_rng(1).standard_normal((2, 77, 32)).astype(np.float32)
+    with torch.no_grad():
+        expected = pipe.unet(torch.tensor(latents), 501, torch.tensor(hidden)).sample.numpy()
+    np.testing.assert_allclose(np.asarray(model.predict_noise(params, jnp.asarray(latents), jnp.int32(501), jnp.asarray(hidden))), expected, atol=1e-4)
+
+    with torch.no_grad():
+        decoded = pipe.vae.decode(torch.tensor(latents) / pipe.vae.config.scaling_factor).sample
+    expected = (decoded / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_allclose(np.asarray(model.decode(params, jnp.asarray(latents))), expected, atol=1e-5)
+
+
+def test_sdxl_conditioning_matches_the_pipelines_prompt_encoding(pipelines):
+    pipe, path = pipelines["sdxl"]
+    model, params = load_model(str(path))
+    context, uncond = model.conditioning(params, PROMPT)
+    with torch.no_grad():
+        embeds, negative, pooled, negative_pooled = pipe.encode_prompt(PROMPT, device="cpu", do_classifier_free_guidance=True)
+    np.testing.assert_allclose(np.asarray(context["hidden_states"]), embeds[0].numpy(), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(context["text_embeds"]), pooled[0].numpy(), atol=1e-5)
+    # An empty negative prompt is all zeros for SDXL (force_zeros_for_empty_prompt).
+    assert not np.any(np.asarray(uncond["hidden_states"])) and not np.any(negative.numpy())
+    assert not np.any(np.asarray(uncond["text_embeds"])) and not np.any(negative_pooled.numpy())
+
+
+def test_sdxl_negative_prompt_and_guidance_match(pipelines):
+    pipe, path = pipelines["sdxl"]
+    model, params = load_model(str(path))
+    latents = initial_latents(1, seed=3)
+    expected = torch_sample(pipe, latents, 3, 7.5, negative_prompt=["green"])
+    np.testing.assert_allclose(jax_sample(model, params, "ddim", 3, latents, 7.5, negative="green"), expected, atol=IMAGE_ATOL)
+
+
+def test_lcm_sample_matches_diffusers_with_the_same_injected_noise(pipelines):
+    import diffusers.schedulers.scheduling_lcm as scheduling_lcm
+
+    pipe, path = pipelines["lcm"]
+    model, params = load_model(str(path))
+    assert model.guidance_embedding_dim == 8
+    latents = initial_latents()
+    key = jax.random.key(LCM_NOISE_SEED)
+    noises = iter([np.broadcast_to(np.asarray(lcm_noise(key, i, latents.shape[1:])), latents.shape).copy() for i in range(4)])
+    with mock.patch.object(scheduling_lcm, "randn_tensor", lambda *args, **kwargs: torch.tensor(next(noises))):
+        expected = torch_sample(pipe, latents, 4, 6.0)
+    np.testing.assert_allclose(jax_sample(model, params, "lcm", 4, latents, 6.0), expected, atol=IMAGE_ATOL)
+    # The guidance scale reaches the UNet only through its embedding: it must change the image.
+    assert np.abs(jax_sample(model, params, "lcm", 4, latents, 2.0) - jax_sample(model, params, "lcm", 4, latents, 6.0)).max() > 1e-3
+
+
+def test_bfloat16_load_of_pytorch_weights(pipelines):
+    _, path = pipelines["sdxl"]
+    model, params = load_model(str(path), dtype="bfloat16")
+    assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(jnp.bfloat16)}
+    images = jax_sample(model, params, "ddim", 2, initial_latents(1), 5.0)
+    full = jax_sample(*load_model(str(path)), "ddim", 2, initial_latents(1), 5.0)
+    assert images.dtype == np.float32 and np.abs(images - full).max() < 0.1
+
+
+def test_hub_repo_id_resolves_from_the_local_cache_offline(pipelines, tmp_path, monkeypatch):
+    _, path = pipelines["sd"]
+    cache = tmp_path / "hub"
+    fake_hf_cache(cache, "someone/tiny-sd", path)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model, params = load_model("someone/tiny-sd")
+    reference, reference_params = load_model(str(path))
+    assert model.name == "someone/tiny-sd"
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(reference_params)))
+    with pytest.raises(JaxalignError, match=r"'someone/absent' is not in the local Hugging Face cache \(looked in .*models--someone--absent\)"):
+        load_model("someone/absent")
+
+
+def test_wrong_family_partial_directory_and_unsupported_unet_are_clear_errors(pipelines, tmp_path):
+    _, sd = pipelines["sd"]
+    _, xl = pipelines["sdxl"]
+    with pytest.raises(JaxalignError, match=r"expects 'sdxl' .* holds a 'sd' model"):
+        load_model(str(sd), family="sdxl")
+    with pytest.raises(JaxalignError, match=r"expects 'sd' .* holds a 'sdxl' model"):
+        load_model(str(xl), family="sd")
+
+    partial = tmp_path / "partial"
+    shutil.copytree(xl, partial)
+    shutil.rmtree(partial / "text_encoder_2")
+    with pytest.raises(JaxalignError, match=r"lacks text_encoder_2/ .*'sdxl'"):
+        load_model(str(partial))
+
+    odd = tmp_path / "odd"
+    shutil.copytree(sd, odd)
+    config = json.loads((odd / "unet" / "config.json").read_text())
+    (odd / "unet" / "config.json").write_text(json.dumps({**config, "norm_num_groups": 8}))
+    with pytest.raises(JaxalignError, match=r"norm_num_groups=8 is not supported"):
+        load_model(str(odd))
+
+
+def test_checkpoint_with_unexpected_keys_is_a_clear_error(pipelines, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    _, sd = pipelines["sd"]
+    broken = tmp_path / "broken"
+    shutil.copytree(sd, broken)
+    weights = broken / "vae" / "diffusion_pytorch_model.safetensors"
+    state = load_file(weights)
+    state["decoder.extra_layer.weight"] = np.zeros((2, 2), np.float32)
+    save_file(state, weights)
+    with pytest.raises(JaxalignError, match=r"1 unexpected \(e.g. \['decoder/extra_layer/kernel'\]\)"):
+        load_model(str(broken))
+
+
+def test_cli_runs_the_sd15_config_on_a_tiny_pytorch_directory(pipelines, tmp_path, capsys):
+    _, path = pipelines["sd"]
+    workdir = tmp_path / "run"
+    argv = [
+        "run", "--config", str(ROOT / "configs" / "sd15.py"), f"--config.model={path}", "--workdir", str(workdir),
+        "--no-progress", "--config.height=32", "--config.width=32", "--config.num_inference_steps=2",
+        "--config.popsize=4", "--config.steps=2", "--config.rewards={'brightness': 1.0}",
+    ]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [0, 1, 2]
+    assert lines[-1]["best_fitness"] >= lines[0]["best_fitness"]
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["model"] == str(path)
+
+    capsys.readouterr()
+    wrong = [*argv[:3], f"--config.model={pipelines['sdxl'][1]}", *argv[4:]]
+    assert main(wrong) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "expects 'sd'" in error

@@ -1,0 +1,256 @@
+"""Learned rewards (CLIP score, PickScore, aesthetic, HPSv2) against transformers' PyTorch CLIP on the
+same tiny random weights, their JAX preprocessing against CLIP's image processor, and host-callback
+rewards."""
+
+import json
+import math
+from unittest import mock
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from conftest import small_config
+
+from jaxalign.errors import JaxalignError
+from jaxalign.model import EMBEDDED_DIR
+from jaxalign.rewards import clip_preprocess, host_reward, parse_reward
+from jaxalign.run import build, run
+
+PROMPTS = ["a red circle on a blue background", "a green square"]
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+
+
+def tiny_clip_config(projection_dim=16):
+    from transformers import CLIPConfig
+
+    tokens = {"bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 49407}
+    return CLIPConfig(
+        projection_dim=projection_dim, logit_scale_init_value=math.log(40.0),
+        text_config=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, vocab_size=49408, hidden_act="gelu", **tokens),
+        vision_config=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, image_size=32, patch_size=8, hidden_act="gelu"),
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    """A tiny random transformers CLIPModel saved with safetensors and no tokenizer files (CLIP's BPE
+    tokenizer is the fallback), with non-trivial norms and biases."""
+    from transformers import CLIPModel
+
+    from jaxalign.testing import _perturb
+
+    torch.manual_seed(0)
+    model = _perturb(CLIPModel(tiny_clip_config()), seed=5)
+    path = tmp_path_factory.mktemp("clip") / "tiny-clip"
+    model.save_pretrained(path, safe_serialization=True)
+    return model, path
+
+
+def images(n=3, size=(48, 40), seed=0):
+    base = jax.random.uniform(jax.random.key(seed), (n, 6, 6, 3))
+    return jax.image.resize(base, (n, *size, 3), "linear")
+
+
+def torch_scores(model, pixels, prompt):
+    """Reference: transformers' PyTorch CLIP on the same pixels: (cosine [N], logit scale)."""
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(EMBEDDED_DIR / "tokenizer")  # CLIP's BPE, the tiny model's fallback
+    ids = tokenizer([prompt], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        image = model.get_image_features(pixel_values=torch.tensor(np.asarray(pixels)).permute(0, 3, 1, 2))
+        text = model.get_text_features(input_ids=ids)
+    image, text = image / image.norm(dim=-1, keepdim=True), text / text.norm(dim=-1, keepdim=True)
+    return (image @ text.T)[:, 0].numpy(), float(model.logit_scale.detach().exp())
+
+
+def test_clip_preprocessing_matches_clip_image_processor_to_one_8bit_level():
+    from transformers import CLIPImageProcessor
+
+    for height, width, crop in ((64, 80, 32), (96, 64, 32), (256, 256, 224)):
+        pixels = np.clip(np.round(np.asarray(images(2, (height, width))) * 255), 0, 255).astype(np.uint8)
+        processor = CLIPImageProcessor(size={"shortest_edge": crop}, crop_size={"height": crop, "width": crop})
+        expected = processor(images=list(pixels), return_tensors="np").pixel_values.transpose(0, 2, 3, 1)
+        ours = np.asarray(clip_preprocess(jnp.asarray(pixels / 255.0, jnp.float32), crop, processor.image_mean, processor.image_std))
+        # PIL resizes uint8 images and rounds the result: one 8-bit level is 1 / 255 / 0.26 = 0.015 here.
+        np.testing.assert_allclose(ours, expected, atol=0.02)
+        assert np.abs(ours - expected).mean() < 0.006
+
+
+@pytest.mark.parametrize("name", ["clip", "pickscore"])
+def test_clip_and_pickscore_match_transformers_pytorch(tiny_clip, name):
+    model, path = tiny_clip
+    reward = parse_reward(name, {name: str(path)})
+    batch = images()
+    ours = np.asarray(reward.score(batch, reward.params, reward.prepare(PROMPTS[0])))
+    cosine, logit_scale = torch_scores(model, clip_preprocess(batch, 32, CLIP_MEAN, CLIP_STD), PROMPTS[0])
+    expected = cosine * (100.0 if name == "clip" else logit_scale)
+    np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-4)
+    assert np.ptp(expected) > 1e-3  # images are told apart
+    other = np.asarray(reward.score(batch, reward.params, reward.prepare(PROMPTS[1])))
+    assert np.abs(other - ours).max() > 1e-3  # and the prompt matters
+
+
+class AestheticMLP(torch.nn.Module):
+    """The LAION improved-aesthetic-predictor's MLP layout (``layers.<i>``), scaled down."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.layers = torch.nn.Sequential(
+            torch.nn.Linear(dim, 24), torch.nn.Dropout(0.2), torch.nn.Linear(24, 12), torch.nn.Dropout(0.2),
+            torch.nn.Linear(12, 8), torch.nn.Dropout(0.1), torch.nn.Linear(8, 4), torch.nn.Linear(4, 1),
+        )  # fmt: skip
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+def test_aesthetic_matches_its_pytorch_mlp_on_normalised_clip_embeddings(tiny_clip, tmp_path):
+    model, path = tiny_clip
+    torch.manual_seed(1)
+    mlp = AestheticMLP(16).eval()
+    torch.save(mlp.state_dict(), tmp_path / "predictor.pth")
+    reward = parse_reward("aesthetic", {"aesthetic": {"path": str(tmp_path / "predictor.pth"), "clip": str(path)}})
+    batch = images()
+    pixels = clip_preprocess(batch, 32, CLIP_MEAN, CLIP_STD)
+    with torch.no_grad():
+        embedding = model.get_image_features(pixel_values=torch.tensor(np.asarray(pixels)).permute(0, 3, 1, 2))
+        expected = mlp(embedding / embedding.norm(dim=-1, keepdim=True))[:, 0].numpy()
+    np.testing.assert_allclose(np.asarray(reward.score(batch, reward.params)), expected, rtol=1e-4, atol=1e-5)
+    assert np.ptp(expected) > 1e-4
+
+    torch.save(AestheticMLP(12).state_dict(), tmp_path / "wrong.pth")
+    with pytest.raises(JaxalignError, match=r"layers.0.weight has shape \(24, 12\), expected \(\*, 16\)"):
+        parse_reward("aesthetic", {"aesthetic": {"path": str(tmp_path / "wrong.pth"), "clip": str(path)}})
+
+
+def to_open_clip(state):
+    """transformers CLIPModel state dict -> open_clip's layout (the inverse of jaxalign's mapping),
+    written independently here from open_clip's module names."""
+    out = {}
+    blocks = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj", "self_attn.out_proj": "attn.out_proj"}
+    for tower, prefix in (("text_model", ""), ("vision_model", "visual.")):
+        layers = {int(k.split(".")[3]) for k in state if k.startswith(f"{tower}.encoder.layers.")}
+        for i in layers:
+            src, dst = f"{tower}.encoder.layers.{i}.", f"{prefix}transformer.resblocks.{i}."
+            for hf, oc in blocks.items():
+                for leaf in ("weight", "bias"):
+                    out[f"{dst}{oc}.{leaf}"] = state[f"{src}{hf}.{leaf}"]
+            for leaf in ("weight", "bias"):
+                out[f"{dst}attn.in_proj_{leaf}"] = torch.cat([state[f"{src}self_attn.{x}_proj.{leaf}"] for x in "qkv"])
+    out["token_embedding.weight"] = state["text_model.embeddings.token_embedding.weight"]
+    out["positional_embedding"] = state["text_model.embeddings.position_embedding.weight"]
+    out["ln_final.weight"], out["ln_final.bias"] = state["text_model.final_layer_norm.weight"], state["text_model.final_layer_norm.bias"]
+    out["text_projection"] = state["text_projection.weight"].T.contiguous()
+    out["visual.class_embedding"] = state["vision_model.embeddings.class_embedding"]
+    out["visual.conv1.weight"] = state["vision_model.embeddings.patch_embedding.weight"]
+    out["visual.positional_embedding"] = state["vision_model.embeddings.position_embedding.weight"]
+    for leaf in ("weight", "bias"):
+        out[f"visual.ln_pre.{leaf}"] = state[f"vision_model.pre_layrnorm.{leaf}"]
+        out[f"visual.ln_post.{leaf}"] = state[f"vision_model.post_layernorm.{leaf}"]
+    out["visual.proj"] = state["visual_projection.weight"].T.contiguous()
+    out["logit_scale"] = state["logit_scale"]
+    return {f"module.{k}": v.clone() for k, v in out.items()}  # HPSv2 saved a DataParallel model
+
+
+def test_hpsv2_open_clip_checkpoint_matches_transformers_pytorch(tiny_clip, tmp_path):
+    model, path = tiny_clip
+    state = to_open_clip(model.state_dict())
+    # open_clip's fused attention is torch.nn.MultiheadAttention: its in_proj layout must give the
+    # same attention as transformers' separate q/k/v projections.
+    attention = torch.nn.MultiheadAttention(32, 4, batch_first=True)
+    attention.load_state_dict({
+        "in_proj_weight": state["module.visual.transformer.resblocks.0.attn.in_proj_weight"],
+        "in_proj_bias": state["module.visual.transformer.resblocks.0.attn.in_proj_bias"],
+        "out_proj.weight": state["module.visual.transformer.resblocks.0.attn.out_proj.weight"],
+        "out_proj.bias": state["module.visual.transformer.resblocks.0.attn.out_proj.bias"],
+    })  # fmt: skip
+    x = torch.randn(2, 5, 32)
+    with torch.no_grad():
+        np.testing.assert_allclose(
+            attention(x, x, x, need_weights=False)[0].numpy(), model.vision_model.encoder.layers[0].self_attn(x)[0].numpy(), atol=1e-5
+        )
+    torch.save({"state_dict": state, "epoch": 1}, tmp_path / "HPS_v2_compressed.pt")
+    architecture = {
+        "embed_dim": 16,
+        "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 8, "patch_size": 8, "mlp_ratio": 37 / 32},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 4, "layers": 2, "mlp_ratio": 37 / 32},
+    }
+    (tmp_path / "open_clip_config.json").write_text(json.dumps(architecture))
+    reward = parse_reward("hpsv2", {"hpsv2": str(tmp_path / "HPS_v2_compressed.pt")})
+    batch = images()
+    cosine, _ = torch_scores(model, clip_preprocess(batch, 32, CLIP_MEAN, CLIP_STD), PROMPTS[0])
+    np.testing.assert_allclose(np.asarray(reward.score(batch, reward.params, reward.prepare(PROMPTS[0]))), cosine, atol=1e-5)
+
+
+def test_learned_rewards_are_differentiable(tiny_clip):
+    _, path = tiny_clip
+    reward = parse_reward("clip", {"clip": str(path)})
+    text = reward.prepare(PROMPTS[0])
+    grad = jax.grad(lambda x: reward.score(x, reward.params, text).sum())(images())
+    assert np.isfinite(np.asarray(grad)).all() and float(jnp.abs(grad).max()) > 0
+
+
+def test_missing_reward_weights_are_clear_errors(tiny_clip, tmp_path):
+    with pytest.raises(JaxalignError, match=r"reward 'hpsv2' needs its checkpoint: set --config.reward_paths.hpsv2"):
+        parse_reward("hpsv2")
+    with pytest.raises(JaxalignError, match=r"open_clip checkpoint not found: .*nothing.pt"):
+        parse_reward("hpsv2", {"hpsv2": str(tmp_path / "nothing.pt")})
+    with pytest.raises(JaxalignError, match=r"CLIP model not found: .*no-clip"):
+        parse_reward("clip", {"clip": str(tmp_path / "no-clip")})
+    with pytest.raises(JaxalignError, match=r"weights file not found: .*absent.pth"):
+        parse_reward("aesthetic", {"aesthetic": {"path": str(tmp_path / "absent.pth"), "clip": str(tiny_clip[1])}})
+    with pytest.raises(JaxalignError, match=r"reward_paths.clip has unknown option\(s\) mlp"):
+        parse_reward("clip", {"clip": {"path": str(tiny_clip[1]), "mlp": "x"}})
+    with pytest.raises(JaxalignError, match=r"reward 'imagereward' needs the image-reward package"):
+        parse_reward("imagereward", {"imagereward": str(tmp_path / "ImageReward.pt")})
+
+
+def test_host_reward_scores_the_whole_population_in_one_call_with_its_prompt():
+    calls = []
+
+    def scorer(batch, prompts):  # a PyTorch scorer: mean red minus the prompt's length / 100
+        calls.append((batch.shape, list(prompts)))
+        return torch.tensor(batch[..., 0].mean(axis=(1, 2))) - torch.tensor([len(p) / 100 for p in prompts])
+
+    reward = host_reward(scorer, with_prompt=True)
+    batch = images(4, (8, 8))
+    first, second = reward.prepare(PROMPTS[0]), reward.prepare(PROMPTS[1])
+    both = jax.jit(jax.vmap(lambda prepared: reward.score(batch, None, prepared)))(jnp.stack([first, second]))
+    red = np.asarray(batch[..., 0].mean(axis=(1, 2)))
+    np.testing.assert_allclose(np.asarray(both), np.stack([red - len(p) / 100 for p in PROMPTS]), atol=1e-6)
+    assert len(calls) == 1 and calls[0][0] == (8, 8, 8, 3) and calls[0][1] == [PROMPTS[0]] * 4 + [PROMPTS[1]] * 4
+
+
+def test_a_black_box_reward_is_called_once_per_generation_in_a_search(embedded, tmp_path):
+    from jaxalign import rewards
+
+    job = build(small_config(rewards={"jpeg_compressibility": 1.0}, steps=3), embedded)
+    with mock.patch.object(rewards, "jpeg_size_kb", wraps=rewards.jpeg_size_kb) as sizes:
+        (summary,) = run(job, tmp_path, progress=False)
+    assert sizes.call_count == 4  # generation 0 and 3 generations, each scoring all 6 members at once
+    assert all(call.args[0].shape == (6, 32, 32, 3) for call in sizes.call_args_list)
+    assert summary["best_fitness"] >= summary["baseline_fitness"]
+
+
+def test_search_with_a_prompt_conditioned_learned_reward(embedded, tiny_clip, tmp_path):
+    from PIL import Image
+
+    _, path = tiny_clip
+    config = small_config(prompts=PROMPTS, rewards={"clip": 1.0}, reward_paths={"clip": str(path)}, batch_prompts=True, steps=2)
+    summaries = run(build(config, embedded), tmp_path, progress=False)
+    reward = parse_reward("clip", {"clip": str(path)})
+    folders = sorted(tmp_path.glob("00*_*"))
+    assert len(folders) == 2
+    rescored = {}
+    for summary, prompt, folder in zip(summaries, PROMPTS, folders):
+        assert summary["prompt"] == prompt and summary["best_fitness"] >= summary["baseline_fitness"]
+        baseline = jnp.asarray(np.asarray(Image.open(folder / "images" / "baseline.png"), np.float32) / 255.0)[None]
+        for text in PROMPTS:
+            rescored[prompt, text] = float(reward.score(baseline, reward.params, reward.prepare(text))[0])
+        # The logged baseline is the saved baseline image's score under this prompt's own text (8-bit PNG).
+        assert rescored[prompt, prompt] == pytest.approx(summary["baseline_fitness"], abs=0.3)
+    # ... and not under the other prompt's text: each prompt of the batch was scored with its own.
+    assert any(abs(rescored[p, q] - s["baseline_fitness"]) > 0.3 for s, p in zip(summaries, PROMPTS) for q in PROMPTS if q != p)
