@@ -92,6 +92,12 @@ BAD_INPUTS = {
     "bad number": (["--config.popsize=many"], "config field 'popsize' expects int, got 'many'"),
     "unknown strategy param": (["--config.strategy_params.sigma=2.0"], "unknown strategy_params sigma for CoSyNE; valid: mutation_probability"),
     "missing prompt file": (["--config.prompt_file=/nonexistent/prompts.txt"], "prompt_file not found"),
+    "learned reward without weights": (["--config.rewards={'hpsv2': 1.0}"], "reward 'hpsv2' needs its checkpoint: set --config.reward_paths.hpsv2"),
+    "missing reward weights": (["--config.rewards={'aesthetic': 1.0}", "--config.reward_paths.aesthetic={'path': '/nonexistent/a.pth', 'clip': '/nonexistent/clip'}"],
+                               "CLIP model not found: /nonexistent/clip"),
+    "reward path for no reward": (["--config.reward_paths.clip=/models/clip"], r"reward_paths for clip, which is not among rewards"),
+    "uncached hub model": (["--config.model=nobody/nothing"], "'nobody/nothing' is not in the local Hugging Face cache"),
+    "wrong family": (["--config.model_family=sdxl"], r"model family mismatch: the config expects 'sdxl' .* holds a 'sd' model"),
 }
 
 

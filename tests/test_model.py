@@ -1,6 +1,5 @@
 """The model module: the embedded default, saving and loading diffusers directories, PyTorch weights."""
 
-import inspect
 import json
 import shutil
 
@@ -8,10 +7,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 
 from jaxalign.errors import JaxalignError
-from jaxalign.model import EMBEDDED_DIR, load_model, save_model
+from jaxalign.model import load_model, save_model
 
 
 def leaves(tree):
@@ -77,55 +75,3 @@ def test_weights_that_do_not_fit_the_config_are_a_clear_error(embedded, tmp_path
         load_model(str(tmp_path / "sd"))
 
 
-@pytest.fixture(scope="module")
-def pytorch_sd_dir(tmp_path_factory):
-    """A tiny random PyTorch SD model in diffusers layout with safetensors weights."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    path = tmp_path_factory.mktemp("pt") / "sd"
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(**_config("unet", UNet2DConditionModel))
-    vae = AutoencoderKL(**_config("vae", AutoencoderKL))
-    text = CLIPTextModel(CLIPTextConfig.from_pretrained(EMBEDDED_DIR / "text_encoder"))
-    for module in (unet, vae, text):  # random non-trivial norms and biases, so the mapping of every leaf matters
-        with torch.no_grad():
-            for name, p in module.named_parameters():
-                if name.endswith("bias") or "norm" in name:
-                    p.add_(0.1 * torch.randn_like(p))
-    unet.save_pretrained(path / "unet", safe_serialization=True)
-    vae.save_pretrained(path / "vae", safe_serialization=True)
-    text.save_pretrained(path / "text_encoder", safe_serialization=True)
-    shutil.copytree(EMBEDDED_DIR / "scheduler", path / "scheduler")
-    load_model("embedded")[0].tokenizer.save_pretrained(path / "tokenizer")
-    return path, unet.eval(), vae.eval(), text.eval()
-
-
-def _config(component, cls):
-    # The shipped configs were written by the Flax classes; keep the fields the PyTorch class takes.
-    accepted = inspect.signature(cls.__init__).parameters
-    return {k: v for k, v in json.loads((EMBEDDED_DIR / component / "config.json").read_text()).items() if k in accepted}
-
-
-def test_pytorch_safetensors_weights_match_pytorch_outputs(pytorch_sd_dir):
-    path, unet, vae, text = pytorch_sd_dir
-    model, params = load_model(str(path))
-    rng = np.random.default_rng(0)
-
-    ids = model.tokenize(["a green triangle"])
-    with torch.no_grad():
-        expected = text(torch.tensor(ids, dtype=torch.long)).last_hidden_state.numpy()
-    context = np.asarray(model.encode_tokens(params, jnp.asarray(ids)))
-    np.testing.assert_allclose(context, expected, atol=1e-4)
-
-    latents = rng.standard_normal((2, 4, 8, 8)).astype(np.float32)
-    hidden = rng.standard_normal((2, 77, 32)).astype(np.float32)
-    with torch.no_grad():
-        expected = unet(torch.tensor(latents), 501, torch.tensor(hidden)).sample.numpy()
-    ours = np.asarray(model.predict_noise(params, jnp.asarray(latents), jnp.int32(501), jnp.asarray(hidden)))
-    np.testing.assert_allclose(ours, expected, atol=1e-4)
-
-    with torch.no_grad():
-        decoded = vae.decode(torch.tensor(latents) / vae.config.scaling_factor).sample
-    expected = (decoded / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
-    np.testing.assert_allclose(np.asarray(model.decode(params, jnp.asarray(latents))), expected, atol=1e-4)

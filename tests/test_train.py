@@ -47,20 +47,20 @@ def test_denoiser_training_lowers_the_loss_and_resumes_exactly(config_dir, tmp_p
     frozen = {"vae": params["vae"]}
     batch = train.shapes_batch(model, 99, "held", 0, 16)
     before = _fixed_loss(loss_fn, trainable, frozen, batch)
-    config = train.StageConfig(steps=30, batch_size=16, warmup_steps=5)
-    straight = train.run_stage("denoiser", model, loss_fn, trainable, frozen, config, tmp_path / "a", 0, checkpoint_every=15, progress=False)
+    config = train.StageConfig(steps=12, batch_size=8, warmup_steps=2)
+    straight = train.run_stage("denoiser", model, loss_fn, trainable, frozen, config, tmp_path / "a", 0, checkpoint_every=6, progress=False)
     after = _fixed_loss(loss_fn, straight.params, frozen, batch)
     assert after < before
 
-    # Interrupted after step 15: the step-30 checkpoint is gone, so the run resumes at 15.
+    # Interrupted after step 6: the step-12 checkpoint is gone, so the run resumes at 6.
     import orbax.checkpoint as ocp
 
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     manager = ocp.CheckpointManager((tmp_path / "b" / "checkpoints" / "denoiser").absolute())
-    manager.delete(30)
+    manager.delete(12)
     manager.close()
-    resumed = train.run_stage("denoiser", model, loss_fn, trainable, frozen, config, tmp_path / "b", 0, checkpoint_every=15, progress=False)
-    assert int(resumed.step) == 30
+    resumed = train.run_stage("denoiser", model, loss_fn, trainable, frozen, config, tmp_path / "b", 0, checkpoint_every=6, progress=False)
+    assert int(resumed.step) == 12
     for a, b in zip(jax.tree.leaves(straight.ema), jax.tree.leaves(resumed.ema)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
