@@ -393,22 +393,25 @@ def _load(path: Path, name: str, dtype, family: ModelFamily, seed: int | None = 
 
 
 # UNet config fields that change the architecture in ways diffusers' Flax UNet does not implement,
-# with the value it assumes (its group norms always have 32 groups, for instance).
-_FLAX_UNET_ASSUMES = {
-    "norm_num_groups": 32, "class_embed_type": None, "num_class_embeds": None, "encoder_hid_dim": None,
-    "encoder_hid_dim_type": None, "time_embedding_type": "positional", "resnet_time_scale_shift": "default",
-    "conv_in_kernel": 3, "conv_out_kernel": 3, "time_embedding_dim": None, "timestep_post_act": None,
-    "dual_cross_attention": False, "act_fn": "silu", "attention_type": "default", "cross_attention_norm": None,
-    "mid_block_only_cross_attention": None, "class_embeddings_concat": False, "resnet_skip_time_act": False,
-    "resnet_out_scale_factor": 1.0, "time_embedding_act_fn": None, "addition_embed_type": "text_time",
+# with the values it does implement (its group norms always have 32 groups, for instance).
+_FLAX_UNET_SUPPORTS = {
+    "norm_num_groups": (32,), "norm_eps": (1e-5,), "act_fn": ("silu",), "class_embed_type": (None,),
+    "num_class_embeds": (None,), "encoder_hid_dim": (None,), "encoder_hid_dim_type": (None,),
+    "time_embedding_type": ("positional",), "time_embedding_dim": (None,), "time_embedding_act_fn": (None,),
+    "timestep_post_act": (None,), "resnet_time_scale_shift": ("default",), "resnet_skip_time_act": (False,),
+    "resnet_out_scale_factor": (1.0,), "conv_in_kernel": (3,), "conv_out_kernel": (3,), "dual_cross_attention": (False,),
+    "attention_type": ("default",), "cross_attention_norm": (None,), "class_embeddings_concat": (False,),
+    "mid_block_only_cross_attention": (None, False), "addition_embed_type": (None, "text_time"),
+    "center_input_sample": (False,), "downsample_padding": (1,), "mid_block_scale_factor": (1,),
 }  # fmt: skip
 
 
 def _check_unet_config(config: dict, path: Path) -> None:
-    for name, assumed in _FLAX_UNET_ASSUMES.items():
-        value = config.get(name, assumed)
-        if value != assumed and not (name == "addition_embed_type" and value is None) and not (name == "mid_block_only_cross_attention" and value is False):
-            raise JaxalignError(f"{path}: {name}={value!r} is not supported (the Flax UNet implements {name}={assumed!r})")
+    for name, supported in _FLAX_UNET_SUPPORTS.items():
+        value = config.get(name, supported[0])
+        if value not in supported:
+            valid = " or ".join(repr(v) for v in supported)
+            raise JaxalignError(f"{path}: {name}={value!r} is not supported (the Flax UNet implements {name}={valid})")
 
 
 def _tokenizer(directory: Path, max_length: int):

@@ -317,7 +317,7 @@ def imagereward(path: str | None = None, med_config: str | None = None, device: 
         raise JaxalignError(f"reward 'imagereward' needs BLIP's med_config.json; not found at {med}")
     model = ImageRewardModel(med_config=str(med), device=device)
     model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True), strict=False)
-    model.eval()
+    model.to(device).eval()
 
     def scorer(images: np.ndarray, prompts: list[str]) -> np.ndarray:
         pixels = np.clip(np.round(images * 255.0), 0, 255).astype(np.uint8)

@@ -32,7 +32,7 @@ def tiny_scheduler_config(**changes) -> dict:
     }  # fmt: skip
 
 
-def _perturb(module, seed: int):
+def perturb_norms_and_biases(module, seed: int):
     """Give norms and biases random values (PyTorch initialises them to 1 and 0), so a wrongly
     mapped leaf changes the outputs."""
     import torch
@@ -76,7 +76,7 @@ def tiny_pytorch_pipeline(family: str, path: str | Path, seed: int = 0, schedule
     text_encoder = CLIPTextModel(tiny_text_config())
     tokenizer = CLIPTokenizer.from_pretrained(EMBEDDED_DIR / "tokenizer")
     for i, module in enumerate((unet, vae, text_encoder)):
-        _perturb(module, seed + i)
+        perturb_norms_and_biases(module, seed + i)
     ddim = DDIMScheduler.from_config(scheduler or tiny_scheduler_config())
     if lcm:
         pipe = LatentConsistencyModelPipeline(
@@ -85,7 +85,7 @@ def tiny_pytorch_pipeline(family: str, path: str | Path, seed: int = 0, schedule
             safety_checker=None, feature_extractor=None, requires_safety_checker=False,
         )  # fmt: skip
     elif xl:
-        text_encoder_2 = _perturb(CLIPTextModelWithProjection(tiny_text_config()), seed + 3)
+        text_encoder_2 = perturb_norms_and_biases(CLIPTextModelWithProjection(tiny_text_config()), seed + 3)
         pipe = StableDiffusionXLPipeline(
             vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer, tokenizer_2=tokenizer,
             unet=unet, scheduler=ddim,

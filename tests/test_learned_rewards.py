@@ -39,10 +39,10 @@ def tiny_clip(tmp_path_factory):
     tokenizer is the fallback), with non-trivial norms and biases."""
     from transformers import CLIPModel
 
-    from jaxalign.testing import _perturb
+    from jaxalign.testing import perturb_norms_and_biases
 
     torch.manual_seed(0)
-    model = _perturb(CLIPModel(tiny_clip_config()), seed=5)
+    model = perturb_norms_and_biases(CLIPModel(tiny_clip_config()), seed=5)
     path = tmp_path_factory.mktemp("clip") / "tiny-clip"
     model.save_pretrained(path, safe_serialization=True)
     return model, path
