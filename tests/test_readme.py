@@ -3,7 +3,7 @@
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TEST_COMMAND = '. .venv/bin/activate && pip install -e ".[test]" && python -m pytest -q'
+TEST_COMMAND = '. .venv/bin/activate && pip install -e ".[test]" && python -m pytest -q -n 2'
 RUN_COMMAND = "python3 -m venv .venv && . .venv/bin/activate && pip install -e . && jaxalign run --config configs/default.py --workdir runs/default"
 
 
