@@ -731,40 +731,43 @@ def load_open_clip(checkpoint: str, architecture: dict, dtype: str = "float32") 
     return _clip_from(config, lambda shapes: _checked(_torch_to_flax(hf_state, flatten_shapes(shapes)), shapes, path), tokenizer, {}, _DTYPES[dtype])
 
 
+# open_clip CLIP leaves outside the transformer blocks -> transformers CLIPModel names; projections that
+# open_clip stores as [in, out] matrices are transposed to PyTorch Linear weights.
+_OPEN_CLIP_LEAVES = {
+    "token_embedding.weight": "text_model.embeddings.token_embedding.weight",
+    "positional_embedding": "text_model.embeddings.position_embedding.weight",
+    "ln_final.weight": "text_model.final_layer_norm.weight",
+    "ln_final.bias": "text_model.final_layer_norm.bias",
+    "text_projection": "text_projection.weight",
+    "visual.class_embedding": "vision_model.embeddings.class_embedding",
+    "visual.conv1.weight": "vision_model.embeddings.patch_embedding.weight",
+    "visual.positional_embedding": "vision_model.embeddings.position_embedding.weight",
+    "visual.ln_pre.weight": "vision_model.pre_layrnorm.weight",
+    "visual.ln_pre.bias": "vision_model.pre_layrnorm.bias",
+    "visual.ln_post.weight": "vision_model.post_layernorm.weight",
+    "visual.ln_post.bias": "vision_model.post_layernorm.bias",
+    "visual.proj": "visual_projection.weight",
+    "logit_scale": "logit_scale",
+}
+_OPEN_CLIP_TRANSPOSED = ("text_projection", "visual.proj")
+_OPEN_CLIP_BLOCK = {"ln_1": "layer_norm1", "ln_2": "layer_norm2", "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2", "attn.out_proj": "self_attn.out_proj"}
+
+
 def open_clip_to_transformers(state: dict[str, np.ndarray], text_layers: int, vision_layers: int) -> dict[str, np.ndarray]:
     """Rename an open_clip CLIP state dict to transformers' ``CLIPModel`` keys (PyTorch layout):
     fused ``in_proj`` attention weights are split into q/k/v and projections transposed."""
     out: dict[str, np.ndarray] = {}
-    blocks = {"ln_1": "layer_norm1", "ln_2": "layer_norm2", "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2", "attn.out_proj": "self_attn.out_proj"}
-
-    def tower(prefix: str, target: str, layers: int):
-        for i in range(layers):
-            source = f"{prefix}transformer.resblocks.{i}."
-            dest = f"{target}.encoder.layers.{i}."
-            for old, new in blocks.items():
-                for leaf in ("weight", "bias"):
-                    out[dest + f"{new}.{leaf}"] = state[source + f"{old}.{leaf}"]
-            for leaf in ("weight", "bias"):
-                q, k, v = np.split(np.asarray(state[source + f"attn.in_proj_{leaf}"]), 3, axis=0)
-                for name, part in zip("qkv", (q, k, v)):
-                    out[dest + f"self_attn.{name}_proj.{leaf}"] = part
-
     try:
-        tower("", "text_model", text_layers)
-        tower("visual.", "vision_model", vision_layers)
-        out["text_model.embeddings.token_embedding.weight"] = state["token_embedding.weight"]
-        out["text_model.embeddings.position_embedding.weight"] = state["positional_embedding"]
-        out["text_model.final_layer_norm.weight"] = state["ln_final.weight"]
-        out["text_model.final_layer_norm.bias"] = state["ln_final.bias"]
-        out["text_projection.weight"] = np.asarray(state["text_projection"]).T
-        out["vision_model.embeddings.class_embedding"] = state["visual.class_embedding"]
-        out["vision_model.embeddings.patch_embedding.weight"] = state["visual.conv1.weight"]
-        out["vision_model.embeddings.position_embedding.weight"] = state["visual.positional_embedding"]
-        for leaf in ("weight", "bias"):
-            out[f"vision_model.pre_layrnorm.{leaf}"] = state[f"visual.ln_pre.{leaf}"]
-            out[f"vision_model.post_layernorm.{leaf}"] = state[f"visual.ln_post.{leaf}"]
-        out["visual_projection.weight"] = np.asarray(state["visual.proj"]).T
-        out["logit_scale"] = state["logit_scale"]
+        for prefix, target, layers in (("", "text_model", text_layers), ("visual.", "vision_model", vision_layers)):
+            for i in range(layers):
+                source, dest = f"{prefix}transformer.resblocks.{i}.", f"{target}.encoder.layers.{i}."
+                for leaf in ("weight", "bias"):
+                    for old, new in _OPEN_CLIP_BLOCK.items():
+                        out[f"{dest}{new}.{leaf}"] = state[f"{source}{old}.{leaf}"]
+                    q, k, v = np.split(np.asarray(state[f"{source}attn.in_proj_{leaf}"]), 3, axis=0)
+                    out.update({f"{dest}self_attn.{name}_proj.{leaf}": part for name, part in zip("qkv", (q, k, v))})
+        for old, new in _OPEN_CLIP_LEAVES.items():
+            out[new] = np.asarray(state[old]).T if old in _OPEN_CLIP_TRANSPOSED else state[old]
     except KeyError as missing:
         raise JaxalignError(f"open_clip checkpoint lacks {missing} (expected an open_clip CLIP state dict with {text_layers} text and {vision_layers} vision blocks)") from None
     return out
