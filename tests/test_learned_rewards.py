@@ -4,6 +4,7 @@ rewards."""
 
 import json
 import math
+from pathlib import Path
 from unittest import mock
 
 import jax
@@ -254,3 +255,44 @@ def test_search_with_a_prompt_conditioned_learned_reward(embedded, tiny_clip, tm
         assert rescored[prompt, prompt] == pytest.approx(summary["baseline_fitness"], abs=0.3)
     # ... and not under the other prompt's text: each prompt of the batch was scored with its own.
     assert any(abs(rescored[p, q] - s["baseline_fitness"]) > 0.3 for s, p in zip(summaries, PROMPTS) for q in PROMPTS if q != p)
+
+
+def test_imagereward_glue_with_a_stand_in_package(tmp_path, monkeypatch):
+    """The image-reward package cannot be installed here (it needs torchvision); a stand-in module with
+    its API (``ImageReward(med_config, device)``, ``inference_rank(prompt, images)``) checks the glue:
+    weights loaded with weights_only, one ranking call per distinct prompt, scores back in order."""
+    import sys
+    import types
+
+    from PIL import Image
+
+    class StandIn(torch.nn.Module):
+        def __init__(self, med_config, device="cpu"):
+            super().__init__()
+            assert Path(med_config).is_file()
+            self.scale = torch.nn.Parameter(torch.zeros(()))
+            self.calls = []
+
+        def inference_rank(self, prompt, images):
+            assert all(isinstance(image, Image.Image) for image in images)
+            self.calls.append(prompt)
+            rewards = [float(self.scale) * np.asarray(image, np.float32)[..., 0].mean() / 255 + len(prompt) for image in images]
+            return list(range(1, len(images) + 1)), rewards if len(rewards) > 1 else rewards[0]
+
+    made = []
+    module = types.ModuleType("ImageReward.ImageReward")
+    module.ImageReward = lambda **kwargs: made.append(StandIn(**kwargs)) or made[-1]
+    monkeypatch.setitem(sys.modules, "ImageReward", types.ModuleType("ImageReward"))
+    monkeypatch.setitem(sys.modules, "ImageReward.ImageReward", module)
+    torch.save({"scale": torch.tensor(2.0)}, tmp_path / "ImageReward.pt")
+    (tmp_path / "med_config.json").write_text("{}")
+
+    reward = parse_reward("imagereward", {"imagereward": str(tmp_path / "ImageReward.pt")})
+    batch = images(3, (8, 8))
+    prepared = jnp.stack([reward.prepare(PROMPTS[0]), reward.prepare(PROMPTS[1])])
+    scores = np.asarray(jax.vmap(lambda p: reward.score(batch, None, p))(prepared))
+    red = np.round(np.clip(np.asarray(batch), 0, 1) * 255)[..., 0].mean(axis=(1, 2)) / 255
+    np.testing.assert_allclose(scores, np.stack([2.0 * red + len(p) for p in PROMPTS]), rtol=1e-5)
+    assert made[0].calls == PROMPTS  # one call per prompt, for all of its images
+    with pytest.raises(JaxalignError, match=r"needs BLIP's med_config.json; not found at .*elsewhere"):
+        parse_reward("imagereward", {"imagereward": {"path": str(tmp_path / "ImageReward.pt"), "med_config": str(tmp_path / "elsewhere" / "m.json")}})
