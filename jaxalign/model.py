@@ -668,10 +668,15 @@ class ClipModel:
         """Projected image embeddings [B, dim] of normalised pixels [B, size, size, 3] (not L2-normalised)."""
         return self.module.get_image_features(jnp.transpose(pixels, (0, 3, 1, 2)), params=params)
 
-    def text_features(self, params: Params, prompts: Sequence[str]) -> jax.Array:
-        """Projected text embeddings [len(prompts), dim] (not L2-normalised)."""
-        ids = self.tokenizer(list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="np").input_ids
-        return self.module.get_text_features(jnp.asarray(ids, jnp.int32), params=params)
+    def tokenize(self, prompts: Sequence[str]) -> np.ndarray:
+        """Token ids [len(prompts), tokens] (host side, so one compiled encoder serves every prompt)."""
+        return self.tokenizer(
+            list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="np"
+        ).input_ids.astype(np.int32)
+
+    def text_features(self, params: Params, token_ids: jax.Array) -> jax.Array:
+        """Projected text embeddings [B, dim] of token ids [B, tokens] (not L2-normalised)."""
+        return self.module.get_text_features(token_ids, params=params)
 
     def logit_scale(self, params: Params) -> jax.Array:
         return jnp.exp(params["logit_scale"])

@@ -201,10 +201,10 @@ def _unit(x: jax.Array) -> jax.Array:
 
 def _clip_reward(clip, clip_params, scale: Callable[[Any], jax.Array]) -> Reward:
     """scale(params) x cosine(image, prompt) for a CLIP model; text features are prepared per prompt."""
-    encode = jax.jit(clip.text_features, static_argnums=1)
+    encode = jax.jit(clip.text_features)
 
     def prepare(prompt: str):
-        return _unit(encode(clip_params, (prompt,))[0])
+        return _unit(encode(clip_params, jnp.asarray(clip.tokenize([prompt])))[0])
 
     def fn(images, params, text):
         pixels = clip_preprocess(images, clip.crop_size, clip.mean, clip.std)

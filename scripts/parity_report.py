@@ -62,7 +62,7 @@ def clip_error(root: Path) -> dict:
     return {
         "part": "CLIP image and text features",
         "max_abs_error": max(float(np.abs(np.asarray(clip.image_features(params, jnp.asarray(pixels))) - image).max()),
-                             float(np.abs(np.asarray(clip.text_features(params, [PROMPT])) - text).max())),
+                             float(np.abs(np.asarray(clip.text_features(params, jnp.asarray(clip.tokenize([PROMPT])))) - text).max())),
         "feature_std": float(image.std()),
     }  # fmt: skip
 
