@@ -332,6 +332,10 @@ def imagereward(path: str | None = None, med_config: str | None = None, device: 
     return host_reward(scorer, with_prompt=True)
 
 
+def _no_prompt_inputs(prompt: str) -> dict[str, Any]:
+    return {}
+
+
 class Objective(NamedTuple):
     """``fn(images, weights, reward_params, prepared) -> (total [N], {name: component [N]})``, its
     default weights, the learned rewards' weights (``params``) and ``prepare(prompt)``, which
@@ -341,7 +345,7 @@ class Objective(NamedTuple):
     default_weights: dict[str, float]
     differentiable: bool
     params: dict[str, Any] | None = None
-    prepare: Callable[[str], dict[str, Any]] | None = None
+    prepare: Callable[[str], dict[str, Any]] = _no_prompt_inputs
 
 
 def needs_path(name: str) -> bool:

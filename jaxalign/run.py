@@ -34,7 +34,7 @@ from jaxalign.config import OPEN_MAPPINGS, read_prompts, validate
 from jaxalign.errors import JaxalignError
 from jaxalign.methods import METHODS, Context, build_method
 from jaxalign.model import DiffusionModel, load_model
-from jaxalign.rewards import weighted_sum
+from jaxalign.rewards import Objective, weighted_sum
 from jaxalign.sampler import make_sampler
 from jaxalign.search import Problem, Search, SearchParams, batched, device_mesh, prompt_sharding
 from jaxalign.spaces import SPACES
@@ -53,7 +53,7 @@ class Job:
     sampler: Any
     latent_shape: tuple[int, int, int]
     mesh: Any  # ("prompts", "population") device mesh, or None on one device
-    objective: Any = None
+    objective: Objective
 
 
 def build(config, loaded: tuple[DiffusionModel, Any] | None = None) -> Job:
@@ -117,8 +117,7 @@ def make_problem(job: Job, prompt: str, index: int) -> tuple[Problem, jax.Array]
     centre_key, search_key = jax.random.split(key)
     context, uncond_context = job.model.conditioning(job.model_params, prompt, job.config.negative_prompt)
     centre = jax.random.normal(centre_key, job.latent_shape, jnp.float32)
-    reward_inputs = job.objective.prepare(prompt) if job.objective is not None and job.objective.prepare else {}
-    return Problem(context=context, uncond_context=uncond_context, centre=centre, reward_inputs=reward_inputs), search_key
+    return Problem(context=context, uncond_context=uncond_context, centre=centre, reward_inputs=job.objective.prepare(prompt)), search_key
 
 
 def run(job: Job, workdir: str | Path, progress: bool = True, resume: bool = False) -> list[dict]:
