@@ -45,6 +45,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.height = 32  # the embedded model's size; 512 for SD 1.x
     c.width = 32
     c.guidance_scale = 7.5
+    c.attention = "standard"  # standard | chunked (memory linear in tokens; for 512x512 and larger)
+    c.decode_batch = 0  # decode this many images at a time (0: the whole population in one call)
     # Search.
     c.method = "evolution"  # evolution | random | zero_order | dno | dno_zo | svdd | dsearch | das
     c.method_params = ml_collections.ConfigDict()  # options of a non-evolution method, e.g. learning_rate
@@ -182,7 +184,7 @@ def read_prompts(config: ml_collections.ConfigDict) -> list[str]:
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks that need no model: numbers in range and known names."""
     from jaxalign.methods import METHODS
-    from jaxalign.model import FAMILIES
+    from jaxalign.model import ATTENTION, FAMILIES
     from jaxalign.rewards import needs_path, parse_reward
     from jaxalign.schedulers import SCHEDULERS
     from jaxalign.spaces import SPACES
@@ -205,10 +207,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise JaxalignError(f"target_reward must be finite or None, got {config.target_reward}")
     if not math.isfinite(config.guidance_scale):
         raise JaxalignError(f"guidance_scale must be finite, got {config.guidance_scale}")
+    if config.decode_batch < 0:
+        raise JaxalignError(f"decode_batch must be >= 0 (0 decodes the whole population at once), got {config.decode_batch}")
     if config.dtype not in ("float32", "bfloat16"):
         raise JaxalignError(f"unknown dtype {config.dtype!r}; valid: bfloat16, float32")
     STRATEGIES[config.strategy]
     SPACES[config.space]
+    ATTENTION[config.attention]
     method = METHODS[config.method]
     if not method.uses_strategy and config.space != "noise":
         raise JaxalignError(f"method {config.method!r} searches the initial noise itself; set space='noise' (got {config.space!r})")

@@ -84,6 +84,16 @@ FAMILIES.register(
     ),
 )
 
+# UNet attention, a static program choice (the numbers agree up to rounding), name -> diffusers'
+# ``use_memory_efficient_attention``. "standard": one [tokens x tokens] score matrix per head and
+# image, what diffusers' Flax UNet does by default. "chunked": diffusers' memory-efficient attention
+# (Rabe & Staats 2021, arXiv 2112.05682) takes the queries in chunks, so memory grows linearly with
+# the tokens; at 512x512 (4096 tokens) it is most of the difference between fitting a population
+# beside the weights or not.
+ATTENTION: Registry[bool] = Registry("attention")
+ATTENTION.register("standard", False)
+ATTENTION.register("chunked", True)
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class DiffusionModel:
@@ -123,6 +133,15 @@ class DiffusionModel:
     @property
     def max_prompt_tokens(self) -> int:
         return int(self.tokenizer.model_max_length)
+
+    @property
+    def attention(self) -> str:
+        return "chunked" if self.unet.use_memory_efficient_attention else "standard"
+
+    def with_attention(self, attention: str) -> DiffusionModel:
+        """This model with the UNet attention ``attention`` (a name in :data:`ATTENTION`); same params.
+        The same object each time, so jobs built from one loaded model share compiled functions."""
+        return self if self.attention == attention else _with_attention(self, attention)
 
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
         f = self.vae_scale_factor
@@ -245,6 +264,11 @@ def with_latent_scale(model: DiffusionModel, scaling_factor: float) -> Diffusion
 @functools.cache
 def _jit_encode(model: DiffusionModel):
     return jax.jit(model.encode_tokens)
+
+
+@functools.cache
+def _with_attention(model: DiffusionModel, attention: str) -> DiffusionModel:
+    return dataclasses.replace(model, unet=model.unet.clone(use_memory_efficient_attention=ATTENTION[attention]))
 
 
 def load_model(source: str = EMBEDDED, dtype: str = "float32", family: str = "auto") -> tuple[DiffusionModel, Params]:

@@ -64,6 +64,7 @@ def build(config, loaded: tuple[DiffusionModel, Any] | None = None) -> Job:
     validate(config)
     prompts = read_prompts(config)
     model, model_params = loaded if loaded is not None else load_model(config.model, dtype=config.dtype, family=config.model_family)
+    model = model.with_attention(config.attention)
     latent_shape = model.latent_shape(config.height, config.width)
     space = SPACES[config.space]()
     unknown = sorted(set(config.space_params) - set(space.default_params))
@@ -78,7 +79,7 @@ def build(config, loaded: tuple[DiffusionModel, Any] | None = None) -> Job:
     if objective.params:  # learned rewards' weights travel with the model's, as arguments of the step
         model_params = {**model_params, "rewards": objective.params}
     # Gradient-based methods backpropagate through the sampler: recompute each step's activations.
-    sampler = make_sampler(model, config.scheduler, config.num_inference_steps, remat=spec.needs_gradient)
+    sampler = make_sampler(model, config.scheduler, config.num_inference_steps, remat=spec.needs_gradient, decode_batch=config.decode_batch)
     mesh = device_mesh(config.popsize, len(prompts) if config.batch_prompts else 1) if config.shard_population else None
     context = Context(
         sampler=sampler,

@@ -5,12 +5,14 @@
 [tokens, dim], or SDXL's dict of hidden states and pooled embedding). The timestep loop is a ``lax.scan`` over the
 scheduler's coefficient rows, classifier-free guidance evaluates the conditional and
 unconditional branches as one batch of 2N (Ho & Salimans 2022, arXiv 2207.12598), and the
-whole population is decoded in one VAE call. Everything static (model, scheduler, number of
+population is decoded in one VAE call, or ``decode_batch`` images at a time (the VAE's activations
+at full resolution dominate memory at 512x512). Everything static (model, scheduler, number of
 steps) is closed over; everything numeric is an argument, so the guidance scale can be traced.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -37,8 +39,10 @@ def make_sampler(
     scheduler: str = "ddim",
     num_inference_steps: int = 50,
     remat: bool = False,
+    decode_batch: int = 0,
 ) -> Sampler:
-    """Build ``sample`` for a model; ``remat`` recomputes each step's activations in backward passes."""
+    """Build ``sample`` for a model; ``remat`` recomputes each step's activations in backward passes;
+    ``decode_batch`` > 0 decodes that many latents at a time (0: all in one call)."""
     solver = get_scheduler(scheduler, model.noise_schedule.prediction_type)
     schedule = solver.make_schedule(model.noise_schedule, num_inference_steps)
 
@@ -61,22 +65,31 @@ def make_sampler(
     def denoise_step(params, context, uncond_context, guidance_scale, carry, i):
         return solver.step(carry, guided_output(params, carry[0], i, context, uncond_context, guidance_scale), i, schedule)
 
-    if remat:
+    def decode_one(params, z):
+        return model.decode(params, z[None])[0]
+
+    if remat:  # backward passes keep one step's (and one decoded chunk's) activations at a time
         denoise_step = jax.checkpoint(denoise_step)
+        decode_one = jax.checkpoint(decode_one)
+
+    def decode(params: Params, latents: jax.Array) -> jax.Array:
+        if not decode_batch or decode_batch >= latents.shape[0]:
+            return model.decode(params, latents)
+        return jax.lax.map(functools.partial(decode_one, params), latents, batch_size=decode_batch)
 
     def sample(params: Params, latents: jax.Array, context, uncond_context, guidance_scale) -> jax.Array:
         def body(carry, i):
             return denoise_step(params, context, uncond_context, guidance_scale, carry, i), None
 
         carry, _ = jax.lax.scan(body, solver.init_carry(latents.astype(jnp.float32)), jnp.arange(num_inference_steps))
-        return model.decode(params, carry[0])
+        return decode(params, carry[0])
 
     return Sampler(
         sample=sample,
         schedule=schedule,
         num_steps=num_inference_steps,
         guided_output=guided_output,
-        decode=model.decode,
+        decode=decode,
         prediction_type=model.noise_schedule.prediction_type,
         scheduler=scheduler,
     )

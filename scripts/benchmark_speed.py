@@ -3,38 +3,50 @@
     python scripts/benchmark_speed.py --size embedded                      # CPU, the tiny model
     python scripts/benchmark_speed.py --size sd15 --dtype bfloat16         # GPU, SD1.5-size random weights
 
-jaxalign: one compiled generation (CoSyNE, the default job's reward), timed after a warm-up with
-``block_until_ready``, median of ``--generations``; compile time apart; FLOPs from XLA's cost
-analysis of the compiled step, and an MFU estimate against ``--peak-tflops`` when given.
+jaxalign: one compiled generation (CoSyNE, JPEG compressibility as in the reference), timed after a
+warm-up with ``block_until_ready``, median of ``--generations``; compile time apart; model FLOPs
+(see ``model_tflop_per_image``) and an MFU estimate against ``--peak-tflops`` when given.
 Reference: diffusers' PyTorch ``StableDiffusionPipeline`` built from the same configs with random
-weights (fp16 on GPU, fp32 on CPU), evotorch's ``Cosyne`` asking for the population, the
-population pushed through the pipeline in batches of ``--reference-batch`` and scored image by
-image, as the paper's reference implementation does. DNO (``--dno``): one jaxalign optimisation
+weights (fp16 on GPU, fp32 on CPU), CoSyNE (evotorch's ``Cosyne``, or the same generation in plain
+torch) asking for the population, the population pushed through the pipeline in batches of
+``--reference-batch`` and scored image by image, as the paper's reference implementation does. DNO (``--dno``): one jaxalign optimisation
 step (gradient through the sampler) at the same size.
 
-Peak memory: ``peak_bytes_in_use`` (JAX) and ``max_memory_allocated`` (torch) on GPU; on CPU the
-process's peak RSS after each part (RSS only grows, so a later part's peak includes the earlier).
+Each part runs in a fresh process, so its peak memory is its own: ``peak_bytes_in_use`` (JAX) and
+``max_memory_allocated`` (torch) on GPU, the process's peak RSS on CPU (which also counts the
+runtime, the libraries and compilation). XLA's buffer assignment of the compiled step gives a
+second, backend-specific figure for the jaxalign parts: its temporary buffers (the step's working
+memory, beside its arguments: weights, search state). ``--compile-only`` stops there, which is how
+the SD1.5-size step can be sized on a machine too slow to run it.
 Prints the hardware and one JSON line per part; BENCHMARKS.md records the results.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
+import importlib.util
 import json
+import os
 import platform
 import resource
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxalign.config import default_config
 from jaxalign.model import EMBEDDED_DIR, init_model, load_model
 from jaxalign.run import build, make_problem
+from jaxalign.sampler import make_sampler
 
 # Stable Diffusion 1.5's architecture (same FLOPs as the real model; weights are random).
 SD15 = {
@@ -59,9 +71,8 @@ SD15 = {
 
 def sd15_config_dir() -> Path:
     """A diffusers directory with SD1.5's configs, the embedded scheduler and CLIP tokenizer, no weights."""
-    import shutil
-
     path = Path(tempfile.mkdtemp(prefix="jaxalign-sd15-"))
+    atexit.register(shutil.rmtree, path, True)
     for component, config in SD15.items():
         (path / component).mkdir()
         (path / component / "config.json").write_text(json.dumps(config))
@@ -78,15 +89,48 @@ def peak_memory_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def time_jaxalign(config, loaded, generations: int, peak_tflops: float | None) -> dict:
+def model_tflop_per_image(job, problem) -> float:
+    """Model FLOPs of one image: ``num_inference_steps`` guided UNet evaluations (both CFG branches)
+    and one VAE decode, each from XLA's cost analysis of that piece compiled alone for one image.
+    The whole step's analysis cannot be used: it counts a loop's body once, whatever its trip count
+    (the denoising scan, and the chunks of chunked attention or of ``decode_batch``), so the count is
+    taken with standard attention and a single decode."""
+    sampler = make_sampler(job.model.with_attention("standard"), job.config.scheduler, job.config.num_inference_steps)
+    x = jnp.zeros((1, *job.latent_shape), jnp.float32)
+    unet = jax.jit(sampler.guided_output).lower(job.model_params, x, 0, problem.context, problem.uncond_context, job.config.guidance_scale)
+    decode = jax.jit(sampler.decode).lower(job.model_params, x)
+    flops = [_flops(lowered.compile().cost_analysis()) for lowered in (unet, decode)]
+    return (job.config.num_inference_steps * flops[0] + flops[1]) / 1e12
+
+
+def _flops(cost) -> float:
+    return float((cost[0] if isinstance(cost, list) else cost)["flops"])
+
+
+def time_jaxalign(config, loaded, generations: int, peak_tflops: float | None, compile_only: bool = False) -> dict:
+    """One generation of the job ``config`` describes. DNO's model FLOPs count its backward pass as
+    twice the forward (the usual convention; the recomputation of checkpointed steps is not counted)."""
     job = build(config, loaded)
     problem, key = make_problem(job, job.prompts[0], 0)
     state = job.search.init(key, problem, job.search_params)
     start = time.perf_counter()
     compiled = job.search.step.lower(job.model_params, problem, job.search_params, state).compile()
     compile_s = time.perf_counter() - start
-    cost = compiled.cost_analysis()
-    flops = float((cost[0] if isinstance(cost, list) else cost).get("flops", float("nan")))
+    buffers = compiled.memory_analysis()
+    per_image = model_tflop_per_image(job, problem)
+    tflop = per_image * config.popsize * (3 if config.method == "dno" else 1)
+    result = {
+        "part": f"jaxalign {config.method}",
+        "attention": config.attention,
+        "decode_batch": config.decode_batch,
+        "compile_s": round(compile_s, 2),
+        "model_tflop_per_image": _significant(per_image),
+        "model_tflop_per_generation": _significant(tflop),
+        "xla_argument_gib": _significant(buffers.argument_size_in_bytes / 2**30),
+        "xla_temp_gib": _significant(buffers.temp_size_in_bytes / 2**30),
+    }
+    if compile_only:
+        return result
     state, report = compiled(job.model_params, problem, job.search_params, state)  # generation 0
     jax.block_until_ready(report)
     seconds = []
@@ -96,30 +140,36 @@ def time_jaxalign(config, loaded, generations: int, peak_tflops: float | None) -
         jax.block_until_ready(report)
         seconds.append(time.perf_counter() - start)
     median = statistics.median(seconds)
-    result = {
-        "part": f"jaxalign {config.method}",
-        "compile_s": round(compile_s, 2),
+    result |= {
         "s_per_generation": round(median, 4),
         "images_per_s": round(config.popsize / median, 3),
-        "step_tflop": round(flops / 1e12, 4),
-        "achieved_tflops": round(flops / median / 1e12, 3),
+        "achieved_tflops": _significant(tflop / median),
         "peak_memory_gib": round(peak_memory_bytes() / 2**30, 3),
     }
     if peak_tflops:
-        result["mfu"] = round(flops / median / 1e12 / peak_tflops, 4)
+        result["mfu"] = _significant(tflop / median / peak_tflops)
     return result
 
 
-def time_reference(model_dir: Path, config, generations: int, batch: int) -> dict:
-    """The paper's loop: evotorch Cosyne, diffusers PyTorch pipeline in batches, per-image scoring."""
+def _significant(x: float, digits: int = 4) -> float:
+    return float(f"{x:.{digits}g}")
+
+
+def time_reference(model_dir: Path, config, generations: int, batch: int, searcher: str = "auto") -> dict:
+    """The paper's loop: CoSyNE in PyTorch, diffusers' PyTorch pipeline in batches, per-image scoring.
+
+    ``searcher``: ``"evotorch"`` (evotorch's ``Cosyne``, as the reference), ``"torch"`` (the same
+    generation written here in plain torch, for machines where evotorch's ``ray`` dependency cannot be
+    installed), or ``"auto"`` (evotorch when importable).
+    """
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from evotorch import Problem
-    from evotorch.algorithms import Cosyne
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     from jaxalign.rewards import jpeg_size_kb
 
+    if searcher == "auto":
+        searcher = "evotorch" if importlib.util.find_spec("evotorch") else "torch"
     cuda = torch.cuda.is_available()
     device, dtype = ("cuda", torch.float16) if cuda else ("cpu", torch.float32)
     torch.manual_seed(0)
@@ -139,7 +189,7 @@ def time_reference(model_dir: Path, config, generations: int, batch: int) -> dic
     latent_shape = (4, config.height // factor, config.width // factor)
     prompt = config.prompts[0]
 
-    evaluated = [0]  # images scored so far; evotorch's Cosyne scores elites, children and permuted members each step
+    evaluated = [0]  # images scored so far; CoSyNE scores the children and the permuted population each step
 
     def score(solutions: torch.Tensor) -> torch.Tensor:
         evaluated[0] += len(solutions)
@@ -154,18 +204,25 @@ def time_reference(model_dir: Path, config, generations: int, batch: int) -> dic
             scores.extend(-float(jpeg_size_kb(image)) for image in images)  # one image at a time
         return torch.tensor(scores)
 
-    problem = Problem("max", score, solution_length=int(np.prod(latent_shape)), initial_bounds=(-1.0, 1.0), vectorized=True)
-    searcher = Cosyne(
-        problem, popsize=config.popsize, tournament_size=2, mutation_stdev=0.1, mutation_probability=1.0, permute_all=True, elitism_ratio=0.01
-    )
+    length = int(np.prod(latent_shape))
+    if searcher == "evotorch":
+        from evotorch import Problem
+        from evotorch.algorithms import Cosyne
+
+        problem = Problem("max", score, solution_length=length, initial_bounds=(-1.0, 1.0), vectorized=True)
+        search = Cosyne(
+            problem, popsize=config.popsize, tournament_size=2, mutation_stdev=0.1, mutation_probability=1.0, permute_all=True, elitism_ratio=0.01
+        )
+    else:
+        search = TorchCosyne(score, config.popsize, length)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    searcher.step()  # warm-up
+    search.step()  # warm-up (evotorch also scores its first population here)
     seconds, counts = [], []
     for _ in range(generations):
         before = evaluated[0]
         start = time.perf_counter()
-        searcher.step()
+        search.step()
         if cuda:
             torch.cuda.synchronize()
         seconds.append(time.perf_counter() - start)
@@ -173,12 +230,49 @@ def time_reference(model_dir: Path, config, generations: int, batch: int) -> dic
     median = statistics.median(seconds)
     images = statistics.median(counts)
     return {
-        "part": "reference (diffusers + evotorch Cosyne)",
+        "part": f"reference (diffusers + {'evotorch Cosyne' if searcher == 'evotorch' else 'plain-torch CoSyNE'})",
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
         "s_per_generation": round(median, 4),
         "images_per_generation": images,
         "images_per_s": round(images / median, 3),
         "peak_memory_gib": round((torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30, 3),
     }
+
+
+class TorchCosyne:
+    """One CoSyNE generation (Gomez et al. 2008) as evotorch's ``Cosyne`` runs it with the reference's
+    settings, in plain torch: popsize/4 best as parents, two-way tournaments picking popsize/2 of
+    them, one-point crossover into popsize/2 children, Gaussian mutation (std 0.1) of every gene,
+    every gene permuted across the whole population; the children and the permuted population are
+    scored (1.5 x popsize images) and the best popsize of them kept. The same images per generation
+    as evotorch, so the same work for the pipeline; only the bookkeeping differs."""
+
+    def __init__(self, score: Callable, popsize: int, length: int, mutation_std: float = 0.1, tournament_size: int = 2):
+        import torch
+
+        self.torch, self.score, self.popsize = torch, score, popsize
+        self.mutation_std, self.tournament_size = mutation_std, tournament_size
+        self.population = torch.rand(popsize, length) * 2 - 1  # evotorch's initial_bounds (-1, 1)
+        self.fitness = None
+
+    def step(self) -> None:
+        torch = self.torch
+        if self.fitness is None:
+            self.fitness = self.score(self.population)
+        n, length = self.population.shape
+        order = torch.argsort(self.fitness, descending=True)
+        parents, parent_fitness = self.population[order[: n // 4]], self.fitness[order[: n // 4]]
+        contenders = torch.randint(len(parents), (n // 2, self.tournament_size))
+        winners = contenders.gather(1, parent_fitness[contenders].argmax(1, keepdim=True)).squeeze(1)
+        first, second = parents[winners].view(n // 4, 2, length).unbind(1)
+        before_cut = torch.arange(length) < torch.randint(1, length, (n // 4, 1))
+        children = torch.cat([torch.where(before_cut, first, second), torch.where(before_cut, second, first)])
+        children = children + self.mutation_std * torch.randn_like(children)
+        permuted = self.population.gather(0, torch.argsort(torch.rand(n, length), dim=0))
+        candidates = torch.cat([children, permuted])
+        fitness = self.score(candidates)
+        keep = torch.topk(fitness, n).indices
+        self.population, self.fitness = candidates[keep], fitness[keep]
 
 
 def _accepted(cls, config: dict) -> dict:
@@ -188,6 +282,88 @@ def _accepted(cls, config: dict) -> dict:
     return {k: v for k, v in config.items() if k in accepted}
 
 
+# Parts a run can measure; each runs in its own process (see ``run_part``).
+JAXALIGN, EA_BRIGHTNESS, DNO, REFERENCE = "jaxalign", "evolution-brightness", "dno", "reference"
+
+
+def job_config(args):
+    """The model directory and the job config of ``args``'s size and part."""
+    config = default_config()
+    config.popsize = args.popsize
+    config.dtype = args.dtype
+    config.checkpoint_every = 0
+    config.attention = args.attention
+    config.decode_batch = args.decode_batch
+    config.rewards = {"jpeg_compressibility": 1.0}  # the reference's scorer, on both sides
+    if args.size == "sd15":
+        model_dir = sd15_config_dir()
+        config.height = config.width = 512
+        config.num_inference_steps = args.num_inference_steps or 50
+    else:
+        model_dir = EMBEDDED_DIR
+        config.num_inference_steps = args.num_inference_steps or config.num_inference_steps
+    if args.part in (EA_BRIGHTNESS, DNO):
+        # Same reward on both sides: DNO needs a differentiable one.
+        config.method = "dno" if args.part == DNO else "evolution"
+        config.rewards = {"brightness": 1.0}
+    return model_dir, config
+
+
+def measure(args) -> dict:
+    """One part, in this process, with the hardware it ran on."""
+    model_dir, config = job_config(args)
+    if args.part == REFERENCE:
+        result = time_reference(model_dir, config, args.generations, args.reference_batch, args.reference_searcher)
+    else:
+        loaded = init_model(model_dir, dtype=args.dtype) if args.size == "sd15" else load_model("embedded", dtype=args.dtype)
+        result = time_jaxalign(config, loaded, args.generations, args.peak_tflops, args.compile_only)
+        result |= {"device": jax.devices()[0].device_kind}
+    return result | {"reward": next(iter(config.rewards))}
+
+
+def run_part(part: str, argv: list[str]) -> dict:
+    """Runs one part in a fresh process, so that its peak memory is its own; returns its JSON line, or
+    its exit status when it failed (e.g. out of device memory), so the other parts still run."""
+    env = dict(os.environ)
+    if part == REFERENCE:
+        env["JAX_PLATFORMS"] = "cpu"  # jaxalign is imported only for the JPEG scorer: the GPU stays torch's
+    child = subprocess.run([sys.executable, __file__, *argv, "--part", part], env=env, stdout=subprocess.PIPE, text=True)
+    lines = child.stdout.strip().splitlines()
+    result = json.loads(lines[-1]) if child.returncode == 0 and lines else {"part": part, "failed": f"exit status {child.returncode} (its stderr is above)"}
+    print(json.dumps(result), flush=True)
+    return result
+
+
+def summarise(results: dict[str, dict], popsize: int, on_gpu: bool, peak_tflops: float | None) -> list[str]:
+    """The ratios the issue's targets are stated in."""
+    lines = []
+    results = {part: result for part, result in results.items() if "failed" not in result}
+    ours = results.get(JAXALIGN, {})
+    if peak_tflops and "s_per_generation" in ours:
+        limit = ours["model_tflop_per_image"] / peak_tflops
+        lines.append(
+            f"jaxalign: {ours['s_per_generation'] / popsize:.4g} s per image, {ours['s_per_generation'] / popsize / limit:.2f}x the compute "
+            f"limit ({ours['model_tflop_per_image']:.3g} TFLOP per image at {peak_tflops:g} TFLOP/s = {limit:.4g} s)"
+        )
+    if REFERENCE in results and "s_per_generation" in ours:
+        theirs = results[REFERENCE]
+        reference_tflops = theirs["images_per_s"] * ours["model_tflop_per_image"]
+        lines.append(
+            f"jaxalign vs reference: {theirs['s_per_generation'] / ours['s_per_generation']:.2f}x faster per generation "
+            f"({popsize} images vs {theirs['images_per_generation']:g}), {ours['images_per_s'] / theirs['images_per_s']:.2f}x images/s, "
+            f"peak memory {ours['peak_memory_gib']:.3g} vs {theirs['peak_memory_gib']:.3g} GiB ({'device' if on_gpu else 'process RSS'}); "
+            f"reference {reference_tflops:.3g} model TFLOP/s" + (f" (MFU {reference_tflops / peak_tflops:.3f})" if peak_tflops else "")
+        )
+    if EA_BRIGHTNESS in results and DNO in results:
+        ea, dno = results[EA_BRIGHTNESS], results[DNO]
+        parts = [f"{1 - ea['xla_temp_gib'] / dno['xla_temp_gib']:.1%} less XLA working memory"]
+        if "s_per_generation" in ea:
+            parts.insert(0, f"{1 - ea['s_per_generation'] / dno['s_per_generation']:.1%} less time per step")
+            parts.append(f"{1 - ea['peak_memory_gib'] / dno['peak_memory_gib']:.1%} less peak {'device memory' if on_gpu else 'process RSS'}")
+        lines.append("EA vs DNO (brightness): " + ", ".join(parts))
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=("embedded", "sd15"), default="embedded")
@@ -195,53 +371,29 @@ def main() -> None:
     parser.add_argument("--popsize", type=int, default=16)
     parser.add_argument("--num-inference-steps", type=int)
     parser.add_argument("--generations", type=int, default=3)
+    parser.add_argument("--attention", choices=("standard", "chunked"), default="standard", help="the UNet's attention (jaxalign parts)")
+    parser.add_argument("--decode-batch", type=int, default=0, help="decode this many images at a time (0: all at once)")
     parser.add_argument("--reference", action="store_true", help="also time the PyTorch reference loop")
     parser.add_argument("--reference-batch", type=int, default=4)
-    parser.add_argument("--dno", action="store_true", help="also time one DNO step (brightness reward)")
+    parser.add_argument("--reference-searcher", choices=("auto", "evotorch", "torch"), default="auto", help="evotorch's Cosyne, or the plain-torch one where evotorch cannot be installed")
+    parser.add_argument("--dno", action="store_true", help="also time one DNO step against one EA generation (brightness reward)")
     parser.add_argument("--peak-tflops", type=float, help="the device's peak for the MFU estimate")
+    parser.add_argument("--compile-only", action="store_true", help="compile the jaxalign steps and report FLOPs and XLA's memory, without running them")
+    parser.add_argument("--part", choices=(JAXALIGN, EA_BRIGHTNESS, DNO, REFERENCE), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.part:
+        print(json.dumps(measure(args)), flush=True)
+        return
 
-    print(f"device: {jax.devices()[0].device_kind}, {platform.processor() or platform.machine()}, python {sys.version.split()[0]}, jax {jax.__version__}")
-    config = default_config()
-    config.popsize = args.popsize
-    config.dtype = args.dtype
-    config.checkpoint_every = 0
-    if args.size == "sd15":
-        model_dir = sd15_config_dir()
-        loaded = init_model(model_dir, dtype=args.dtype)
-        config.height = config.width = 512
-        config.num_inference_steps = args.num_inference_steps or 50
-        config.rewards = {"jpeg_compressibility": 1.0}
-    else:
-        model_dir = EMBEDDED_DIR
-        loaded = load_model("embedded", dtype=args.dtype)
-        config.num_inference_steps = args.num_inference_steps or config.num_inference_steps
+    # This process never touches the accelerator: JAX would reserve most of its memory and starve the parts.
+    _, config = job_config(args)
     print(f"size {args.size}: {config.height}x{config.width}, {config.num_inference_steps} DDIM steps, CFG {config.guidance_scale}, popsize {config.popsize}, {args.dtype}")
-    results = [time_jaxalign(config, loaded, args.generations, args.peak_tflops)]
-    print(json.dumps(results[-1]), flush=True)
-    if args.dno:
-        # Same reward on both sides: DNO needs a differentiable one.
-        for method in ("evolution", "dno"):
-            part = config.copy_and_resolve_references()
-            part.method, part.rewards = method, {"brightness": 1.0}
-            results.append(time_jaxalign(part, loaded, args.generations, args.peak_tflops) | {"reward": "brightness"})
-            print(json.dumps(results[-1]), flush=True)
-    if args.reference:
-        results.append(time_reference(model_dir, config, args.generations, args.reference_batch))
-        print(json.dumps(results[-1]), flush=True)
-        ours, theirs = results[0], results[-1]
-        print(
-            f"jaxalign vs reference: {theirs['s_per_generation'] / ours['s_per_generation']:.2f}x faster per generation "
-            f"({config.popsize} images vs {theirs['images_per_generation']:g}), {ours['images_per_s'] / theirs['images_per_s']:.2f}x images/s"
-        )
-    if args.dno:
-        ea, dno = results[1], results[2]
-        memory = (
-            f", {1 - ea['peak_memory_gib'] / dno['peak_memory_gib']:.1%} less peak memory"
-            if jax.devices()[0].platform == "gpu"
-            else " (peak RSS is cumulative on CPU, so no memory comparison)"
-        )
-        print(f"EA vs DNO (brightness): {1 - ea['s_per_generation'] / dno['s_per_generation']:.1%} less time per step{memory}")
+    parts = [JAXALIGN] + [REFERENCE] * (args.reference and not args.compile_only) + [EA_BRIGHTNESS, DNO] * args.dno
+    results = {part: run_part(part, sys.argv[1:]) for part in parts}
+    device = next((r["device"] for r in results.values() if "device" in r), "unknown")
+    print(f"device: {device}, {platform.processor() or platform.machine()}, python {sys.version.split()[0]}, jax {jax.__version__}")
+    for line in summarise(results, config.popsize, device != "cpu", args.peak_tflops):
+        print(line)
 
 
 if __name__ == "__main__":

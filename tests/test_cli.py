@@ -98,6 +98,8 @@ BAD_INPUTS = {
     "reward path for no reward": (["--config.reward_paths.clip=/models/clip"], r"reward_paths for clip, which is not among rewards"),
     "uncached hub model": (["--config.model=nobody/nothing"], "'nobody/nothing' is not in the local Hugging Face cache"),
     "wrong family": (["--config.model_family=sdxl"], r"model family mismatch: the config expects 'sdxl' .* holds a 'sd' model"),
+    "unknown attention": (["--config.attention=flash"], "unknown attention 'flash'; valid: chunked, standard"),
+    "negative decode batch": (["--config.decode_batch=-1"], "decode_batch must be >= 0"),
 }
 
 

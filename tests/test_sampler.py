@@ -82,3 +82,30 @@ def test_population_members_are_independent(inputs):
     both = np.asarray(sample(params, latents, context, uncond, 7.5))
     first = np.asarray(sample(params, latents[:1], context, uncond, 7.5))
     np.testing.assert_allclose(both[:1], first, atol=1e-5)
+
+
+def _temp_bytes(compiled) -> int:
+    """The working memory XLA's buffer assignment gives a compiled function (a property of the
+    program, not a timing)."""
+    return compiled.memory_analysis().temp_size_in_bytes
+
+
+def test_chunked_attention_gives_the_same_images_in_less_working_memory(inputs):
+    model, params, latents, context, uncond = inputs
+    chunked_model = model.with_attention("chunked")
+    assert model.with_attention("standard") is model and model.with_attention("chunked") is chunked_model
+    assert (model.attention, chunked_model.attention) == ("standard", "chunked")
+    args = (params, latents, context, uncond, 5.0)
+    standard = jax.jit(make_sampler(model, "ddim", 2).sample).lower(*args).compile()
+    chunked = jax.jit(make_sampler(chunked_model, "ddim", 2).sample).lower(*args).compile()
+    np.testing.assert_allclose(np.asarray(chunked(*args)), np.asarray(standard(*args)), atol=1e-4)
+    assert _temp_bytes(chunked) < 0.8 * _temp_bytes(standard)
+
+
+def test_decode_batch_decodes_the_same_images_in_less_working_memory(inputs):
+    model, params, _, _, _ = inputs
+    latents = jax.random.normal(jax.random.key(1), (5, *model.latent_shape(32, 32)))  # 5 = 2 + 2 + a remainder of 1
+    whole = jax.jit(make_sampler(model, "ddim", 2).decode).lower(params, latents).compile()
+    in_pairs = jax.jit(make_sampler(model, "ddim", 2, decode_batch=2).decode).lower(params, latents).compile()
+    np.testing.assert_allclose(np.asarray(in_pairs(params, latents)), np.asarray(whole(params, latents)), atol=1e-5)
+    assert _temp_bytes(in_pairs) < 0.8 * _temp_bytes(whole)
