@@ -136,7 +136,8 @@ class DiffusionModel:
 
     @property
     def attention(self) -> str:
-        return "chunked" if self.unet.use_memory_efficient_attention else "standard"
+        """The name in :data:`ATTENTION` of this model's UNet attention."""
+        return next(name for name, chunked in ATTENTION.items() if chunked == self.unet.use_memory_efficient_attention)
 
     def with_attention(self, attention: str) -> DiffusionModel:
         """This model with the UNet attention ``attention`` (a name in :data:`ATTENTION`); same params.

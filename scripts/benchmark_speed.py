@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxalign.config import default_config
-from jaxalign.model import EMBEDDED_DIR, init_model, load_model
+from jaxalign.model import ATTENTION, EMBEDDED_DIR, init_model, load_model
 from jaxalign.run import build, make_problem
 from jaxalign.sampler import make_sampler
 
@@ -83,9 +83,12 @@ def sd15_config_dir() -> Path:
 
 
 def peak_memory_bytes() -> int:
+    """JAX's device peak on accelerators, the process's peak RSS on CPU."""
     stats = jax.devices()[0].memory_stats() or {}
-    if "peak_bytes_in_use" in stats:
-        return int(stats["peak_bytes_in_use"])
+    return int(stats["peak_bytes_in_use"]) if "peak_bytes_in_use" in stats else peak_rss_bytes()
+
+
+def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
@@ -235,7 +238,7 @@ def time_reference(model_dir: Path, config, generations: int, batch: int, search
         "s_per_generation": round(median, 4),
         "images_per_generation": images,
         "images_per_s": round(images / median, 3),
-        "peak_memory_gib": round((torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30, 3),
+        "peak_memory_gib": round((torch.cuda.max_memory_allocated() if cuda else peak_rss_bytes()) / 2**30, 3),
     }
 
 
@@ -371,7 +374,7 @@ def main() -> None:
     parser.add_argument("--popsize", type=int, default=16)
     parser.add_argument("--num-inference-steps", type=int)
     parser.add_argument("--generations", type=int, default=3)
-    parser.add_argument("--attention", choices=("standard", "chunked"), default="standard", help="the UNet's attention (jaxalign parts)")
+    parser.add_argument("--attention", choices=tuple(ATTENTION), default="standard", help="the UNet's attention (jaxalign parts)")
     parser.add_argument("--decode-batch", type=int, default=0, help="decode this many images at a time (0: all at once)")
     parser.add_argument("--reference", action="store_true", help="also time the PyTorch reference loop")
     parser.add_argument("--reference-batch", type=int, default=4)
