@@ -20,14 +20,14 @@ import time
 
 import jax
 import jax.numpy as jnp
-from benchmark_speed import sd15_config_dir
+from benchmark_speed import _significant, load_benchmark_model, model_dir_for
 
-from jaxalign.model import ATTENTION, init_model, load_model
+from jaxalign.model import ATTENTION
 
 
 def time_attention(model, params, attention: str, batch: int, repeats: int) -> dict:
     model = model.with_attention(attention)
-    latents = jnp.zeros((batch, model.latent_channels, model.unet.sample_size, model.unet.sample_size))
+    latents = jnp.zeros((batch, *model.latent_shape(model.default_size, model.default_size)))
     context = jnp.zeros((batch, model.max_prompt_tokens, model.unet.cross_attention_dim))
     step = jax.jit(lambda p, x, c: model.predict_noise(p, x, jnp.asarray(500), c))
     start = time.perf_counter()
@@ -41,11 +41,11 @@ def time_attention(model, params, attention: str, batch: int, repeats: int) -> d
         seconds.append(time.perf_counter() - start)
     return {
         "attention": attention,
-        "latent_tokens": model.unet.sample_size**2,
+        "latent_tokens": latents.shape[2] * latents.shape[3],
         "batch": batch,
         "compile_s": round(compile_s, 2),
         "s_per_call": round(statistics.median(seconds), 4),
-        "xla_temp_gib": float(f"{compiled.memory_analysis().temp_size_in_bytes / 2**30:.4g}"),
+        "xla_temp_gib": _significant(compiled.memory_analysis().temp_size_in_bytes / 2**30),
     }
 
 
@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32, help="UNet batch (two per image with classifier-free guidance)")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    model, params = init_model(sd15_config_dir(), dtype=args.dtype) if args.size == "sd15" else load_model("embedded", dtype=args.dtype)
+    model, params = load_benchmark_model(model_dir_for(args.size), args.dtype)
     print(f"size {args.size}, {args.dtype}, device {jax.devices()[0].device_kind}, jax {jax.__version__}")
     for attention in ATTENTION:
         print(json.dumps(time_attention(model, params, attention, args.batch, args.repeats)), flush=True)

@@ -82,6 +82,15 @@ def sd15_config_dir() -> Path:
     return path
 
 
+def model_dir_for(size: str) -> Path:
+    return sd15_config_dir() if size == "sd15" else EMBEDDED_DIR
+
+
+def load_benchmark_model(model_dir: Path, dtype: str):
+    """(model, params): the trained embedded model, or seeded random weights for a config-only directory."""
+    return load_model("embedded", dtype=dtype) if model_dir == EMBEDDED_DIR else init_model(model_dir, dtype=dtype)
+
+
 def peak_memory_bytes() -> int:
     """JAX's device peak on accelerators, the process's peak RSS on CPU."""
     stats = jax.devices()[0].memory_stats() or {}
@@ -298,12 +307,11 @@ def job_config(args):
     config.attention = args.attention
     config.decode_batch = args.decode_batch
     config.rewards = {"jpeg_compressibility": 1.0}  # the reference's scorer, on both sides
+    model_dir = model_dir_for(args.size)
     if args.size == "sd15":
-        model_dir = sd15_config_dir()
         config.height = config.width = 512
         config.num_inference_steps = args.num_inference_steps or 50
     else:
-        model_dir = EMBEDDED_DIR
         config.num_inference_steps = args.num_inference_steps or config.num_inference_steps
     if args.part in (EA_BRIGHTNESS, DNO):
         # Same reward on both sides: DNO needs a differentiable one.
@@ -318,8 +326,7 @@ def measure(args) -> dict:
     if args.part == REFERENCE:
         result = time_reference(model_dir, config, args.generations, args.reference_batch, args.reference_searcher)
     else:
-        loaded = init_model(model_dir, dtype=args.dtype) if args.size == "sd15" else load_model("embedded", dtype=args.dtype)
-        result = time_jaxalign(config, loaded, args.generations, args.peak_tflops, args.compile_only)
+        result = time_jaxalign(config, load_benchmark_model(model_dir, args.dtype), args.generations, args.peak_tflops, args.compile_only)
         result |= {"device": jax.devices()[0].device_kind}
     return result | {"reward": next(iter(config.rewards))}
 
