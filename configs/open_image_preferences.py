@@ -11,5 +11,5 @@ def get_config():
     config = default.get_config()
     config.prompt_file = "../shared/data/open_image_preferences_60.csv"
     config.max_seconds = 60.0
-    config.rewards = {"jpeg_compressibility": 1.0, "contrast": 10.0}
+    config.rewards = {"jpeg_compressibility": 1.0, "luma_rms_contrast": 10.0}
     return config

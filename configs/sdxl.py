@@ -12,6 +12,7 @@ def get_config():
     config.model = "stabilityai/stable-diffusion-xl-base-1.0"
     config.model_family = "sdxl"
     config.height = config.width = 1024
+    config.scheduler = "ddim"  # SDXL's own scheduler is not PNDM
     config.num_inference_steps = 30
     config.guidance_scale = 5.0
     return config

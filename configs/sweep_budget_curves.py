@@ -1,9 +1,11 @@
 """Fitness against NFE budget: CoSyNE, SNES, Sep_CMA_ES, PGPE, best-of-N and zero-order search on the
-embedded model, the first 2 Open Image Preferences prompts, 3 seeds, three weight-free rewards.
+embedded model, the first 2 Open Image Preferences prompts, 3 seeds, three weight-free rewards, each
+strategy with the reference's defaults.
 
-Every strategy and method spends popsize x num_inference_steps NFE per generation, so the sweep's
-plots (median and interquartile range of best fitness against NFE, one per reward) compare them at
-equal budgets. Run from the repository root, with ``shared/`` beside it:
+Every strategy and method spends popsize x num_inference_steps NFE per generation after generation 0
+(which costs the distribution strategies only the baseline), so the sweep's plots (median and
+interquartile range of best fitness against NFE, one per reward) compare them at equal budgets; 11
+generations take every run past 1760 NFE. Run from the repository root, with ``shared/`` beside it:
 
     python scripts/sweep.py --config configs/sweep_budget_curves.py --workdir runs/sweep_budget_curves
 """
@@ -23,11 +25,12 @@ def get_config():
     with PROMPTS.open(newline="", encoding="utf-8") as handle:
         config.base.prompts = [row["prompt"] for row in csv.DictReader(handle)][:2]
     config.base.batch_prompts = True
+    config.base.steps = 11
     config.strategies = [
         {"name": "CoSyNE", "params": {}},
-        {"name": "SNES", "params": {"std_init": 0.3}},
-        {"name": "Sep_CMA_ES", "params": {"std_init": 0.3}},
-        {"name": "PGPE", "params": {"std_init": 0.3}},
+        {"name": "SNES", "params": {}},
+        {"name": "Sep_CMA_ES", "params": {}},
+        {"name": "PGPE", "params": {}},
         {"name": "random", "params": {}},
         {"name": "zero_order", "params": {}},
     ]

@@ -40,7 +40,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.model = "embedded"  # "embedded", a local diffusers-format directory, or a Hub repo id in the local HF cache
     c.model_family = "auto"  # auto | sd | sdxl; a config for one family refuses another family's weights
     c.dtype = "float32"  # float32 | bfloat16
-    c.scheduler = "ddim"  # ddim | dpmsolver++ | lcm
+    c.scheduler = "ddim"  # ddim | pndm | dpmsolver++ | lcm
     c.num_inference_steps = 10
     c.height = 32  # the embedded model's size; 512 for SD 1.x
     c.width = 32
@@ -51,11 +51,11 @@ def default_config() -> ml_collections.ConfigDict:
     c.method = "evolution"  # evolution | random | zero_order | dno | dno_zo | svdd | dsearch | das
     c.method_params = ml_collections.ConfigDict()  # options of a non-evolution method, e.g. learning_rate
     c.strategy = "CoSyNE"  # CoSyNE or any evosax algorithm name
-    c.strategy_params = ml_collections.ConfigDict()  # fields of the strategy's evosax Params
-    c.space = "noise"  # noise | rotation | svd_rotation
+    c.strategy_params = ml_collections.ConfigDict()  # constructor options (e.g. CoSyNE's mode) and evosax Params fields
+    c.space = "noise"  # noise | additive_noise | rotation | svd_rotation | multi_axis_rotation | multi_axis_svd_rotation
     c.space_params = ml_collections.ConfigDict()  # e.g. mean_scale, bound
-    c.popsize = 16
-    c.steps = 10  # generations after generation 0 (baseline + initial population)
+    c.popsize = 16  # images per generation (CoSyNE mode="reference": its archive, 1.5x the images)
+    c.steps = 10  # generations after generation 0 (the baseline, and the first archive of population-based strategies)
     c.max_seconds = 0.0  # stop after this much search time; 0 means no limit
     c.target_reward = config_dict.placeholder(float)  # stop once the best reaches it; None: no target
     c.seed = 0  # centre latents and search keys

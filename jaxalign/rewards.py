@@ -1,8 +1,26 @@
 """Rewards: pure batched functions from images [N, H, W, 3] in [0, 1] to scores [N].
 
-Weight-free rewards need no model weights. ``jpeg_compressibility`` is the paper's
-non-differentiable objective (arXiv 2506.00299, Sec. 4; after Black et al. 2023, DDPO): minus
-the JPEG size in kB at quality 95, computed by PIL on the host.
+Weight-free rewards need no model weights. Those named as in the paper's code
+(pjjajal/diffusion-trajectory, fitness/fitness_fn.py; arXiv 2506.00299) compute what it computes
+there, with R, G, B = 255 x in 0-255 as its PIL inputs hold them:
+
+* ``brightness``: mean HSV value, mean of max(R, G, B) / 255.
+* ``relative_luminance``: mean of (0.2126 R + 0.7152 G + 0.0722 B) / 255, sRGB not linearised.
+* ``contrast``: standard deviation over pixels of (R + G + B) / 3, in 0-255 units.
+* ``saturation``: mean PIL HSV saturation, floor(255 (max - min) / max) / 255.
+* ``jpeg_size_kb``: the JPEG size in kB at quality 95 (PIL, on the host; not differentiable),
+  positive, the value of the reference's ``jpeg_compressibility``, which it minimises.
+  ``jpeg_compressibility`` here is minus it (DDPO's sign), maximised: the same search.
+
+The reference scores uint8 images, round(255 x). That rounding moves the first three by less than
+a level, so they use 255 x unrounded and stay smooth; ``saturation`` takes its value from the uint8
+levels (there it matters) and its gradient, straight-through, from the unrounded formula.
+
+jaxalign's earlier definitions remain under names that say what they compute: ``mean_intensity``
+(mean over pixels and channels), ``wcag_luminance`` (linearised sRGB, WCAG), ``luma_rms_contrast``
+(standard deviation of Rec. 709 luma in [0, 1] units), and ``continuous_saturation`` (HSV saturation of
+the float image).
+``color_fraction:<colour>`` is the soft share of pixels near a named colour.
 
 Learned rewards run in Flax inside the compiled step and are differentiable; each reads its
 weights from a local path (``config.reward_paths``) or the local Hugging Face cache:
@@ -20,7 +38,7 @@ in JAX on the whole batch. Prompt-conditioned rewards encode each prompt once, h
 ``prepare``; the encoding travels with the search's problem.
 
 :func:`host_reward` turns any batched numpy/PyTorch scorer into a reward through one
-``jax.pure_callback`` per population (``jpeg_compressibility`` and ``imagereward`` use it).
+``jax.pure_callback`` per population (the JPEG rewards and ``imagereward`` use it).
 :func:`weighted_sum` combines named rewards into one objective whose weights are traced
 arguments and which also returns every component, so each one can be logged.
 """
@@ -67,9 +85,94 @@ def _per_image_mean(x: jax.Array) -> jax.Array:
     return x.reshape(x.shape[0], -1).mean(axis=1)
 
 
+# --- The paper's weight-free rewards, as pjjajal/diffusion-trajectory fitness/fitness_fn.py scores them.
+# There each function gets one PIL RGB image: diffusers' uint8 output, round(255 x) of the decoded image
+# clamped to [0, 1]. Ours take float images in [0, 1] and apply the same formulas to 255 x. Rounding to
+# uint8 moves brightness, relative_luminance (by at most 0.5 / 255) and contrast (by at most 0.5) by
+# less than a level, so those three skip it and stay smooth (exact gradients, finite differences agree). For saturation it matters (dark pixels, and PIL truncates the result), so there the
+# value is the reference's on the uint8 levels and the gradient that of the unrounded formula
+# (straight-through).
+
+
+def _scaled(images: jax.Array) -> jax.Array:
+    """255 x, clipped to [0, 255] as diffusers clamps before quantising."""
+    return 255.0 * jnp.clip(images.astype(jnp.float32), 0.0, 1.0)
+
+
+def _rms(x: jax.Array) -> jax.Array:
+    """Per-image RMS deviation from the mean (population standard deviation); 0, with 0 gradient, when flat."""
+    x = x.reshape(x.shape[0], -1)
+    var = jnp.mean((x - x.mean(axis=1, keepdims=True)) ** 2, axis=1)
+    return jnp.where(var > 0, jnp.sqrt(jnp.where(var > 0, var, 1.0)), 0.0)
+
+
 @REWARDS.register("brightness")
 def brightness() -> Reward:
-    """Mean pixel value over all pixels and channels."""
+    """Mean HSV value: mean over pixels of max(R, G, B) / 255, with R, G, B = 255 x in 0-255.
+
+    As pjjajal/diffusion-trajectory fitness/fitness_fn.py ``brightness`` (PIL's HSV V channel), in [0, 1].
+    The reference's uint8 rounding of 255 x is skipped (it changes the value by at most 0.5 / 255).
+    The old mean over channels is ``mean_intensity``.
+    """
+    return Reward(lambda images: _per_image_mean(_scaled(images).max(axis=-1)) / 255.0, differentiable=True)
+
+
+@REWARDS.register("relative_luminance")
+def relative_luminance() -> Reward:
+    """Mean over pixels of (0.2126 R + 0.7152 G + 0.0722 B) / 255, on gamma-encoded R, G, B = 255 x.
+
+    As pjjajal/diffusion-trajectory fitness/fitness_fn.py ``relative_luminance``: Rec. 709 weights on
+    sRGB values that are not linearised, in [0, 1]. The reference's uint8 rounding of 255 x is skipped
+    (at most 0.5 / 255). The linearised (WCAG) one is ``wcag_luminance``.
+    """
+    return Reward(lambda images: _per_image_mean((_scaled(images) * _LUMA).sum(axis=-1)) / 255.0, differentiable=True)
+
+
+@REWARDS.register("contrast")
+def contrast() -> Reward:
+    """RMS contrast: population std over pixels of the grey image (R + G + B) / 3, with R, G, B = 255 x in 0-255.
+
+    As pjjajal/diffusion-trajectory fitness/fitness_fn.py ``contrast`` (its active "RMS contrast" branch).
+    Not divided by 255, so it ranges over [0, 127.5]. The reference's uint8 rounding of 255 x is
+    skipped (at most 0.5). The old standard deviation of Rec. 709 luma in [0, 0.5] is ``luma_rms_contrast``.
+    """
+    return Reward(lambda images: _rms(_scaled(images).mean(axis=-1)), differentiable=True)
+
+
+@REWARDS.register("saturation")
+def saturation() -> Reward:
+    """Mean over pixels of floor(255 (max - min) / max) / 255 (0 if max = 0), on the uint8 levels round(255 x).
+
+    max and min are over R, G, B. As pjjajal/diffusion-trajectory fitness/fitness_fn.py ``saturation``
+    (PIL's HSV S channel divided by 255), in [0, 1]. Both uint8 steps matter here, so both are
+    reproduced: the pixels are the levels round(255 x), as diffusers rounds them, and PIL truncates
+    255 (max - min) / max to an integer (its float computation equals the integer floor for every pair
+    of levels; the tests check all of them). Truncation lowers the mean by about 0.5 / 255 per coloured
+    pixel; rounding changes dark pixels most: (0.003, 0.002, 0.002) rounds to (1, 1, 1), saturation 0,
+    where the float formula gives 1/3. The value is piecewise constant; its gradient is taken
+    straight-through from (max - min) / max(max, 1) on 255 x. The unquantised version is
+    ``continuous_saturation``.
+    """
+
+    def fn(images):
+        scaled = _scaled(images)
+        high, low = scaled.max(axis=-1), scaled.min(axis=-1)
+        smooth = _per_image_mean((high - low) / jnp.maximum(high, 1.0))
+        levels = jax.lax.stop_gradient(jnp.round(scaled)).astype(jnp.int32)
+        top, bottom = levels.max(axis=-1), levels.min(axis=-1)
+        exact = _per_image_mean(((255 * (top - bottom)) // jnp.maximum(top, 1)).astype(jnp.float32)) / 255.0
+        return smooth + jax.lax.stop_gradient(exact - smooth)  # the value of exact, the gradient of smooth
+
+    return Reward(fn, differentiable=True)
+
+
+# --- jaxalign's earlier definitions, under names that say what they compute (all on the float image,
+# no quantisation).
+
+
+@REWARDS.register("mean_intensity")
+def mean_intensity() -> Reward:
+    """Mean pixel value over all pixels and channels: mean(R, G, B) in [0, 1]. (Not the paper's ``brightness``.)"""
     return Reward(_per_image_mean, differentiable=True)
 
 
@@ -77,26 +180,29 @@ def srgb_to_linear(images: jax.Array) -> jax.Array:
     return jnp.where(images <= 0.04045, images / 12.92, ((images + 0.055) / 1.055) ** 2.4)
 
 
-@REWARDS.register("relative_luminance")
-def relative_luminance() -> Reward:
-    """Mean WCAG relative luminance: sRGB linearised, then weighted 0.2126 R + 0.7152 G + 0.0722 B."""
-    return Reward(lambda images: _per_image_mean(srgb_to_linear(images) @ _LUMA), differentiable=True)
+@REWARDS.register("wcag_luminance")
+def wcag_luminance() -> Reward:
+    """Mean WCAG relative luminance: sRGB linearised, then mean of 0.2126 R + 0.7152 G + 0.0722 B.
+    (Not the paper's ``relative_luminance``, which skips the linearisation.)"""
+    return Reward(lambda images: _per_image_mean((srgb_to_linear(images) * _LUMA).sum(axis=-1)), differentiable=True)
 
 
-@REWARDS.register("contrast")
-def contrast() -> Reward:
-    """RMS contrast: the standard deviation of luma (gamma-encoded, Rec. 709 weights) over pixels."""
+@REWARDS.register("luma_rms_contrast")
+def luma_rms_contrast() -> Reward:
+    """Standard deviation over pixels of Rec. 709 luma 0.2126 R + 0.7152 G + 0.0722 B (gamma-encoded), in
+    [0, 0.5]. (Not the paper's ``contrast``, which uses the channel mean in 0-255 units.)"""
 
     def fn(images):
-        luma = (images @ _LUMA).reshape(images.shape[0], -1)
+        luma = (images * _LUMA).sum(axis=-1).reshape(images.shape[0], -1)
         return jnp.sqrt(jnp.mean((luma - luma.mean(axis=1, keepdims=True)) ** 2, axis=1) + 1e-12)
 
     return Reward(fn, differentiable=True)
 
 
-@REWARDS.register("saturation")
-def saturation() -> Reward:
-    """Mean HSV saturation, (max - min) / max per pixel, 0 for black pixels."""
+@REWARDS.register("continuous_saturation")
+def continuous_saturation() -> Reward:
+    """Mean HSV saturation (max - min) / max on the float image, 0 for black pixels; the paper's
+    ``saturation`` without its two uint8 steps (rounded pixels, truncated result)."""
 
     def fn(images):
         high, low = images.max(axis=-1), images.min(axis=-1)
@@ -158,8 +264,19 @@ def host_reward(scorer: Callable, *, with_prompt: bool = False) -> Reward:
 
 @REWARDS.register("jpeg_compressibility")
 def jpeg_compressibility(quality: int = 95) -> Reward:
-    """Minus the JPEG size in kB; one host callback for the whole population."""
-    return host_reward(lambda images: -jpeg_size_kb(images, quality))
+    """Minus the JPEG size in kB (1000 bytes) at quality 95 of the uint8 image round(255 x): higher = more compressible.
+
+    DDPO's sign (Black et al. 2023). pjjajal/diffusion-trajectory fitness/fitness_fn.py's function of
+    this name returns the positive size and runs with objective "min": the same search, opposite
+    sign; its values are ``jpeg_size_kb``. One host callback for the population.
+    """
+    return host_reward(lambda images: -jpeg_size_kb(images, int(quality)))
+
+
+@REWARDS.register("jpeg_size_kb")
+def jpeg_size_kb_reward(quality: int = 95) -> Reward:
+    """The JPEG size in kB, positive: the reference's ``jpeg_compressibility`` value (minimise it)."""
+    return host_reward(lambda images: jpeg_size_kb(images, int(quality)))
 
 
 @REWARDS.register("color_fraction")

@@ -38,7 +38,7 @@ from jaxalign.rewards import Objective, weighted_sum
 from jaxalign.sampler import make_sampler
 from jaxalign.search import Problem, Search, SearchParams, batched, device_mesh, prompt_sharding
 from jaxalign.spaces import SPACES
-from jaxalign.strategies import make_params, make_strategy
+from jaxalign.strategies import make_params, make_strategy, split_options
 
 
 @dataclasses.dataclass
@@ -73,14 +73,18 @@ def build(config, loaded: tuple[DiffusionModel, Any] | None = None) -> Job:
         raise JaxalignError(f"unknown space_params {', '.join(unknown)} for space {config.space!r}; valid: {valid}")
     centre_solution = space.init(jnp.zeros(latent_shape, jnp.float32))
     spec = METHODS[config.method]
-    strategy = make_strategy(config.strategy, config.popsize, centre_solution) if spec.uses_strategy else None
-    strategy_params = make_params(strategy, dict(config.strategy_params)) if spec.uses_strategy else None
+    strategy, strategy_params = None, None
+    if spec.uses_strategy:
+        _, param_overrides = split_options(config.strategy, dict(config.strategy_params))
+        strategy = make_strategy(config.strategy, config.popsize, centre_solution, dict(config.strategy_params))
+        strategy_params = make_params(strategy, param_overrides, config.strategy)
+    asked = strategy.population_size if strategy is not None else config.popsize
     objective = weighted_sum(dict(config.rewards), config.reward_paths.to_dict())
     if objective.params:  # learned rewards' weights travel with the model's, as arguments of the step
         model_params = {**model_params, "rewards": objective.params}
     # Gradient-based methods backpropagate through the sampler: recompute each step's activations.
     sampler = make_sampler(model, config.scheduler, config.num_inference_steps, remat=spec.needs_gradient, decode_batch=config.decode_batch)
-    mesh = device_mesh(config.popsize, len(prompts) if config.batch_prompts else 1) if config.shard_population else None
+    mesh = device_mesh(asked, len(prompts) if config.batch_prompts else 1) if config.shard_population else None
     context = Context(
         sampler=sampler,
         objective=objective,
@@ -144,7 +148,7 @@ def run(job: Job, workdir: str | Path, progress: bool = True, resume: bool = Fal
     else:
         groups = [([i], outs[i] / "checkpoints") for i in range(len(job.prompts))]
 
-    init, step = batched(job.search, job.mesh)
+    init, start, step = batched(job.search, job.mesh)
     compiled: dict[int, Any] = {}
     summaries: dict[int, dict] = {}
     for members, checkpoints in groups:
@@ -155,10 +159,13 @@ def run(job: Job, workdir: str | Path, progress: bool = True, resume: bool = Fal
         problem = prompt_sharding(job.mesh, jax.tree.map(lambda *x: jnp.stack(x), *problems))
         state = prompt_sharding(job.mesh, init(prompt_sharding(job.mesh, jnp.stack(keys)), problem, job.search_params))
         compile_s, from_cache = 0.0, None
-        if len(members) not in compiled:  # same shapes, same executable: compile once, ahead of time
-            start, hits = time.perf_counter(), _CACHE_HITS[0]
-            compiled[len(members)] = step.lower(job.model_params, problem, job.search_params, state).compile()
-            compile_s, from_cache = time.perf_counter() - start, _CACHE_HITS[0] > hits
+        if len(members) not in compiled:  # same shapes, same executables: compile once, ahead of time
+            began, hits = time.perf_counter(), _CACHE_HITS[0]
+            arguments = (job.model_params, problem, job.search_params, state)
+            later = step.lower(*arguments).compile()
+            first = later if start is step else start.lower(*arguments).compile()
+            compiled[len(members)] = (first, later)
+            compile_s, from_cache = time.perf_counter() - began, _CACHE_HITS[0] > hits
         recorders = [Recorder(job, job.prompts[i], outs[i]) for i in members]
         for recorder, summary in zip(recorders, search_group(job, compiled[len(members)], problem, state, recorders, checkpoints, progress, resume)):
             summary["compile_s"] = round(compile_s, 3)
@@ -288,8 +295,10 @@ class Recorder:
         }
 
 
-def search_group(job: Job, step, problem: Problem, state, recorders: list[Recorder], checkpoints: Path, progress: bool, resume: bool) -> list[dict]:
-    """Run the prompts of ``recorders`` together (leading axis of ``problem`` and ``state``) to the end."""
+def search_group(job: Job, steps, problem: Problem, state, recorders: list[Recorder], checkpoints: Path, progress: bool, resume: bool) -> list[dict]:
+    """Run the prompts of ``recorders`` together (leading axis of ``problem`` and ``state``) to the end;
+    ``steps`` are the compiled generation-0 and later-generation functions."""
+    first, step = steps
     config = job.config
     checkpointer = Checkpointer(checkpoints, config.checkpoint_every) if config.checkpoint_every > 0 else None
     done = -1
@@ -302,7 +311,6 @@ def search_group(job: Job, step, problem: Problem, state, recorders: list[Record
                 print(f"jaxalign: warning: metrics in {recorders[0].out} are shorter than their checkpoint; starting over", file=sys.stderr)
             for recorder in recorders:
                 recorder.lines, recorder.stopped_because = [], None
-    state = jax.device_put(state, step.input_shardings[0][3])  # where the compiled step expects it
     for recorder in recorders:
         recorder.open()
     label = recorders[0].prompt if len(recorders) == 1 else f"{len(recorders)} prompts"
@@ -313,7 +321,9 @@ def search_group(job: Job, step, problem: Problem, state, recorders: list[Record
         if all(r.stopped_because for r in recorders):
             break
         start = time.perf_counter()
-        state, reports = step(job.model_params, problem, job.search_params, state)
+        compiled = step if generation else first
+        state = jax.device_put(state, compiled.input_shardings[0][3])  # where it expects it (a no-op once placed)
+        state, reports = compiled(job.model_params, problem, job.search_params, state)
         host_state, reports = jax.device_get((_reported_state(state, generation), reports))
         seconds = time.perf_counter() - start
         elapsed = time.perf_counter() - search_start

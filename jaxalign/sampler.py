@@ -26,7 +26,7 @@ from jaxalign.schedulers import Schedule, get_scheduler
 class Sampler(NamedTuple):
     sample: Callable[..., jax.Array]
     schedule: Schedule
-    num_steps: int
+    num_steps: int  # model calls per image (the schedule's rows), what NFE budgets count
     # Pieces for methods that act inside the denoising loop (SVDD, DSearch, DAS):
     guided_output: Callable[..., jax.Array]  # (params, x [N,c,h,w], i, context, uncond_context, guidance_scale) -> model output
     decode: Callable[..., jax.Array]  # (params, latents) -> images
@@ -45,6 +45,7 @@ def make_sampler(
     ``decode_batch`` > 0 decodes that many latents at a time (0: all in one call)."""
     solver = get_scheduler(scheduler, model.noise_schedule.prediction_type)
     schedule = solver.make_schedule(model.noise_schedule, num_inference_steps)
+    num_calls = schedule.timesteps.shape[0]  # model calls: num_inference_steps, or one more for pndm
 
     def pair(context, uncond_context, n):
         # Contexts are arrays (SD) or dicts of arrays (SDXL); each leaf gets the batch of 2n.
@@ -81,13 +82,13 @@ def make_sampler(
         def body(carry, i):
             return denoise_step(params, context, uncond_context, guidance_scale, carry, i), None
 
-        carry, _ = jax.lax.scan(body, solver.init_carry(latents.astype(jnp.float32)), jnp.arange(num_inference_steps))
+        carry, _ = jax.lax.scan(body, solver.init_carry(latents.astype(jnp.float32)), jnp.arange(num_calls))
         return decode(params, carry[0])
 
     return Sampler(
         sample=sample,
         schedule=schedule,
-        num_steps=num_inference_steps,
+        num_steps=num_calls,
         guided_output=guided_output,
         decode=decode,
         prediction_type=model.noise_schedule.prediction_type,

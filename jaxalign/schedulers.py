@@ -2,9 +2,9 @@
 
 Each scheduler turns a :class:`NoiseSchedule` (the training-time beta schedule, read from a
 diffusers ``scheduler_config.json``) and a static number of steps into a :class:`Schedule`:
-arrays with one row per denoising step, which the sampler scans over inside one jit. All
-coefficients are computed once on the host in float64, so the scan body is a handful of
-multiply-adds and nothing inside it branches on the step number.
+arrays with one row per model call (one per denoising step, except for ``pndm``, below), which
+the sampler scans over inside one jit. All coefficients are computed once on the host in float64,
+so the scan body is a handful of multiply-adds and nothing inside it branches on the step number.
 
 * ``ddim``: DDIM with eta = 0 (Song et al. 2021, arXiv 2010.02502), as diffusers' ``DDIMScheduler``.
 * ``dpmsolver++``: multistep DPM-Solver++(2M) with the midpoint second-order update and a
@@ -15,6 +15,12 @@ multiply-adds and nothing inside it branches on the step number.
   the consistency boundary condition and re-noises it to the next timestep. The re-noising noise
   is drawn from a fixed key and shared by every population member, so an image stays a
   deterministic function of its initial latent, which is what a noise search optimises.
+* ``pndm``: pseudo linear multistep (PLMS) sampling (Liu et al. 2022, "Pseudo Numerical Methods for
+  Diffusion Models on Manifolds", arXiv 2202.09778), as diffusers' ``PNDMScheduler`` with
+  ``skip_prk_steps=True`` (Stable Diffusion 1.x's default): Adams-Bashforth combinations of up to four
+  model outputs fed through the PNDM transfer. Its second step re-evaluates the model at the same
+  timestep (a pseudo-improved Euler start), so ``n`` inference steps make ``n + 1`` model calls and
+  its table has ``n + 1`` rows (one per call; a single step stays one row).
 
 Timestep spacings ``leading``, ``linspace`` and ``trailing`` follow diffusers' definitions.
 """
@@ -79,7 +85,7 @@ class NoiseSchedule:
 
 @struct.dataclass
 class Schedule:
-    """Per-step rows the sampler scans over; ``coefficients`` are scheduler specific."""
+    """Rows the sampler scans over, one per model call; ``coefficients`` are scheduler specific."""
 
     timesteps: jax.Array  # [steps] int32, the UNet's timestep input
     alpha: jax.Array  # [steps] sqrt(alpha_bar_t): x_t = alpha * x0 + sigma * eps
@@ -239,6 +245,78 @@ def _lcm_step(prediction_type: str):
     return step
 
 
+def _pndm_schedule(schedule: NoiseSchedule, num_steps: int, prediction_type: str) -> Schedule:
+    """PLMS rows, one per model call; row i maps the carry (x, kept sample, last three outputs) to the next x.
+
+    diffusers' ``PNDMScheduler`` (skip_prk_steps) visits the descending timesteps t_0, t_1, t_1, t_2, ...:
+    call 0 takes a plain step from t_0 and keeps its input sample; call 1 averages its output with
+    call 0's and restarts from the kept sample, stepping t_1 + r -> t_1 (r = T // n); call k >= 2
+    steps t_k -> t_k - r with the 2nd/3rd/4th-order Adams-Bashforth combination of the outputs
+    recorded so far (call 1's output is never recorded). Each step is the PNDM transfer
+    x' = sqrt(a'/a) x - (a' - a) eps / (a sqrt(1 - a') + sqrt(a (1 - a) a')), with a = alpha_bar,
+    and eps = sqrt(a) v + sqrt(1 - a) x for v-prediction; everything but the model outputs is
+    folded into the per-row coefficients here.
+    """
+    alphas_cumprod = schedule.alphas_cumprod()
+    total = schedule.num_train_timesteps
+    ratio = total // num_steps
+    base = _timesteps(schedule, num_steps, num_steps)  # descending
+    timesteps = np.concatenate([base[:2], base[1:]])  # the second timestep twice (once when num_steps == 1)
+    rows = len(timesteps)
+    call = np.arange(rows)
+    restart = call == 1  # the second call steps from the kept sample
+    current = np.where(restart, timesteps + ratio, timesteps)
+    prev = np.where(restart, timesteps, timesteps - ratio)
+    if current.max() >= total:
+        raise JaxalignError(f"pndm with {num_steps} steps reaches timestep {current.max()} >= num_train_timesteps={total}")
+    final = 1.0 if schedule.set_alpha_to_one else alphas_cumprod[0]
+    a = alphas_cumprod[current]
+    a_prev = np.where(prev >= 0, alphas_cumprod[np.clip(prev, 0, None)], final)
+    sample_coeff = np.sqrt(a_prev / a)
+    output_coeff = -(a_prev - a) / (a * np.sqrt(1 - a_prev) + np.sqrt(a * (1 - a) * a_prev))
+    if prediction_type == "v_prediction":  # eps = sqrt(a) v + sqrt(1 - a) x, folded into both coefficients
+        sample_coeff = sample_coeff + output_coeff * np.sqrt(1 - a)
+        output_coeff = output_coeff * np.sqrt(a)
+    # Weights of (this output, last recorded, the one before, the one before that) by call number.
+    weights = np.tile(np.array([55.0, -59.0, 37.0, -9.0]) / 24.0, (rows, 1))
+    for k, w in enumerate([[1.0], [0.5, 0.5], [1.5, -0.5], np.array([23.0, -16.0, 5.0]) / 12.0][:rows]):
+        weights[k] = np.pad(w, (0, 4 - len(w)))
+    weights = weights * output_coeff[:, None]
+    return Schedule(
+        timesteps=jnp.asarray(timesteps, jnp.int32),
+        alpha=jnp.asarray(np.sqrt(alphas_cumprod[timesteps]), jnp.float32),
+        sigma=jnp.asarray(np.sqrt(1 - alphas_cumprod[timesteps]), jnp.float32),
+        coefficients={
+            "c_x": jnp.asarray(np.where(restart, 0.0, sample_coeff), jnp.float32),
+            "c_kept": jnp.asarray(np.where(restart, sample_coeff, 0.0), jnp.float32),
+            "c_out": jnp.asarray(weights[:, 0], jnp.float32),
+            "c_history": jnp.asarray(weights[:, 1:], jnp.float32),
+            "record": jnp.asarray(~restart),  # whether this call's output joins the history
+        },
+    )
+
+
+def _pndm_init(x):
+    """(x, kept sample, the last three recorded outputs, newest first)."""
+    zeros = jnp.zeros_like(x)
+    return (x, x, zeros, zeros, zeros)
+
+
+def _pndm_step(carry, model_output, i, s: Schedule):
+    x, kept, h1, h2, h3 = carry
+    c = s.coefficients
+    w = c["c_history"][i]
+    x_next = c["c_x"][i] * x + c["c_kept"][i] * kept + c["c_out"][i] * model_output + w[0] * h1 + w[1] * h2 + w[2] * h3
+    record = c["record"][i]
+    return (
+        x_next,
+        kept,
+        jnp.where(record, model_output, h1),
+        jnp.where(record, h1, h2),
+        jnp.where(record, h2, h3),
+    )
+
+
 SCHEDULERS: Registry[Callable[[str], Scheduler]] = Registry("scheduler")
 SCHEDULERS.register("ddim", lambda prediction_type: Scheduler(_ddim_schedule, lambda x: (x,), _ddim_step(prediction_type)))
 SCHEDULERS.register(
@@ -250,6 +328,13 @@ SCHEDULERS.register(
 SCHEDULERS.register(
     "lcm",
     lambda prediction_type: Scheduler(_lcm_schedule, lambda x: (x, jax.random.key(LCM_NOISE_SEED)), _lcm_step(prediction_type)),
+)
+
+SCHEDULERS.register(
+    "pndm",
+    lambda prediction_type: Scheduler(
+        lambda schedule, num_steps: _pndm_schedule(schedule, num_steps, prediction_type), _pndm_init, _pndm_step
+    ),
 )
 
 

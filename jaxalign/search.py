@@ -8,11 +8,12 @@ those pure pieces into ``init`` and ``step``, where ``step`` runs one whole gene
 
     ask -> solutions to latents -> denoise (CFG) -> decode -> score -> tell -> track best
 
-under a single ``jax.jit``. Generation 0 runs through the same compiled function: it evaluates
-an initial population whose member 0 is the centre latent (the unaligned baseline) and whose
-other members are N(0, 1) draws, then initialises population-based strategies (CoSyNE, GAs)
-from it; distribution-based strategies start from the centre as their mean. The branches are
-``lax.cond``, so the sampler is traced and compiled once.
+under a single ``jax.jit``. Generation 0 is its own compiled function, ``start``, because it
+evaluates a different number of images: population-based strategies (CoSyNE, GAs) evaluate their
+first archive, the centre latent (member 0, the unaligned baseline) and N(0, 1) draws, as the
+reference initialises evotorch's Cosyne; distribution-based strategies (SNES, CMA-ES, PGPE) start
+from the centre as their mean and evaluate only it, the baseline, as the reference does before
+its first ``solver.step()``.
 
 Strategies minimise; the objective's direction (``maximize``) is applied in exactly one place,
 :class:`Direction`. Non-finite scores rank last for the strategy, never become the best, and are
@@ -34,7 +35,7 @@ from jaxalign.model import Params as ModelParams
 from jaxalign.rewards import Objective
 from jaxalign.sampler import Sampler
 from jaxalign.spaces import SearchSpace
-from jaxalign.strategies import is_population_based
+from jaxalign.strategies import initial_population_size, is_population_based
 
 
 @struct.dataclass
@@ -107,14 +108,16 @@ def rank_last(minimised: jax.Array, finite: jax.Array) -> jax.Array:
 
 
 class Search(NamedTuple):
-    """A search method: pure ``init`` and one-generation ``step``, and its budget per generation.
+    """A search method: pure ``init``, generation 0 ``start``, one-generation ``step``, and its budget.
 
+    ``start`` and ``step`` have the same signature; methods whose generation 0 has the shape of the
+    others use one function for both. :meth:`advance` picks the right one on the host.
     NFE counts UNet forward evaluations of one latent (a classifier-free-guidance pair counts once);
     ``vjp_nfe_per_generation`` counts backward passes through the UNet (gradient-based methods).
     """
 
     init: Any  # (key, problem, params) -> SearchState
-    step: Any  # (model_params, problem, params, state) -> (SearchState, Generation); jitted
+    step: Any  # (model_params, problem, params, state) -> (SearchState, Generation); jitted, generations >= 1
     default_params: Any  # (...) -> SearchParams
     popsize: int
     nfe_per_generation: int
@@ -125,6 +128,16 @@ class Search(NamedTuple):
     initial_nfe: int = 0
     initial_images: int = 0
     initial_vjp_nfe: int = 0
+    start: Any = None  # generation 0, (model_params, problem, params, state) -> (SearchState, Generation); None: ``step``
+
+    @property
+    def first_step(self):
+        return self.step if self.start is None else self.start
+
+    def advance(self, model_params, problem: Problem, params: SearchParams, state: SearchState):
+        """Run the next generation of ``state`` (``start`` at generation 0, else ``step``)."""
+        step = self.first_step if int(jax.device_get(state.generation).reshape(-1)[0]) == 0 else self.step
+        return step(model_params, problem, params, state)
 
     def budget(self, generation: int) -> dict[str, int]:
         """Images, NFE and backward NFE used once ``generation`` has finished."""
@@ -214,7 +227,7 @@ def sharding_helpers(mesh):
     """``(shard_population, replicate)`` constraints for a ("prompts", "population") mesh; identities without one."""
 
     def shard_population(x):
-        if mesh is None:
+        if mesh is None or x.shape[0] % mesh.shape["population"]:  # e.g. generation 0 of a distribution strategy: 1 latent
             return x
         spec = jax.sharding.PartitionSpec("population", *([None] * (x.ndim - 1)))
         return jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, spec))
@@ -245,7 +258,8 @@ def make_search(
     sharded over it (each device denoises and decodes its share of the population); the strategy
     state stays replicated.
     """
-    popsize = strategy.population_size
+    popsize = strategy.population_size  # solutions asked per generation
+    first_size = initial_population_size(strategy)  # solutions evaluated in generation 0
     direction = Direction(maximize)
     population_based = is_population_based(strategy)
     component_names = tuple(objective.default_weights)
@@ -256,40 +270,32 @@ def make_search(
         centre_solution = space.init(problem.centre)
         if population_based:
             # Placeholder of the right structure; generation 0 initialises it from evaluations.
-            placeholder = jnp.broadcast_to(centre_solution, (popsize, centre_solution.size))
-            strategy_state = strategy.init(init_key, placeholder, jnp.full((popsize,), jnp.inf), params.strategy)
+            placeholder = jnp.broadcast_to(centre_solution, (first_size, centre_solution.size))
+            strategy_state = strategy.init(init_key, placeholder, jnp.full((first_size,), jnp.inf), params.strategy)
         else:
             strategy_state = strategy.init(init_key, centre_solution, params.strategy)
         return initial_state(key, strategy_state, centre_solution, component_names, image_shape, direction)
 
     def evaluate(model_params, problem: Problem, params: SearchParams, solutions):
         latents = jax.vmap(space.apply, in_axes=(None, 0, None))(params.space, solutions, problem.centre)
-        return sample_and_score(sampler, objective, model_params, problem, params, shard_population(latents))
+        total, components, images = sample_and_score(sampler, objective, model_params, problem, params, shard_population(latents))
+        return total, components, images, rank_last(direction.to_minimised(total), jnp.isfinite(total))
+
+    def start(model_params: ModelParams, problem: Problem, params: SearchParams, state: SearchState):
+        key, tell_key, population_key = jax.random.split(state.key, 3)
+        solutions = initial_population(population_key, space.init(problem.centre), first_size)
+        total, components, images, strategy_fitness = evaluate(model_params, problem, params, solutions)
+        if population_based:
+            strategy_state = strategy.init(tell_key, solutions, strategy_fitness, params.strategy)
+        else:
+            strategy_state = state.method_state  # already centred at the baseline by ``init``
+        return replicate(record(state, key, strategy_state, solutions, total, components, images, direction))
 
     def step(model_params: ModelParams, problem: Problem, params: SearchParams, state: SearchState):
-        key, ask_key, tell_key, population_key = jax.random.split(state.key, 4)
-        first = state.generation == 0
-        centre_solution = space.init(problem.centre)
-
-        def propose_initial():
-            return initial_population(population_key, centre_solution, popsize), state.method_state
-
-        def propose_next():
-            return strategy.ask(ask_key, state.method_state, params.strategy)
-
-        solutions, asked_state = _cond(first, propose_initial, propose_next)
-        total, components, images = evaluate(model_params, problem, params, solutions)
-        strategy_fitness = rank_last(direction.to_minimised(total), jnp.isfinite(total))
-
-        def start():
-            if population_based:
-                return strategy.init(tell_key, solutions, strategy_fitness, params.strategy)
-            return asked_state
-
-        def update():
-            return strategy.tell(tell_key, solutions, strategy_fitness, asked_state, params.strategy)[0]
-
-        strategy_state = _cond(first, start, update)
+        key, ask_key, tell_key = jax.random.split(state.key, 3)
+        solutions, asked_state = strategy.ask(ask_key, state.method_state, params.strategy)
+        total, components, images, strategy_fitness = evaluate(model_params, problem, params, solutions)
+        strategy_state = strategy.tell(tell_key, solutions, strategy_fitness, asked_state, params.strategy)[0]
         return replicate(record(state, key, strategy_state, solutions, total, components, images, direction))
 
     def default_params(strategy_overrides: Any = None, space_overrides: Mapping | None = None, reward_weights=None, guidance_scale=7.5, method_overrides=None):
@@ -302,18 +308,19 @@ def make_search(
 
     return Search(
         init=jax.jit(init),
+        start=jax.jit(start),
         step=jax.jit(step),
         default_params=default_params,
         popsize=popsize,
         nfe_per_generation=popsize * sampler.num_steps,
         images_per_generation=popsize,
-        initial_nfe=popsize * sampler.num_steps,
-        initial_images=popsize,
+        initial_nfe=first_size * sampler.num_steps,
+        initial_images=first_size,
     )
 
 
-def batched(search: Search, mesh: jax.sharding.Mesh | None = None) -> tuple[Any, Any]:
-    """``init`` and ``step`` over a leading prompt axis of problems and states, in one compiled step.
+def batched(search: Search, mesh: jax.sharding.Mesh | None = None) -> tuple[Any, Any, Any]:
+    """``init``, ``start`` and ``step`` over a leading prompt axis of problems and states, in one compiled step.
 
     Every prompt keeps its own key, strategy state and best-so-far; results equal running the
     prompts one at a time with the same keys. With a mesh whose ``"prompts"`` axis has several
@@ -321,8 +328,8 @@ def batched(search: Search, mesh: jax.sharding.Mesh | None = None) -> tuple[Any,
     """
     spmd = "prompts" if mesh is not None and mesh.shape["prompts"] > 1 else None
     init = jax.jit(jax.vmap(search.init, in_axes=(0, 0, None), spmd_axis_name=spmd))
-    step = jax.jit(jax.vmap(search.step, in_axes=(None, 0, None, 0), spmd_axis_name=spmd))
-    return init, step
+    start, step = (jax.jit(jax.vmap(fn, in_axes=(None, 0, None, 0), spmd_axis_name=spmd)) for fn in (search.first_step, search.step))
+    return init, (step if search.start is None else start), step
 
 
 def device_mesh(popsize: int, num_prompts: int = 1) -> jax.sharding.Mesh | None:
@@ -350,10 +357,3 @@ def prompt_sharding(mesh: jax.sharding.Mesh | None, tree: Any) -> Any:
     if mesh is None or mesh.shape["prompts"] == 1:
         return tree
     return jax.device_put(tree, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("prompts")))
-
-
-def _cond(predicate, true_fn, false_fn):
-    """``lax.cond`` whose branches may differ in weak types (evosax states mix Python and array ints)."""
-    reference = jax.eval_shape(false_fn)
-    cast = lambda tree: jax.tree.map(lambda x, r: jnp.asarray(x, r.dtype), tree, reference)  # noqa: E731
-    return jax.lax.cond(predicate, lambda: cast(true_fn()), lambda: cast(false_fn()))

@@ -21,9 +21,9 @@ from jaxalign.run import build, make_problem
 from jaxalign.search import batched
 
 
-def time_steps(step, args, repeats):
+def time_steps(first, step, args, repeats):
     state = args[-1]
-    state, report = step(*args[:-1], state)
+    state, report = first(*args[:-1], state)  # generation 0
     jax.block_until_ready(report)
     times = []
     for _ in range(repeats):
@@ -45,21 +45,21 @@ def main():
     job = build(config)
     prompts = [f"prompt number {i}" for i in range(args.prompts)]
     problems, keys = zip(*(make_problem(job, p, i) for i, p in enumerate(prompts)))
-    init, step = batched(job.search)
+    init, first, step = batched(job.search)
 
     stacked = jax.tree.map(lambda *x: jnp.stack(x), *problems)
     states = init(jnp.stack(keys), stacked, job.search_params)
     start = time.perf_counter()
     batch_step = step.lower(job.model_params, stacked, job.search_params, states).compile()
     compile_batched = time.perf_counter() - start
-    batched_s = time_steps(batch_step, (job.model_params, stacked, job.search_params, states), args.repeats)
+    batched_s = time_steps(first, batch_step, (job.model_params, stacked, job.search_params, states), args.repeats)
 
     one = jax.tree.map(lambda x: x[:1], stacked)
     one_state = jax.tree.map(lambda x: x[:1], states)
     start = time.perf_counter()
     single_step = step.lower(job.model_params, one, job.search_params, one_state).compile()
     compile_single = time.perf_counter() - start
-    single_s = time_steps(single_step, (job.model_params, one, job.search_params, one_state), args.repeats)
+    single_s = time_steps(first, single_step, (job.model_params, one, job.search_params, one_state), args.repeats)
 
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
     print(f"hardware: {jax.devices()[0].device_kind} x{jax.device_count()} ({cpu}, {jax.local_device_count()} devices), jax {jax.__version__}")

@@ -130,7 +130,7 @@ def time_jaxalign(config, loaded, generations: int, peak_tflops: float | None, c
     compile_s = time.perf_counter() - start
     buffers = compiled.memory_analysis()
     per_image = model_tflop_per_image(job, problem)
-    tflop = per_image * config.popsize * (3 if config.method == "dno" else 1)
+    tflop = per_image * job.search.images_per_generation * (3 if config.method == "dno" else 1)
     result = {
         "part": f"jaxalign {config.method}",
         "attention": config.attention,
@@ -143,7 +143,7 @@ def time_jaxalign(config, loaded, generations: int, peak_tflops: float | None, c
     }
     if compile_only:
         return result
-    state, report = compiled(job.model_params, problem, job.search_params, state)  # generation 0
+    state, report = job.search.first_step(job.model_params, problem, job.search_params, state)  # generation 0
     jax.block_until_ready(report)
     seconds = []
     for _ in range(generations):
@@ -154,7 +154,7 @@ def time_jaxalign(config, loaded, generations: int, peak_tflops: float | None, c
     median = statistics.median(seconds)
     result |= {
         "s_per_generation": round(median, 4),
-        "images_per_s": round(config.popsize / median, 3),
+        "images_per_s": round(job.search.images_per_generation / median, 3),
         "achieved_tflops": _significant(tflop / median),
         "peak_memory_gib": round(peak_memory_bytes() / 2**30, 3),
     }

@@ -82,7 +82,7 @@ def test_target_reward_and_several_prompts_from_csv(tmp_path, capsys):
 
 BAD_INPUTS = {
     "unknown strategy": (["--config.strategy=Nope"], "unknown strategy 'Nope'; valid: .*CoSyNE.*SNES"),
-    "unknown space": (["--config.space=spiral"], "unknown space 'spiral'; valid: noise, rotation, svd_rotation"),
+    "unknown space": (["--config.space=spiral"], "unknown space 'spiral'; valid: additive_noise, multi_axis_rotation, multi_axis_svd_rotation, noise, rotation, svd_rotation"),
     "unknown reward": (["--config.rewards={'beauty': 1.0}"], "unknown reward 'beauty'; valid: aesthetic, brightness"),
     "unknown field": (["--config.popsise=4"], "config field 'popsise' does not exist"),
     "missing model": (["--config.model=/nonexistent/sd"], "model directory not found: /nonexistent/sd"),
@@ -90,7 +90,11 @@ BAD_INPUTS = {
     "steps 0": (["--config.steps=0"], "steps must be at least 1, got 0"),
     "empty prompts": (["--config.prompts=[]"], "prompt list is empty"),
     "bad number": (["--config.popsize=many"], "config field 'popsize' expects int, got 'many'"),
-    "unknown strategy param": (["--config.strategy_params.sigma=2.0"], "unknown strategy_params sigma for CoSyNE; valid: mutation_probability"),
+    "unknown strategy param": (["--config.strategy_params.sigma=2.0"], "unknown strategy_params sigma for CoSyNE; valid: elitism_ratio, eta, mode, mutation_probability"),
+    "unknown CoSyNE mode": (["--config.strategy_params.mode=fast"], "cannot build strategy 'CoSyNE' with popsize 16: mode must be one of equal_budget, reference, got 'fast'"),
+    "too many CoSyNE elites": (["--config.strategy_params.num_elites=20"], r"cannot build strategy 'CoSyNE' with popsize 16: num_elites must be in \[0, 11\]"),
+    "odd reference children": (["--config.strategy_params={'mode': 'reference', 'num_children': 3}"], "num_children must be even in reference mode"),
+    "non-numeric strategy param": (["--config.strategy=SNES", "--config.strategy_params.std_init=abc"], "strategy_params.std_init must be a number, got 'abc'"),
     "missing prompt file": (["--config.prompt_file=/nonexistent/prompts.txt"], "prompt_file not found"),
     "learned reward without weights": (["--config.rewards={'hpsv2': 1.0}"], "reward 'hpsv2' needs its checkpoint: set --config.reward_paths.hpsv2"),
     "missing reward weights": (["--config.rewards={'aesthetic': 1.0}", "--config.reward_paths.aesthetic={'path': '/nonexistent/a.pth', 'clip': '/nonexistent/clip'}"],
@@ -141,5 +145,5 @@ def test_module_entry_point_reports_without_traceback(tmp_path):
         timeout=300,
     )
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == ["jaxalign: error: unknown space 'spiral'; valid: noise, rotation, svd_rotation"]
+    assert result.stderr.strip().splitlines() == ["jaxalign: error: unknown space 'spiral'; valid: additive_noise, multi_axis_rotation, multi_axis_svd_rotation, noise, rotation, svd_rotation"]
     assert "Traceback" not in result.stderr

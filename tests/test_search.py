@@ -18,7 +18,7 @@ def run_generations(job, generations, problem=None, key=None, params=None):
     state = job.search.init(key, problem, params)
     reports = []
     for _ in range(generations):
-        state, report = job.search.step(job.model_params, problem, params, state)
+        state, report = job.search.advance(job.model_params, problem, params, state)
         reports.append(jax.device_get(report))
     return problem, state, reports
 
@@ -26,6 +26,7 @@ def run_generations(job, generations, problem=None, key=None, params=None):
 def test_nothing_recompiles_after_the_first_generation(small_job):
     problem, key = make_problem(small_job, "a red circle", 0)
     state = small_job.search.init(key, problem, small_job.search_params)
+    state, _ = small_job.search.start(small_job.model_params, problem, small_job.search_params, state)
     state, _ = small_job.search.step(small_job.model_params, problem, small_job.search_params, state)
     compiled = small_job.search.step._cache_size()
     other_params = small_job.search_params.replace(guidance_scale=jnp.float32(2.0))
@@ -34,7 +35,7 @@ def test_nothing_recompiles_after_the_first_generation(small_job):
     other_problem, _ = make_problem(small_job, "another prompt", 1)
     small_job.search.step(small_job.model_params, other_problem, small_job.search_params, state)
     assert small_job.search.step._cache_size() == compiled
-    assert int(state.generation) == 4
+    assert int(state.generation) == 5
 
 
 def test_baseline_is_the_image_of_the_centre_latent(small_job):
@@ -70,7 +71,7 @@ def _search(job, objective, maximize=True, strategy="CoSyNE"):
     return make_search(
         sampler=job.sampler,
         space=job.space,
-        strategy=make_strategy(strategy, job.config.popsize, centre_solution),
+        strategy=make_strategy(strategy, job.config.popsize, centre_solution),  # reference defaults (e.g. SNES std 0.2)
         objective=objective,
         image_shape=(job.config.height, job.config.width, 3),
         maximize=maximize,
@@ -84,7 +85,7 @@ def test_minimising_keeps_the_smallest(small_job):
     state = search.init(key, problem, params)
     seen = []
     for _ in range(3):
-        state, report = search.step(small_job.model_params, problem, params, state)
+        state, report = search.advance(small_job.model_params, problem, params, state)
         seen.append(np.asarray(report.fitness))
     assert float(state.best_fitness) == pytest.approx(float(np.min(np.concatenate(seen))))
     assert float(state.best_fitness) <= float(state.baseline_fitness)
@@ -102,7 +103,7 @@ def test_nonfinite_scores_rank_last_and_are_counted(small_job):
     search = _search(small_job, Objective(flaky, {"brightness": 1.0}, True), strategy="SNES")
     problem, key = make_problem(small_job, "a red circle", 0)
     params = search.default_params()
-    state = search.init(key, problem, params)
+    state, _ = search.start(small_job.model_params, problem, params, search.init(key, problem, params))
     for _ in range(3):
         state, report = search.step(small_job.model_params, problem, params, state)
         assert int(report.num_nonfinite) >= small_job.config.popsize // 2
@@ -120,7 +121,8 @@ def test_generations_compose_under_lax_scan(small_job):
         state, report = small_job.search.step(small_job.model_params, problem, params, state)
         return state, report.best_fitness
 
-    scanned, bests = jax.jit(lambda s: jax.lax.scan(body, s, length=3))(small_job.search.init(key, problem, params))
+    first, _ = small_job.search.start(small_job.model_params, problem, params, small_job.search.init(key, problem, params))
+    scanned, bests = jax.jit(lambda s: jax.lax.scan(body, s, length=2))(first)
     np.testing.assert_allclose(float(scanned.best_fitness), float(looped.best_fitness), rtol=1e-5)
     np.testing.assert_allclose(np.asarray(scanned.best_image), np.asarray(looped.best_image), atol=1e-4)
     assert list(np.asarray(bests)) == sorted(np.asarray(bests))
