@@ -12,7 +12,7 @@ def get_config():
     config = default_sweep_config()
     config.base = default.get_config()
     config.base.prompts = ["a red circle on a blue background", "a small green square, top left"]
-    config.base.compilation_cache_dir = "runs/xla-cache"  # reused by callback-free rewards (not jpeg)
+    config.base.compilation_cache_dir = "xla-cache"  # inside the sweep's workdir; reused by callback-free rewards (not jpeg)
     config.strategies = [{"name": "CoSyNE", "params": {}}, {"name": "SNES", "params": {"std_init": 0.3}}]
     config.spaces = [{"name": "noise", "params": {}}]
     config.seeds = [0, 1]

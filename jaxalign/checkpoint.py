@@ -7,13 +7,20 @@ recomputes generations ``g+1, ...`` exactly as the uninterrupted run would; the 
 ``metrics.jsonl`` to the lines up to ``g``, so no line is lost or written twice.
 
 Saves are synchronous and orbax finalises a step only after all its files are written, so a
-process killed mid-save leaves the previous steps intact. A step that cannot be read back is
-skipped with a warning, falling back to the one before.
+process killed mid-save leaves the previous steps intact. SIGINT and SIGTERM arriving during a save
+are held until it has finished (then raised as usual), so an interrupt never leaves a half-written
+step or orbax's thread tracebacks; temporary step folders of a killed process are removed when the
+checkpointer closes. A step that cannot be read back is skipped with a warning, falling back to the
+one before.
 """
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +35,8 @@ class Checkpointer:
 
         self._ocp = ocp
         self.every = every
+        self.directory = Path(directory).absolute()
+        self._remove_partial_steps()
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=False, create=True)
         self._manager = ocp.CheckpointManager(Path(directory).absolute(), options=options)
 
@@ -35,8 +44,9 @@ class Checkpointer:
         return self.every > 0 and (last or generation % self.every == 0)
 
     def save(self, generation: int, state: SearchState) -> None:
-        self._manager.save(generation, args=self._ocp.args.StandardSave(_to_storable(state)), force=True)
-        self._manager.wait_until_finished()
+        with _signals_held():
+            self._manager.save(generation, args=self._ocp.args.StandardSave(_to_storable(state)), force=True)
+            self._manager.wait_until_finished()
 
     def restore_latest(self, template: SearchState) -> tuple[int, SearchState] | None:
         """The newest readable checkpoint as (generation, state), or None when there is none."""
@@ -62,6 +72,29 @@ class Checkpointer:
 
     def close(self) -> None:
         self._manager.close()
+        self._remove_partial_steps()
+
+    def _remove_partial_steps(self) -> None:
+        for partial in self.directory.glob("*.orbax-checkpoint-tmp*"):  # left by a process killed mid-save
+            shutil.rmtree(partial, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """Hold SIGINT/SIGTERM for the duration of the block, then deliver them; the previous handlers are restored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda number, frame: received.append(number)) for s in held}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        for number in received[:1]:
+            signal.raise_signal(number)
 
 
 def _to_storable(state: SearchState) -> Any:

@@ -7,10 +7,22 @@ is reported as one line on stderr with exit status 2, before anything is written
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 
 from jaxalign.errors import JaxalignError
+
+
+USAGE = "jaxalign run --config CONFIG --workdir DIR [--resume | --overwrite] [--config.<field>=<value> ...]"
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised like KeyboardInterrupt so every ``finally`` runs (checkpoints and files are closed)."""
+
+
+def _terminate(number, frame):
+    raise _Terminated
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -25,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", required=True, help="a config file (configs/<name>.py) with get_config()")
     run.add_argument("--workdir", required=True, help="output directory")
     run.add_argument("--resume", action="store_true", help="continue an interrupted run in WORKDIR from its checkpoints")
+    run.add_argument("--overwrite", action="store_true", help="replace the run WORKDIR holds (its files are deleted first)")
     run.add_argument(
         "--distributed", action="store_true", help="call jax.distributed.initialize() first (multi-host TPU/GPU; cluster from the environment)"
     )
@@ -34,7 +47,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    previous = signal.signal(signal.SIGTERM, _terminate)  # the command line's own process: exit 143 cleanly
     try:
+        if not argv or argv[0] not in ("run", "-h", "--help"):
+            raise JaxalignError(f"the command is run; usage: {USAGE}")
         args, rest = _parser().parse_known_args(argv)
         overrides = [a for a in rest if a.startswith("--config.")]
         stray = [a for a in rest if not a.startswith("--config.")]
@@ -45,8 +61,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"jaxalign: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("jaxalign: interrupted", file=sys.stderr)
+        print("jaxalign: interrupted; continue with --resume", file=sys.stderr)
         return 130
+    except _Terminated:
+        print("jaxalign: terminated; continue with --resume", file=sys.stderr)
+        return 143
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _run(args, overrides: list[str]) -> int:
@@ -61,9 +82,9 @@ def _run(args, overrides: list[str]) -> int:
         jax.distributed.initialize()
         if jax.process_count() > 1 and jax.process_index() > 0:  # process 0 writes the run; the others beside it
             workdir = f"{workdir}/process_{jax.process_index()}"
-    check_workdir(workdir)
+    check_workdir(workdir, resume=args.resume, overwrite=args.overwrite)
     job = build(config)
-    summaries = run(job, workdir, progress=not args.no_progress, resume=args.resume)
+    summaries = run(job, workdir, progress=not args.no_progress, resume=args.resume, overwrite=args.overwrite)
     for summary in summaries:
         print(
             f"{summary['prompt'][:50]!r}: baseline {_fmt(summary['baseline_fitness'])} -> best {_fmt(summary['best_fitness'])} "

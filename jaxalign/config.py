@@ -24,6 +24,7 @@ from ml_collections import config_dict
 from jaxalign.errors import JaxalignError
 
 OPEN_MAPPINGS = ("rewards", "reward_paths", "strategy_params", "space_params", "method_params")
+MAX_POPSIZE = 65536  # images per generation; beyond it one generation's latents alone outgrow any device
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -73,11 +74,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = (), schema: ml_coll
     path = Path(path)
     if not path.is_file():
         raise JaxalignError(f"config file not found: {path}")
-    # Config files import each other as ``configs.<name>``: put the folder holding configs/ on the path.
-    root = str(path.resolve().parent.parent)
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    spec = importlib.util.spec_from_file_location(f"_jaxalign_config_{path.stem}", path)
+    spec = importlib.util.spec_from_file_location(f"{_config_package(path.resolve().parent)}{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
@@ -85,18 +82,53 @@ def load_config(path: str | Path, overrides: Sequence[str] = (), schema: ml_coll
         raise JaxalignError(f"cannot load config {path}: {type(error).__name__}: {error}") from None
     if not hasattr(module, "get_config"):
         raise JaxalignError(f"config {path} has no get_config() function")
-    config = module.get_config()
+    try:
+        config = module.get_config()
+    except Exception as error:  # noqa: BLE001 - a config whose get_config() fails is bad input too
+        raise JaxalignError(f"config {path}: get_config() raised {type(error).__name__}: {error}") from None
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise JaxalignError(f"config {path}: get_config() must return an ml_collections.ConfigDict (start from default_config()), got {type(config).__name__}")
     check_fields(config, schema)
     for override in overrides:
         apply_override(config, override)
     return config
 
 
+def _config_package(folder: Path) -> str:
+    """Config files import each other as ``<folder>.<name>`` (``from configs import sd15``): register
+    their folder as that package in the import system (never on ``sys.path``, where a folder beside it
+    named like a dependency would shadow it). Returns the module-name prefix."""
+    if not (folder / "__init__.py").is_file() or not folder.name.isidentifier():
+        return "_jaxalign_config_"
+    known = sys.modules.get(folder.name)
+    if known is None or [str(Path(p).resolve()) for p in getattr(known, "__path__", [])] != [str(folder)]:
+        spec = importlib.util.spec_from_file_location(folder.name, folder / "__init__.py", submodule_search_locations=[str(folder)])
+        package = importlib.util.module_from_spec(spec)
+        sys.modules[folder.name] = package
+        spec.loader.exec_module(package)
+        for name in [m for m in sys.modules if m.startswith(f"{folder.name}.")]:
+            del sys.modules[name]  # submodules of a previous folder of that name
+    return f"{folder.name}."
+
+
 def check_fields(config: ml_collections.ConfigDict, schema: ml_collections.ConfigDict | None = None) -> None:
+    """Every field known, none missing, each of the schema's type (ints are accepted for floats)."""
     schema = default_config() if schema is None else schema
     unknown = sorted(set(config.keys()) - set(schema.keys()))
     if unknown:
         raise JaxalignError(f"config field(s) {', '.join(unknown)} do not exist; valid: {', '.join(sorted(schema.keys()))}")
+    missing = sorted(set(schema.keys()) - set(config.keys()))
+    if missing:
+        raise JaxalignError(f"config lacks field(s) {', '.join(missing)}; start from default_config() and change fields")
+    for name in schema.keys():
+        expected, value = schema[name], config[name]
+        if value is None or expected is None or isinstance(expected, ml_collections.ConfigDict) or name in OPEN_MAPPINGS:
+            continue
+        ok = isinstance(value, type(expected)) and not (isinstance(value, bool) and not isinstance(expected, bool))
+        ok = ok or (isinstance(expected, float) and isinstance(value, int) and not isinstance(value, bool))
+        ok = ok or (isinstance(expected, list) and isinstance(value, (list, tuple)))
+        if not ok:
+            raise JaxalignError(f"config field {name!r} must be {type(expected).__name__}, got {type(value).__name__} {value!r}")
 
 
 def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
@@ -163,16 +195,21 @@ def read_prompts(config: ml_collections.ConfigDict) -> list[str]:
     """The prompts to align: from ``prompt_file`` when set, else ``prompts``."""
     if config.prompt_file:
         path = Path(config.prompt_file)
+        if path.is_dir():
+            raise JaxalignError(f"prompt_file {path} is a directory; give a .txt or .csv file")
         if not path.is_file():
             raise JaxalignError(f"prompt_file not found: {path}")
-        if path.suffix.lower() == ".csv":
-            with path.open(newline="", encoding="utf-8") as handle:
-                reader = csv.DictReader(handle)
-                if "prompt" not in (reader.fieldnames or []):
-                    raise JaxalignError(f"prompt_file {path} has no 'prompt' column; columns: {', '.join(reader.fieldnames or [])}")
-                prompts = [row["prompt"].strip() for row in reader]
-        else:
-            prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        try:
+            if path.suffix.lower() == ".csv":
+                with path.open(newline="", encoding="utf-8") as handle:
+                    reader = csv.DictReader(handle)
+                    if "prompt" not in (reader.fieldnames or []):
+                        raise JaxalignError(f"prompt_file {path} has no 'prompt' column; columns: {', '.join(reader.fieldnames or [])}")
+                    prompts = [row["prompt"].strip() for row in reader]
+            else:
+                prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        except UnicodeDecodeError:
+            raise JaxalignError(f"prompt_file {path} is not UTF-8 text") from None
     else:
         prompts = [config.prompts] if isinstance(config.prompts, str) else list(config.prompts)
     prompts = [p for p in prompts if p and p.strip()]
@@ -191,8 +228,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     from jaxalign.strategies import STRATEGIES
 
     check_fields(config)
-    if config.popsize < 2:
-        raise JaxalignError(f"popsize must be at least 2, got {config.popsize}")
+    if not 2 <= config.popsize <= MAX_POPSIZE:
+        raise JaxalignError(f"popsize must be in [2, {MAX_POPSIZE}], got {config.popsize}")
+    if not 0 <= config.seed < 2**63:
+        raise JaxalignError(f"seed must be in [0, 2**63), got {config.seed}")
     if config.steps < 1:
         raise JaxalignError(f"steps must be at least 1, got {config.steps}")
     if config.num_inference_steps < 1:

@@ -31,7 +31,6 @@ import functools
 import json
 import os
 import re
-import tempfile
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -145,10 +144,11 @@ class DiffusionModel:
         return self if self.attention == attention else _with_attention(self, attention)
 
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
-        f = self.vae_scale_factor
+        # The VAE divides the image by f, and the UNet halves the latent once per down block but the last.
+        f = self.vae_scale_factor * 2 ** (len(self.unet.down_block_types) - 1)
         if height % f or width % f:
-            raise JaxalignError(f"height and width must be multiples of {f} for model {self.name!r}, got {height}x{width}")
-        return (self.latent_channels, height // f, width // f)
+            raise JaxalignError(f"height and width must be multiples of {f} for model {self.name!r} (VAE x UNet downsampling), got {height}x{width}")
+        return (self.latent_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
 
     def tokenize(self, prompts: Sequence[str]) -> np.ndarray:
         """Token ids [len(prompts), max_prompt_tokens] (SDXL: [len(prompts), 2, tokens], one row per
@@ -162,6 +162,15 @@ class DiffusionModel:
         if self.tokenizer_2 is None:
             return ids(self.tokenizer)
         return np.stack([ids(self.tokenizer), ids(self.tokenizer_2)], axis=1)
+
+    def truncates(self, prompt: str) -> bool:
+        """Whether ``prompt`` has more tokens than the text encoder takes (they are cut, as diffusers does)."""
+        def too_long(text):
+            return len(self.tokenizer(text, truncation=False).input_ids) > self.max_prompt_tokens
+
+        # A prefix settles it cheaply for huge prompts (tokenizing megabytes takes minutes); the whole otherwise.
+        prefix = prompt[: 20 * self.max_prompt_tokens]
+        return too_long(prefix) or (len(prefix) < len(prompt) and too_long(prompt))
 
     def encode_tokens(self, params: Params, token_ids: jax.Array) -> Any:
         """Conditioning for token ids: hidden states [B, tokens, dim] for SD; for SDXL a dict of
@@ -344,7 +353,7 @@ def detect_family(path: Path) -> ModelFamily:
     every component folder it needs checked."""
     index = path / "model_index.json"
     if index.is_file():
-        pipeline = json.loads(index.read_text()).get("_class_name", "")
+        pipeline = _read_json(index).get("_class_name", "")
         matches = [f for f in FAMILIES.values() if pipeline in f.pipelines]
         if not matches:
             known = ", ".join(p for f in FAMILIES.values() for p in f.pipelines)
@@ -402,7 +411,7 @@ def _load(path: Path, name: str, dtype, family: ModelFamily, seed: int | None = 
     tokenizer = _tokenizer(path / "tokenizer", max_length)
     tokenizer_2 = _tokenizer(path / "tokenizer_2", max_length) if text_encoder_2 is not None else None
     index = path / "model_index.json"
-    force_zeros = json.loads(index.read_text()).get("force_zeros_for_empty_prompt", True) if index.is_file() else True
+    force_zeros = _read_json(index).get("force_zeros_for_empty_prompt", True) if index.is_file() else True
 
     def to_device(x):
         x = jax.device_put(np.asarray(x))
@@ -442,9 +451,15 @@ def _check_unet_config(config: dict, path: Path) -> None:
 def _tokenizer(directory: Path, max_length: int):
     from transformers import CLIPTokenizer
 
-    if directory.is_dir():
-        return CLIPTokenizer.from_pretrained(directory)
-    return _byte_level_clip_tokenizer(max_length)
+    if not directory.is_dir():
+        raise JaxalignError(f"tokenizer folder not found: {directory} (a diffusers model directory holds its CLIP tokenizer there)")
+    try:
+        tokenizer = CLIPTokenizer.from_pretrained(directory)
+    except (OSError, ValueError, TypeError, json.JSONDecodeError) as error:
+        raise JaxalignError(f"cannot read the tokenizer in {directory}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") from None
+    if not 0 < tokenizer.model_max_length <= max_length:  # unset (transformers' huge sentinel) or beyond the text encoder
+        tokenizer.model_max_length = max_length
+    return tokenizer
 
 
 _FLAX_WEIGHTS = ("diffusion_flax_model.msgpack", "flax_model.msgpack")
@@ -464,7 +479,10 @@ def _weight_files(component_dir: Path) -> list[Path]:
             return [component_dir / name]
         index = component_dir / f"{name}.index.json"
         if index.is_file():
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            weight_map = _read_json(index).get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise JaxalignError(f"{index} has no \"weight_map\" object naming its shards")
+            shards = sorted(set(weight_map.values()))
             return [component_dir / shard for shard in shards]
     return []
 
@@ -479,16 +497,22 @@ def read_weights(component_dir: Path, shapes: Any) -> Any:
     if not files:
         expected = " or ".join((*_FLAX_WEIGHTS, *_TORCH_WEIGHTS))
         raise JaxalignError(f"no weights in {component_dir} (expected {expected})")
-    if files[0].name in _FLAX_WEIGHTS:
-        from flax.serialization import msgpack_restore
+    try:
+        if files[0].name in _FLAX_WEIGHTS:
+            from flax.serialization import msgpack_restore
 
-        flat = flatten_shapes(msgpack_restore(files[0].read_bytes()))
-        flat = {k[1:] if k[0] == "params" else k: v for k, v in flat.items()}
-    else:
-        state: dict[str, np.ndarray] = {}
-        for file in files:
-            state.update(_read_safetensors(file) if file.suffix == ".safetensors" else _read_torch_bin(file))
-        flat = _torch_to_flax(state, flatten_shapes(shapes))
+            flat = flatten_shapes(msgpack_restore(files[0].read_bytes()))
+            flat = {k[1:] if k[0] == "params" else k: v for k, v in flat.items()}
+        else:
+            state: dict[str, np.ndarray] = {}
+            for file in files:
+                state.update(_read_safetensors(file) if file.suffix == ".safetensors" else _read_torch_bin(file))
+            flat = _torch_to_flax(state, flatten_shapes(shapes))
+    except JaxalignError:
+        raise
+    except Exception as error:  # noqa: BLE001 - a truncated or foreign file fails in its reader's own way; name the file
+        detail = str(error).splitlines()[0][:200] if str(error) else ""
+        raise JaxalignError(f"cannot read weights {', '.join(str(f) for f in files)}: damaged or not a weights file ({type(error).__name__}: {detail})") from None
     return _checked(flat, shapes, component_dir)
 
 
@@ -542,11 +566,16 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
     """Memory-map a safetensors file: no pickle, no torch, no copy until the arrays are used."""
     import ml_dtypes
 
+    size = path.stat().st_size
     with path.open("rb") as handle:
         header_size = int.from_bytes(handle.read(8), "little")
+        if size < 8 or header_size > size - 8:  # checked before reading: a random prefix would ask for terabytes
+            raise JaxalignError(f"{path} is not a safetensors file (its header claims {header_size} bytes of {size})")
         header = json.loads(handle.read(header_size))
+    if not isinstance(header, dict):
+        raise JaxalignError(f"{path} is not a safetensors file (its header is not a JSON object)")
     header.pop("__metadata__", None)
-    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + header_size)
+    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + header_size) if size > 8 + header_size else np.zeros(0, np.uint8)
     tensors = {}
     for name, info in header.items():
         dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
@@ -554,6 +583,8 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
             raise JaxalignError(f"unsupported dtype {info['dtype']} for {name} in {path}")
         dtype = np.dtype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype)
         begin, end = info["data_offsets"]
+        if end > data.size or end - begin != int(np.prod(info["shape"])) * dtype.itemsize:
+            raise JaxalignError(f"{path} is truncated or damaged: {name} needs bytes {begin}..{end} of {data.size}")
         tensors[name] = data[begin:end].view(dtype).reshape(info["shape"])
     return tensors
 
@@ -637,32 +668,16 @@ def seeded_init(shapes: Any, seed: int) -> Any:
     return jax.tree_util.tree_map_with_path(init_leaf, shapes)
 
 
-def _byte_level_clip_tokenizer(max_length: int):
-    """A CLIP tokenizer over CLIP's 512 byte-level symbols (no merges), built locally.
-
-    Its ids match the first 512 entries of the real CLIP vocabulary and the start/end tokens
-    follow them, so any text tokenizes (one token per character) without a download.
-    """
-    from transformers import CLIPTokenizer
-    from transformers.models.clip.tokenization_clip import bytes_to_unicode
-
-    symbols = list(bytes_to_unicode().values())
-    vocab = {s: i for i, s in enumerate(symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"])}
-    directory = Path(tempfile.mkdtemp(prefix="jaxalign-tokenizer-"))
-    (directory / "vocab.json").write_text(json.dumps(vocab))
-    (directory / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer(
-        vocab_file=str(directory / "vocab.json"),
-        merges_file=str(directory / "merges.txt"),
-        model_max_length=max_length,
-        pad_token="<|endoftext|>",
-    )
-
-
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise JaxalignError(f"missing {path}")
-    return json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise JaxalignError(f"{path} is not valid JSON ({type(error).__name__}: {str(error).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise JaxalignError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    return data
 
 
 @functools.cache

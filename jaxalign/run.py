@@ -19,6 +19,7 @@ import json
 import math
 import os
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -65,6 +66,9 @@ def build(config, loaded: tuple[DiffusionModel, Any] | None = None) -> Job:
     prompts = read_prompts(config)
     model, model_params = loaded if loaded is not None else load_model(config.model, dtype=config.dtype, family=config.model_family)
     model = model.with_attention(config.attention)
+    for prompt in prompts:
+        if model.truncates(prompt):
+            print(f"jaxalign: warning: prompt {prompt[:40]!r}... is longer than the text encoder's {model.max_prompt_tokens} tokens; the rest is ignored", file=sys.stderr)
     latent_shape = model.latent_shape(config.height, config.width)
     space = SPACES[config.space]()
     unknown = sorted(set(config.space_params) - set(space.default_params))
@@ -83,7 +87,11 @@ def build(config, loaded: tuple[DiffusionModel, Any] | None = None) -> Job:
     if objective.params:  # learned rewards' weights travel with the model's, as arguments of the step
         model_params = {**model_params, "rewards": objective.params}
     # Gradient-based methods backpropagate through the sampler: recompute each step's activations.
+    total = model.noise_schedule.num_train_timesteps
+    if config.num_inference_steps >= total:
+        raise JaxalignError(f"num_inference_steps must be below the model's {total} training timesteps, got {config.num_inference_steps}")
     sampler = make_sampler(model, config.scheduler, config.num_inference_steps, remat=spec.needs_gradient, decode_batch=config.decode_batch)
+    _check_schedule(sampler, model, config)
     mesh = device_mesh(asked, len(prompts) if config.batch_prompts else 1) if config.shard_population else None
     context = Context(
         sampler=sampler,
@@ -103,8 +111,22 @@ def build(config, loaded: tuple[DiffusionModel, Any] | None = None) -> Job:
     return Job(config, model, model_params, search, search_params, prompts, space, sampler, latent_shape, mesh, objective)
 
 
-def check_workdir(workdir: str | Path) -> Path:
-    """Fail early, before any output, when the workdir cannot be written."""
+def _check_schedule(sampler, model: DiffusionModel, config) -> None:
+    """Step counts the noise schedule cannot take give repeated or out-of-range timesteps, or NaN coefficients."""
+    total = model.noise_schedule.num_train_timesteps
+    timesteps = np.asarray(sampler.schedule.timesteps)
+    finite = all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(sampler.schedule) if jnp.issubdtype(np.asarray(x).dtype, jnp.floating))
+    if len(np.unique(timesteps)) < config.num_inference_steps or timesteps.min() < 0 or timesteps.max() >= total or not finite:
+        raise JaxalignError(
+            f"num_inference_steps={config.num_inference_steps} is more than scheduler {config.scheduler!r} can take from "
+            f"the model's {total}-step noise schedule (distinct timesteps in [0, {total})); use fewer steps"
+        )
+
+
+def check_workdir(workdir: str | Path, resume: bool = False, overwrite: bool = False, marker: str = "config.json") -> Path:
+    """Fail early, before any output, when the workdir cannot be written or holds something a run
+    would damage: another run (unless ``resume`` continues it or ``overwrite`` replaces it) or files
+    that are not a run's (no ``marker`` file: ``config.json`` for runs, ``sweep_config.json`` for sweeps)."""
     path = Path(workdir).expanduser().absolute()
     if path.exists() and not path.is_dir():
         raise JaxalignError(f"workdir {path} exists and is not a directory")
@@ -113,7 +135,23 @@ def check_workdir(workdir: str | Path) -> Path:
         existing = existing.parent
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise JaxalignError(f"workdir {path} is not writable ({existing} is not a writable directory)")
+    if resume and overwrite:
+        raise JaxalignError("--resume and --overwrite exclude each other")
+    if path.is_dir() and any(path.iterdir()):
+        holds_run = (path / marker).is_file()
+        if not holds_run:
+            raise JaxalignError(f"workdir {path} is not empty and holds no jaxalign run (no {marker}); choose an empty or new directory")
+        if not (resume or overwrite):
+            raise JaxalignError(f"workdir {path} already holds a run; pass --resume to continue it or --overwrite to replace it")
     return path
+
+
+def _check_run_files(outs: list[Path]) -> None:
+    """A resumed workdir's files must be what a run writes (a hand-made directory named metrics.jsonl would crash later)."""
+    for out in outs:
+        for name, is_kind, kind in (("metrics.jsonl", Path.is_file, "a file"), ("summary.json", Path.is_file, "a file"), ("images", Path.is_dir, "a directory"), ("checkpoints", Path.is_dir, "a directory")):
+            if (out / name).exists() and not is_kind(out / name):
+                raise JaxalignError(f"{out / name} should be {kind}; this workdir was not written by jaxalign (use a new one or --overwrite)")
 
 
 def make_problem(job: Job, prompt: str, index: int) -> tuple[Problem, jax.Array]:
@@ -125,24 +163,32 @@ def make_problem(job: Job, prompt: str, index: int) -> tuple[Problem, jax.Array]
     return Problem(context=context, uncond_context=uncond_context, centre=centre, reward_inputs=job.objective.prepare(prompt)), search_key
 
 
-def run(job: Job, workdir: str | Path, progress: bool = True, resume: bool = False) -> list[dict]:
+def run(job: Job, workdir: str | Path, progress: bool = True, resume: bool = False, overwrite: bool = False) -> list[dict]:
     """Search every prompt of the job, writing outputs under ``workdir``.
 
     Prompts run one at a time, or all together through one vmapped compiled step when
     ``config.batch_prompts`` is set. With ``resume``, finished prompts are skipped and unfinished
     ones continue from their newest checkpoint; the config must be the one the workdir started with.
+    A workdir holding another run is refused unless ``resume`` or ``overwrite`` (which clears it first).
     """
-    workdir = check_workdir(workdir)
+    workdir = check_workdir(workdir, resume=resume, overwrite=overwrite)
     config = job.config
     config_file = workdir / "config.json"
+    several = len(job.prompts) > 1
+    outs = [workdir / f"{i:03d}_{_slug(p)}" if several else workdir for i, p in enumerate(job.prompts)]
     if resume and config_file.is_file():
-        check_same_config(json.loads(config_file.read_text()), config.to_dict())
+        try:
+            saved = json.loads(config_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise JaxalignError(f"cannot resume: {config_file} is not the JSON a run writes") from None
+        check_same_config(saved, config.to_dict())
+        _check_run_files([workdir, *outs])
+    if overwrite and workdir.is_dir():
+        shutil.rmtree(workdir)  # check_workdir made sure it holds a run (config.json) or nothing
     workdir.mkdir(parents=True, exist_ok=True)
     _write_json(config_file, config.to_dict())
     if config.compilation_cache_dir:
         enable_compilation_cache(config.compilation_cache_dir)
-    several = len(job.prompts) > 1
-    outs = [workdir / f"{i:03d}_{_slug(p)}" if several else workdir for i, p in enumerate(job.prompts)]
     if config.batch_prompts and several:
         groups = [(list(range(len(job.prompts))), workdir / "checkpoints")]
     else:
@@ -251,7 +297,8 @@ class Recorder:
         self.stopped_because = _stop_reason(config, line, generation)
 
     def close(self) -> None:
-        self._file.close()
+        if getattr(self, "_file", None) is not None:
+            self._file.close()
 
     def summary(self, state, problem: Problem) -> dict:
         config, lines = self.job.config, self.lines
@@ -298,7 +345,6 @@ class Recorder:
 def search_group(job: Job, steps, problem: Problem, state, recorders: list[Recorder], checkpoints: Path, progress: bool, resume: bool) -> list[dict]:
     """Run the prompts of ``recorders`` together (leading axis of ``problem`` and ``state``) to the end;
     ``steps`` are the compiled generation-0 and later-generation functions."""
-    first, step = steps
     config = job.config
     checkpointer = Checkpointer(checkpoints, config.checkpoint_every) if config.checkpoint_every > 0 else None
     done = -1
@@ -311,6 +357,21 @@ def search_group(job: Job, steps, problem: Problem, state, recorders: list[Recor
                 print(f"jaxalign: warning: metrics in {recorders[0].out} are shorter than their checkpoint; starting over", file=sys.stderr)
             for recorder in recorders:
                 recorder.lines, recorder.stopped_because = [], None
+    try:
+        state = _search_generations(job, steps, problem, state, recorders, checkpointer, progress, done)
+    finally:  # an interrupt still closes the checkpointer (removing a partial step) and the metrics files
+        if checkpointer is not None:
+            checkpointer.close()
+        for recorder in recorders:
+            recorder.close()
+    host_state = jax.device_get(state)
+    return [recorder.summary(_member(host_state, j), _member(problem, j)) for j, recorder in enumerate(recorders)]
+
+
+def _search_generations(job: Job, steps, problem: Problem, state, recorders: list[Recorder], checkpointer, progress: bool, done: int):
+    """Generations ``done + 1 ..`` of a group, recording each and checkpointing when due; the final state."""
+    first, step = steps
+    config = job.config
     for recorder in recorders:
         recorder.open()
     label = recorders[0].prompt if len(recorders) == 1 else f"{len(recorders)} prompts"
@@ -337,12 +398,7 @@ def search_group(job: Job, steps, problem: Problem, state, recorders: list[Recor
         if checkpointer is not None and checkpointer.due(generation, last=finished):
             checkpointer.save(generation, state)
     bar.close()
-    if checkpointer is not None:
-        checkpointer.close()
-    for recorder in recorders:
-        recorder.close()
-    host_state = jax.device_get(state)
-    return [recorder.summary(_member(host_state, j), _member(problem, j)) for j, recorder in enumerate(recorders)]
+    return state
 
 
 def _reported_state(state, generation: int):
@@ -435,11 +491,16 @@ def _nanstat(fn, values) -> float | None:
 
 
 def _save_image(image, path: Path) -> None:
-    Image.fromarray(np.clip(np.round(np.asarray(image) * 255.0), 0, 255).astype(np.uint8)).save(path)
+    # Temp file + rename: a crash at any instant leaves the previous file or the new one, never half of one.
+    partial = path.with_name(f".{path.name}.partial")
+    Image.fromarray(np.clip(np.round(np.asarray(image) * 255.0), 0, 255).astype(np.uint8)).save(partial, format="PNG")
+    os.replace(partial, path)
 
 
 def _write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(partial, path)
 
 
 def _slug(text: str, length: int = 40) -> str:

@@ -106,6 +106,14 @@ class CoSyNE(PopulationBasedAlgorithm):
     ):
         if mode not in COSYNE_MODES:
             raise ValueError(f"mode must be one of {', '.join(COSYNE_MODES)}, got {mode!r}")
+        for name, value in (("mutation_stdev", mutation_stdev), ("mutation_probability", mutation_probability), ("eta", eta), ("elitism_ratio", elitism_ratio)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+        for name, value in (("tournament_size", tournament_size), ("num_elites", num_elites), ("num_children", num_children)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+        if not isinstance(permute_all, bool):
+            raise ValueError(f"permute_all must be true or false, got {permute_all!r}")
         if population_size < 2:
             raise ValueError(f"CoSyNE needs popsize >= 2, got {population_size}")
         if int(tournament_size) < 1:

@@ -59,6 +59,9 @@ def check_sweep(config: ml_collections.ConfigDict) -> None:
     for axis in AXES:
         if len(config[axis]) == 0:
             raise JaxalignError(f"sweep axis {axis} is empty")
+    bad_seeds = [s for s in config.seeds if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < 2**63]
+    if bad_seeds:
+        raise JaxalignError(f"sweep seeds must be integers in [0, 2**63), got {bad_seeds}")
     read_prompts(config.base)
 
 
@@ -86,12 +89,16 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path, progress: 
     from jaxalign.run import build, check_workdir, run
 
     check_sweep(config)
-    workdir = check_workdir(workdir)
+    workdir = check_workdir(workdir, resume=True, marker="sweep_config.json")
+    cache = config.base.compilation_cache_dir
+    if cache and not Path(cache).expanduser().is_absolute():  # a sweep's relative cache lives inside its workdir
+        config = copy.deepcopy(config)
+        config.base.compilation_cache_dir = str(workdir / cache)
     jobs = expand(config)
     loaded = load_model(config.base.model, dtype=config.base.dtype, family=config.base.model_family)
     built = [(name, build(run_config, loaded)) for name, run_config in jobs]  # all bad input fails here, before output
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "sweep_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    (workdir / "sweep_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")  # what makes it a sweep workdir
     start = time.perf_counter()
     ran = skipped = 0
     for name, job in built:

@@ -102,7 +102,7 @@ def peak_rss_bytes() -> int:
 
 
 def model_tflop_per_image(job, problem) -> float:
-    """Model FLOPs of one image: ``num_inference_steps`` guided UNet evaluations (both CFG branches)
+    """Model FLOPs of one image: one guided UNet evaluation (both CFG branches) per model call
     and one VAE decode, each from XLA's cost analysis of that piece compiled alone for one image.
     The whole step's analysis cannot be used: it counts a loop's body once, whatever its trip count
     (the denoising scan, and the chunks of chunked attention or of ``decode_batch``), so the count is
@@ -112,7 +112,7 @@ def model_tflop_per_image(job, problem) -> float:
     unet = jax.jit(sampler.guided_output).lower(job.model_params, x, 0, problem.context, problem.uncond_context, job.config.guidance_scale)
     decode = jax.jit(sampler.decode).lower(job.model_params, x)
     flops = [_flops(lowered.compile().cost_analysis()) for lowered in (unet, decode)]
-    return (job.config.num_inference_steps * flops[0] + flops[1]) / 1e12
+    return (sampler.num_steps * flops[0] + flops[1]) / 1e12  # model calls: one more than the steps for pndm
 
 
 def _flops(cost) -> float:
@@ -397,7 +397,7 @@ def main() -> None:
 
     # This process never touches the accelerator: JAX would reserve most of its memory and starve the parts.
     _, config = job_config(args)
-    print(f"size {args.size}: {config.height}x{config.width}, {config.num_inference_steps} DDIM steps, CFG {config.guidance_scale}, popsize {config.popsize}, {args.dtype}")
+    print(f"size {args.size}: {config.height}x{config.width}, {config.num_inference_steps} {config.scheduler} steps, CFG {config.guidance_scale}, popsize {config.popsize}, {args.dtype}")
     parts = [JAXALIGN] + [REFERENCE] * (args.reference and not args.compile_only) + [EA_BRIGHTNESS, DNO] * args.dno
     results = {part: run_part(part, sys.argv[1:]) for part in parts}
     device = next((r["device"] for r in results.values() if "device" in r), "unknown")

@@ -49,7 +49,7 @@ def main() -> None:
         config.steps = max(1, math.ceil((args.budget - probe.initial_nfe) / probe.nfe_per_generation))
         job = build(config, loaded)
         start = time.perf_counter()
-        (summary,) = run(job, args.workdir / method, progress=False)
+        (summary,) = run(job, args.workdir / method, progress=False, overwrite=True)  # a re-run replaces the last one
         seconds = time.perf_counter() - start
         lines = [json.loads(x) for x in (args.workdir / method / "metrics.jsonl").read_text().splitlines()]
         within = [line for line in lines if line["nfe"] <= args.budget]

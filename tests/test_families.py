@@ -190,7 +190,7 @@ def test_cli_runs_the_sd15_config_on_a_tiny_pytorch_directory(pipelines, tmp_pat
     assert summary["model"] == str(path)
 
     capsys.readouterr()
-    wrong = [*argv[:3], f"--config.model={pipelines['sdxl'][1]}", *argv[4:]]
+    wrong = [*argv[:3], f"--config.model={pipelines['sdxl'][1]}", "--workdir", str(tmp_path / "other"), *argv[6:]]
     assert main(wrong) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "expects 'sd'" in error

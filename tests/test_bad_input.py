@@ -1,0 +1,305 @@
+"""Hostile input ends in one clear line, exit 2, and an untouched workdir; interrupts end cleanly and resume exactly.
+
+Complements tests/test_cli.py's BAD_INPUTS (unknown names and fields, missing files, out-of-range
+numbers): this battery covers re-used workdirs, numbers the noise schedule cannot take, damaged
+model files, broken config files, bad prompt files, foreign files in a workdir and real signals.
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from jaxalign.cli import main
+from jaxalign.testing import tiny_pytorch_pipeline
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT = str(ROOT / "configs" / "default.py")
+SMALL = ["--no-progress", "--config.height=32", "--config.width=32", "--config.num_inference_steps=2", "--config.popsize=4", "--config.steps=2"]
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_DISABLE_MOST_OPTIMIZATIONS": "true"}
+
+
+def snapshot(directory: Path) -> dict:
+    """Every file under ``directory`` with its bytes (what 'untouched' is checked against)."""
+    if not directory.exists():
+        return {}
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def fails_cleanly(argv, capsys, pattern, workdir: Path):
+    before = snapshot(workdir)
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("jaxalign: error: "), err
+    assert re.search(pattern, lines[0]), lines[0]
+    assert "Traceback" not in err
+    assert snapshot(workdir) == before
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished small run, copied per test."""
+    workdir = tmp_path_factory.mktemp("finished") / "run"
+    assert main(["run", "--config", DEFAULT, "--workdir", str(workdir), *SMALL]) == 0
+    return workdir
+
+
+# --- Workdirs are never damaged --------------------------------------------------------------------
+
+
+def test_running_again_into_a_finished_run_is_refused(finished, tmp_path, capsys):
+    workdir = tmp_path / "run"
+    shutil.copytree(finished, workdir)
+    fails_cleanly(["run", "--config", DEFAULT, "--workdir", str(workdir), *SMALL], capsys, "already holds a run; pass --resume to continue it or --overwrite", workdir)
+    # Another config into it, even with --resume, is refused too (the fields that differ are named).
+    fails_cleanly(["run", "--config", DEFAULT, "--workdir", str(workdir), *SMALL, "--config.seed=5", "--resume"], capsys, "differs .* in seed", workdir)
+
+
+def test_resume_of_a_finished_run_changes_nothing(finished, tmp_path, capsys):
+    workdir = tmp_path / "run"
+    shutil.copytree(finished, workdir)
+    before = snapshot(workdir)
+    assert main(["run", "--config", DEFAULT, "--workdir", str(workdir), *SMALL, "--resume"]) == 0
+    after = snapshot(workdir)
+    assert {k: v for k, v in after.items() if k != "config.json"} == {k: v for k, v in before.items() if k != "config.json"}
+
+
+def test_overwrite_replaces_the_run_and_leaves_nothing_stale(finished, tmp_path, capsys):
+    workdir = tmp_path / "run"
+    shutil.copytree(finished, workdir)
+    assert main(["run", "--config", DEFAULT, "--workdir", str(workdir), *SMALL, "--config.steps=1", "--overwrite"]) == 0
+    images = sorted(p.name for p in (workdir / "images").iterdir())
+    assert images == ["baseline.png", "step_0001.png"]  # step_0002.png of the old run is gone
+    assert len((workdir / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_a_folder_of_other_files_is_never_cleared(tmp_path, capsys):
+    workdir = tmp_path / "thesis"
+    workdir.mkdir()
+    (workdir / "chapter1.tex").write_text("precious")
+    for flag in ([], ["--overwrite"], ["--resume"]):
+        fails_cleanly(["run", "--config", DEFAULT, "--workdir", str(workdir), *SMALL, *flag], capsys, "not empty and holds no jaxalign run", workdir)
+
+
+def test_resume_and_overwrite_exclude_each_other(tmp_path, capsys):
+    fails_cleanly(["run", "--config", DEFAULT, "--workdir", str(tmp_path / "new"), "--resume", "--overwrite"], capsys, "exclude each other", tmp_path / "new")
+
+
+@pytest.mark.parametrize("damage", ["metrics.jsonl is a directory", "images is a file", "config.json is not JSON"])
+def test_resume_refuses_a_workdir_jaxalign_did_not_write(finished, tmp_path, capsys, damage):
+    workdir = tmp_path / "run"
+    shutil.copytree(finished, workdir)
+    if damage == "metrics.jsonl is a directory":
+        (workdir / "metrics.jsonl").unlink()
+        (workdir / "metrics.jsonl").mkdir()
+        (workdir / "metrics.jsonl" / "x").write_text("")
+        pattern = "metrics.jsonl should be a file"
+    elif damage == "images is a file":
+        shutil.rmtree(workdir / "images")
+        (workdir / "images").write_text("")
+        pattern = "images should be a directory"
+    else:
+        (workdir / "config.json").write_bytes(b"\x00\xff not json")
+        pattern = "config.json is not the JSON a run writes"
+    fails_cleanly(["run", "--config", DEFAULT, "--workdir", str(workdir), *SMALL, "--resume"], capsys, pattern, workdir)
+
+
+# --- Numbers the model or the schedule cannot take -------------------------------------------------
+
+NUMBERS = {
+    "steps >= training timesteps": (["--config.num_inference_steps=1000"], "num_inference_steps must be below the model's 1000 training timesteps"),
+    "ten thousand steps": (["--config.num_inference_steps=10000"], "must be below the model's 1000 training timesteps"),
+    "dpm-solver with repeated timesteps": (["--config.scheduler=dpmsolver++", "--config.num_inference_steps=999"], "more than scheduler 'dpmsolver\\+\\+' can take"),
+    "image size the UNet cannot halve": (["--config.height=36", "--config.width=36"], "multiples of 8 .* got 36x36"),
+    "huge popsize": (["--config.popsize=1000000000"], r"popsize must be in \[2, 65536\]"),
+    "seed beyond 64 bits": ([f"--config.seed={2**64}"], r"seed must be in \[0, 2\*\*63\)"),
+    "negative seed": (["--config.seed=-1"], r"seed must be in \[0, 2\*\*63\)"),
+    "non-numeric strategy knob": (["--config.strategy_params.mutation_stdev=abc"], "mutation_stdev"),
+}
+
+
+@pytest.mark.parametrize("case", list(NUMBERS))
+def test_numbers_out_of_reach_are_one_line(case, tmp_path, capsys):
+    overrides, pattern = NUMBERS[case]
+    workdir = tmp_path / "out"
+    fails_cleanly(["run", "--config", DEFAULT, "--workdir", str(workdir), *SMALL, *overrides], capsys, pattern, workdir)
+    assert not workdir.exists()
+
+
+# --- Damaged model files ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_sd(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny") / "sd"
+    tiny_pytorch_pipeline("sd", path)
+    return path
+
+
+def _damage(path: Path, how: str) -> str:
+    if how == "corrupt model_index.json":
+        (path / "model_index.json").write_text("{not json")
+        return "model_index.json is not valid JSON"
+    if how == "model_index.json is a list":
+        (path / "model_index.json").write_text("[1, 2]")
+        return "model_index.json must hold a JSON object, got list"
+    if how == "corrupt unet config":
+        (path / "unet" / "config.json").write_bytes(b"\x89PNG\x00\x01")
+        return "unet/config.json is not valid JSON"
+    if how == "truncated safetensors":
+        weights = path / "unet" / "diffusion_pytorch_model.safetensors"
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+        return "diffusion_pytorch_model.safetensors is truncated or damaged"
+    if how == "random-byte safetensors":
+        weights = path / "vae" / "diffusion_pytorch_model.safetensors"
+        weights.write_bytes(os.urandom(4096))
+        return "is not a safetensors file"
+    if how == "missing tokenizer":
+        shutil.rmtree(path / "tokenizer")
+        return "tokenizer folder not found: .*tokenizer"
+    raise AssertionError(how)
+
+
+@pytest.mark.parametrize(
+    "how", ["corrupt model_index.json", "model_index.json is a list", "corrupt unet config", "truncated safetensors", "random-byte safetensors", "missing tokenizer"]
+)
+def test_damaged_model_files_are_named(tiny_sd, tmp_path, capsys, how):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_sd, model)
+    pattern = _damage(model, how)
+    workdir = tmp_path / "out"
+    fails_cleanly(["run", "--config", DEFAULT, f"--config.model={model}", "--workdir", str(workdir), *SMALL], capsys, pattern, workdir)
+    assert not workdir.exists()
+
+
+def test_truncated_flax_msgpack_is_named(tmp_path, capsys):
+    from jaxalign.model import EMBEDDED_DIR
+
+    model = tmp_path / "model"
+    shutil.copytree(EMBEDDED_DIR, model)
+    weights = next((model / "unet").glob("*.msgpack"))
+    weights.write_bytes(weights.read_bytes()[:1000])
+    fails_cleanly(["run", "--config", DEFAULT, f"--config.model={model}", "--workdir", str(tmp_path / "out"), *SMALL], capsys, "cannot read weights .*msgpack: damaged", tmp_path / "out")
+
+
+def test_a_tokenizer_without_a_length_takes_the_text_encoders(tiny_sd, tmp_path):
+    from jaxalign.model import load_model
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_sd, model)
+    config_file = model / "tokenizer" / "tokenizer_config.json"
+    tokenizer_config = json.loads(config_file.read_text())
+    tokenizer_config.pop("model_max_length", None)
+    config_file.write_text(json.dumps(tokenizer_config))
+    loaded, _ = load_model(str(model))
+    assert loaded.max_prompt_tokens == loaded.text_encoder.config.max_position_embeddings
+
+
+# --- Broken config and prompt files ----------------------------------------------------------------
+
+CONFIG_FILES = {
+    "get_config raises": ("def get_config():\n    raise RuntimeError('boom')\n", "get_config\\(\\) raised RuntimeError: boom"),
+    "get_config returns None": ("def get_config():\n    return None\n", "must return an ml_collections.ConfigDict .* got NoneType"),
+    "get_config returns a dict": ("def get_config():\n    return {'steps': 3}\n", "must return an ml_collections.ConfigDict .* got dict"),
+    "a missing field": (
+        "from jaxalign.config import default_config\n\ndef get_config():\n    c = default_config()\n    del c['popsize']\n    return c\n",
+        "lacks field\\(s\\) popsize",
+    ),
+    "a field of the wrong type": (
+        "import ml_collections\nfrom jaxalign.config import default_config\n\ndef get_config():\n    c = default_config().to_dict()\n    c['steps'] = 'many'\n    return ml_collections.ConfigDict(c)\n",
+        "config field 'steps' must be int, got str 'many'",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CONFIG_FILES))
+def test_broken_config_files_are_one_line(case, tmp_path, capsys):
+    text, pattern = CONFIG_FILES[case]
+    config = tmp_path / "broken.py"
+    config.write_text(text)
+    fails_cleanly(["run", "--config", str(config), "--workdir", str(tmp_path / "out")], capsys, pattern, tmp_path / "out")
+
+
+def test_binary_and_directory_prompt_files(tmp_path, capsys):
+    binary = tmp_path / "prompts.txt"
+    binary.write_bytes(bytes(range(256)) * 4)
+    fails_cleanly(["run", "--config", DEFAULT, f"--config.prompt_file={binary}", "--workdir", str(tmp_path / "out")], capsys, "is not UTF-8 text", tmp_path / "out")
+    fails_cleanly(["run", "--config", DEFAULT, f"--config.prompt_file={tmp_path}", "--workdir", str(tmp_path / "out")], capsys, "is a directory", tmp_path / "out")
+
+
+def test_sweep_seeds_must_be_integers(tmp_path):
+    from jaxalign.errors import JaxalignError
+    from jaxalign.sweep import load_sweep_config
+
+    with pytest.raises(JaxalignError, match=r"sweep seeds must be integers .* got \['x'\]"):
+        load_sweep_config(ROOT / "configs" / "sweep.py", ["--config.seeds=['x']"])
+
+
+def test_no_command_names_run(capsys):
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "jaxalign run --config CONFIG --workdir DIR" in err
+
+
+def test_loading_a_config_does_not_touch_sys_path(tmp_path):
+    from jaxalign.config import load_config
+
+    before = list(sys.path)
+    load_config(ROOT / "configs" / "sdxl.py")  # imports configs.sd15 and configs.default
+    assert sys.path == before
+
+
+# --- Interrupts, as real signals -------------------------------------------------------------------
+
+
+INTERRUPTED = [sys.executable, "-m", "jaxalign", "run", "--config", DEFAULT, *SMALL, "--config.steps=12", "--config.checkpoint_every=1"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    reference = tmp_path_factory.mktemp("uninterrupted") / "run"
+    subprocess.run([*INTERRUPTED, "--workdir", str(reference)], env=ENV, check=True, capture_output=True, timeout=600)
+    return reference
+
+
+@pytest.mark.parametrize("signal_number, exit_code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupt_is_one_line_and_resume_is_exact(uninterrupted, tmp_path, signal_number, exit_code):
+    workdir = tmp_path / "interrupted"
+    process = subprocess.Popen([*INTERRUPTED, "--workdir", str(workdir)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = workdir / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and (not metrics.is_file() or len(metrics.read_text().splitlines()) < 4):
+        time.sleep(0.02)
+    process.send_signal(signal_number)  # most of a generation is spent saving its checkpoint: this lands in or near a save
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == exit_code, err
+    assert err.strip().splitlines()[-1].endswith("continue with --resume") and "Traceback" not in err, err
+    assert not list((workdir / "checkpoints").glob("*orbax-checkpoint-tmp*"))
+    assert len(metrics.read_text().splitlines()) < 13  # it did stop early
+
+    resumed = subprocess.run([*INTERRUPTED, "--workdir", str(workdir), "--resume"], env=ENV, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+
+    def lines(path):
+        return [{k: v for k, v in json.loads(x).items() if k not in ("wall_s", "elapsed_s")} for x in (path / "metrics.jsonl").read_text().splitlines()]
+
+    assert lines(workdir) == lines(uninterrupted)
+    assert (workdir / "images" / "step_0012.png").read_bytes() == (uninterrupted / "images" / "step_0012.png").read_bytes()
+
+
+def test_a_prompt_longer_than_the_text_encoder_is_a_warning(tmp_path, capsys):
+    long_prompt = "a red circle " * 40
+    assert main(["run", "--config", DEFAULT, "--workdir", str(tmp_path / "out"), *SMALL, "--config.steps=1", f"--config.prompts=[{long_prompt!r}]"]) == 0
+    err = capsys.readouterr().err
+    assert "is longer than the text encoder's 77 tokens; the rest is ignored" in err
+    assert main(["run", "--config", DEFAULT, "--workdir", str(tmp_path / "short"), *SMALL, "--config.steps=1"]) == 0
+    assert "longer than" not in capsys.readouterr().err
