@@ -86,14 +86,15 @@ def _signals_held():
         yield
         return
     received: list[int] = []
-    held = (signal.SIGINT, signal.SIGTERM)
+    # Only signals Python handles: an ignored one stays ignored, one set outside Python (None) is left alone.
+    held = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) not in (None, signal.SIG_IGN)]
     previous = {s: signal.signal(s, lambda number, frame: received.append(number)) for s in held}
     try:
         yield
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
-        for number in received[:1]:
+        for number in dict.fromkeys(received):  # each distinct signal once, in arrival order
             signal.raise_signal(number)
 
 

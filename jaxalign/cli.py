@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from jaxalign.errors import JaxalignError
@@ -47,8 +48,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    previous = signal.signal(signal.SIGTERM, _terminate)  # the command line's own process: exit 143 cleanly
+    previous = None
     try:
+        if "--distributed" not in argv and threading.current_thread() is threading.main_thread():
+            # The command line's own process: exit 143 cleanly. Distributed runs keep JAX's preemption handler.
+            previous = signal.signal(signal.SIGTERM, _terminate)
         if not argv or argv[0] not in ("run", "-h", "--help"):
             raise JaxalignError(f"the command is run; usage: {USAGE}")
         args, rest = _parser().parse_known_args(argv)
@@ -67,7 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("jaxalign: terminated; continue with --resume", file=sys.stderr)
         return 143
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _run(args, overrides: list[str]) -> int:
@@ -81,7 +86,7 @@ def _run(args, overrides: list[str]) -> int:
 
         jax.distributed.initialize()
         if jax.process_count() > 1 and jax.process_index() > 0:  # process 0 writes the run; the others beside it
-            workdir = f"{workdir}/process_{jax.process_index()}"
+            workdir = f"{str(workdir).rstrip('/')}.process_{jax.process_index()}"
     check_workdir(workdir, resume=args.resume, overwrite=args.overwrite)
     job = build(config)
     summaries = run(job, workdir, progress=not args.no_progress, resume=args.resume, overwrite=args.overwrite)

@@ -11,7 +11,9 @@ the names chosen.
 from __future__ import annotations
 
 import ast
+import contextlib
 import csv
+import importlib.machinery
 import importlib.util
 import math
 import sys
@@ -74,18 +76,19 @@ def load_config(path: str | Path, overrides: Sequence[str] = (), schema: ml_coll
     path = Path(path)
     if not path.is_file():
         raise JaxalignError(f"config file not found: {path}")
-    spec = importlib.util.spec_from_file_location(f"{_config_package(path.resolve().parent)}{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except Exception as error:  # a broken config file is bad input, reported on one line
-        raise JaxalignError(f"cannot load config {path}: {type(error).__name__}: {error}") from None
-    if not hasattr(module, "get_config"):
-        raise JaxalignError(f"config {path} has no get_config() function")
-    try:
-        config = module.get_config()
-    except Exception as error:  # noqa: BLE001 - a config whose get_config() fails is bad input too
-        raise JaxalignError(f"config {path}: get_config() raised {type(error).__name__}: {error}") from None
+    with _folder_as_package(path.resolve().parent) as prefix:
+        spec = importlib.util.spec_from_file_location(f"{prefix}{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as error:  # a broken config file is bad input, reported on one line
+            raise JaxalignError(f"cannot load config {path}: {type(error).__name__}: {error}") from None
+        if not hasattr(module, "get_config"):
+            raise JaxalignError(f"config {path} has no get_config() function")
+        try:
+            config = module.get_config()
+        except Exception as error:  # noqa: BLE001 - a config whose get_config() fails is bad input too
+            raise JaxalignError(f"config {path}: get_config() raised {type(error).__name__}: {error}") from None
     if not isinstance(config, ml_collections.ConfigDict):
         raise JaxalignError(f"config {path}: get_config() must return an ml_collections.ConfigDict (start from default_config()), got {type(config).__name__}")
     check_fields(config, schema)
@@ -94,21 +97,27 @@ def load_config(path: str | Path, overrides: Sequence[str] = (), schema: ml_coll
     return config
 
 
-def _config_package(folder: Path) -> str:
-    """Config files import each other as ``<folder>.<name>`` (``from configs import sd15``): register
-    their folder as that package in the import system (never on ``sys.path``, where a folder beside it
-    named like a dependency would shadow it). Returns the module-name prefix."""
-    if not (folder / "__init__.py").is_file() or not folder.name.isidentifier():
-        return "_jaxalign_config_"
-    known = sys.modules.get(folder.name)
-    if known is None or [str(Path(p).resolve()) for p in getattr(known, "__path__", [])] != [str(folder)]:
-        spec = importlib.util.spec_from_file_location(folder.name, folder / "__init__.py", submodule_search_locations=[str(folder)])
-        package = importlib.util.module_from_spec(spec)
-        sys.modules[folder.name] = package
-        spec.loader.exec_module(package)
-        for name in [m for m in sys.modules if m.startswith(f"{folder.name}.")]:
-            del sys.modules[name]  # submodules of a previous folder of that name
-    return f"{folder.name}."
+@contextlib.contextmanager
+def _folder_as_package(folder: Path):
+    """While a config file runs, its folder is the package ``<folder name>``, so config files import each
+    other (``from configs import sd15``) without ``sys.path`` edits (where a folder beside it named like a
+    dependency would shadow it); the import system is given back as it was afterwards. Yields the
+    module-name prefix for the config file."""
+    name = folder.name
+    if not name.isidentifier():
+        yield "_jaxalign_config_"
+        return
+    ours = lambda module: module == name or module.startswith(f"{name}.")  # noqa: E731
+    saved = {module: sys.modules.pop(module) for module in [m for m in sys.modules if ours(m)]}
+    spec = importlib.machinery.ModuleSpec(name, None, is_package=True)
+    spec.submodule_search_locations = [str(folder)]
+    sys.modules[name] = importlib.util.module_from_spec(spec)
+    try:
+        yield f"{name}."
+    finally:
+        for module in [m for m in sys.modules if ours(m)]:
+            del sys.modules[module]
+        sys.modules.update(saved)
 
 
 def check_fields(config: ml_collections.ConfigDict, schema: ml_collections.ConfigDict | None = None) -> None:
@@ -122,8 +131,8 @@ def check_fields(config: ml_collections.ConfigDict, schema: ml_collections.Confi
         raise JaxalignError(f"config lacks field(s) {', '.join(missing)}; start from default_config() and change fields")
     for name in schema.keys():
         expected, value = schema[name], config[name]
-        if value is None or expected is None or isinstance(expected, ml_collections.ConfigDict) or name in OPEN_MAPPINGS:
-            continue
+        if expected is None or isinstance(expected, ml_collections.ConfigDict) or name in OPEN_MAPPINGS:
+            continue  # placeholders (target_reward) may be None
         ok = isinstance(value, type(expected)) and not (isinstance(value, bool) and not isinstance(expected, bool))
         ok = ok or (isinstance(expected, float) and isinstance(value, int) and not isinstance(value, bool))
         ok = ok or (isinstance(expected, list) and isinstance(value, (list, tuple)))
@@ -151,9 +160,12 @@ def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
             node[leaf] = _literal(raw)
         return
     current = node[leaf]
-    if current is None:  # a typed placeholder such as target_reward
+    placeholder = current is None
+    if placeholder:  # a typed placeholder such as target_reward
         kind = node.get_type(leaf)
         current = kind() if kind in (int, float, str, bool) else None
+    if raw.lower() == "none" and not placeholder:
+        raise JaxalignError(f"config field {dotted!r} cannot be None; it expects {type(current).__name__}")
     node[leaf] = None if raw.lower() == "none" else _parse_like(current, raw, dotted)
 
 

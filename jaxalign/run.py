@@ -15,6 +15,7 @@ each prompt with the same compiled generation step and writes, per prompt:
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import os
@@ -39,7 +40,7 @@ from jaxalign.rewards import Objective, weighted_sum
 from jaxalign.sampler import make_sampler
 from jaxalign.search import Problem, Search, SearchParams, batched, device_mesh, prompt_sharding
 from jaxalign.spaces import SPACES
-from jaxalign.strategies import make_params, make_strategy, split_options
+from jaxalign.strategies import initial_population_size, is_population_based, make_params, make_strategy, split_options
 
 
 @dataclasses.dataclass
@@ -82,7 +83,8 @@ def build(config, loaded: tuple[DiffusionModel, Any] | None = None) -> Job:
         _, param_overrides = split_options(config.strategy, dict(config.strategy_params))
         strategy = make_strategy(config.strategy, config.popsize, centre_solution, dict(config.strategy_params))
         strategy_params = make_params(strategy, param_overrides, config.strategy)
-    asked = strategy.population_size if strategy is not None else config.popsize
+    # Shard over a population axis that divides both generation 0's batch and the later ones (CoSyNE reference: 16 and 24).
+    asked = math.gcd(strategy.population_size, initial_population_size(strategy)) if strategy is not None and is_population_based(strategy) else (strategy.population_size if strategy is not None else config.popsize)
     objective = weighted_sum(dict(config.rewards), config.reward_paths.to_dict())
     if objective.params:  # learned rewards' weights travel with the model's, as arguments of the step
         model_params = {**model_params, "rewards": objective.params}
@@ -138,12 +140,25 @@ def check_workdir(workdir: str | Path, resume: bool = False, overwrite: bool = F
     if resume and overwrite:
         raise JaxalignError("--resume and --overwrite exclude each other")
     if path.is_dir() and any(path.iterdir()):
-        holds_run = (path / marker).is_file()
+        holds_run = _holds_run(path / marker)
         if not holds_run:
             raise JaxalignError(f"workdir {path} is not empty and holds no jaxalign run (no {marker}); choose an empty or new directory")
         if not (resume or overwrite):
             raise JaxalignError(f"workdir {path} already holds a run; pass --resume to continue it or --overwrite to replace it")
+        if overwrite and (path.is_symlink() or path in (Path.cwd(), *Path.cwd().parents, Path.home())):
+            raise JaxalignError(f"--overwrite will not clear {path} (a link, the current folder, one of its parents or home); name the run's own folder")
     return path
+
+
+def _holds_run(marker: Path) -> bool:
+    """Whether ``marker`` is the config a run or sweep wrote: a JSON object with the run schema's keys
+    (a model folder's config.json is not one, so --overwrite never clears it)."""
+    try:
+        data = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return marker.is_file()  # a run whose config.json was damaged: still refused unless --resume/--overwrite
+    data = data.get("base", data) if isinstance(data, dict) else data  # sweeps keep the run schema under "base"
+    return isinstance(data, dict) and {"prompts", "model", "method", "strategy", "popsize", "steps"} <= set(data)
 
 
 def _check_run_files(outs: list[Path]) -> None:
@@ -186,7 +201,7 @@ def run(job: Job, workdir: str | Path, progress: bool = True, resume: bool = Fal
     if overwrite and workdir.is_dir():
         shutil.rmtree(workdir)  # check_workdir made sure it holds a run (config.json) or nothing
     workdir.mkdir(parents=True, exist_ok=True)
-    _write_json(config_file, config.to_dict())
+    write_json(config_file, config.to_dict())
     if config.compilation_cache_dir:
         enable_compilation_cache(config.compilation_cache_dir)
     if config.batch_prompts and several:
@@ -218,11 +233,11 @@ def run(job: Job, workdir: str | Path, progress: bool = True, resume: bool = Fal
             summary["prompts_per_step"] = len(members)
             # JAX does not cache programs with host callbacks (jpeg_compressibility), so this can stay False.
             summary["step_from_compilation_cache"] = from_cache if config.compilation_cache_dir else None
-            _write_json(recorder.out / "summary.json", summary)
+            write_json(recorder.out / "summary.json", summary)
         summaries.update({i: json.loads((outs[i] / "summary.json").read_text()) for i in members})
     ordered = [summaries[i] for i in range(len(job.prompts))]
     if several:
-        _write_json(workdir / "summary.json", {"prompts": ordered})
+        write_json(workdir / "summary.json", {"prompts": ordered})
     return ordered
 
 
@@ -491,15 +506,22 @@ def _nanstat(fn, values) -> float | None:
 
 
 def _save_image(image, path: Path) -> None:
-    # Temp file + rename: a crash at any instant leaves the previous file or the new one, never half of one.
-    partial = path.with_name(f".{path.name}.partial")
-    Image.fromarray(np.clip(np.round(np.asarray(image) * 255.0), 0, 255).astype(np.uint8)).save(partial, format="PNG")
-    os.replace(partial, path)
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(np.round(np.asarray(image) * 255.0), 0, 255).astype(np.uint8)).save(buffer, format="PNG")
+    _replace_atomically(path, buffer.getvalue())
 
 
-def _write_json(path: Path, data: dict) -> None:
+def write_json(path: Path, data: dict) -> None:
+    _replace_atomically(path, (json.dumps(data, indent=2) + "\n").encode())
+
+
+def _replace_atomically(path: Path, content: bytes) -> None:
+    """Temp file, fsync, rename: a crash at any instant leaves the previous file or the new one, never half of one."""
     partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(data, indent=2) + "\n")
+    with partial.open("wb") as handle:
+        handle.write(content)
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(partial, path)
 
 

@@ -106,6 +106,8 @@ class CoSyNE(PopulationBasedAlgorithm):
     ):
         if mode not in COSYNE_MODES:
             raise ValueError(f"mode must be one of {', '.join(COSYNE_MODES)}, got {mode!r}")
+        if mutation_stdev is None or mutation_probability is None:
+            raise ValueError("mutation_stdev and mutation_probability must be numbers (mutation_stdev=0 disables mutation, evotorch's None)")
         for name, value in (("mutation_stdev", mutation_stdev), ("mutation_probability", mutation_probability), ("eta", eta), ("elitism_ratio", elitism_ratio)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
                 raise ValueError(f"{name} must be a number, got {value!r}")

@@ -86,7 +86,7 @@ def expand(config: ml_collections.ConfigDict) -> list[tuple[str, ml_collections.
 def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path, progress: bool = False) -> dict:
     """Run (or resume) every job, then write the aggregate CSVs and plots. Returns counts and wall time."""
     from jaxalign.model import load_model
-    from jaxalign.run import build, check_workdir, run
+    from jaxalign.run import write_json, build, check_workdir, run
 
     check_sweep(config)
     workdir = check_workdir(workdir, resume=True, marker="sweep_config.json")
@@ -98,7 +98,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path, progress: 
     loaded = load_model(config.base.model, dtype=config.base.dtype, family=config.base.model_family)
     built = [(name, build(run_config, loaded)) for name, run_config in jobs]  # all bad input fails here, before output
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "sweep_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")  # what makes it a sweep workdir
+    write_json(workdir / "sweep_config.json", config.to_dict())  # what makes it a sweep workdir
     start = time.perf_counter()
     ran = skipped = 0
     for name, job in built:

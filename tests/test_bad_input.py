@@ -82,10 +82,14 @@ def test_overwrite_replaces_the_run_and_leaves_nothing_stale(finished, tmp_path,
     assert len((workdir / "metrics.jsonl").read_text().splitlines()) == 2
 
 
-def test_a_folder_of_other_files_is_never_cleared(tmp_path, capsys):
+@pytest.mark.parametrize("config_json", [None, '{"_name_or_path": "openai/clip-vit-large-patch14", "model_type": "clip"}'])
+def test_a_folder_of_other_files_is_never_cleared(tmp_path, capsys, config_json):
+    # Neither a folder of documents nor a model folder (whose config.json is not a run's) is ever written or cleared.
     workdir = tmp_path / "thesis"
     workdir.mkdir()
     (workdir / "chapter1.tex").write_text("precious")
+    if config_json:
+        (workdir / "config.json").write_text(config_json)
     for flag in ([], ["--overwrite"], ["--resume"]):
         fails_cleanly(["run", "--config", DEFAULT, "--workdir", str(workdir), *SMALL, *flag], capsys, "not empty and holds no jaxalign run", workdir)
 
@@ -123,7 +127,9 @@ NUMBERS = {
     "huge popsize": (["--config.popsize=1000000000"], r"popsize must be in \[2, 65536\]"),
     "seed beyond 64 bits": ([f"--config.seed={2**64}"], r"seed must be in \[0, 2\*\*63\)"),
     "negative seed": (["--config.seed=-1"], r"seed must be in \[0, 2\*\*63\)"),
-    "non-numeric strategy knob": (["--config.strategy_params.mutation_stdev=abc"], "mutation_stdev"),
+    "non-numeric strategy knob": (["--config.strategy_params.mutation_stdev=abc"], "mutation_stdev must be a number, got 'abc'"),
+    "mutation disabled the evotorch way": (["--config.strategy_params.mutation_stdev=None"], "mutation_stdev=0 disables mutation"),
+    "None for a number": (["--config.popsize=none"], "config field 'popsize' cannot be None; it expects int"),
 }
 
 
@@ -253,9 +259,10 @@ def test_no_command_names_run(capsys):
 def test_loading_a_config_does_not_touch_sys_path(tmp_path):
     from jaxalign.config import load_config
 
-    before = list(sys.path)
-    load_config(ROOT / "configs" / "sdxl.py")  # imports configs.sd15 and configs.default
+    before, modules = list(sys.path), {m for m in sys.modules if m.split(".")[0] == "configs"}
+    assert load_config(ROOT / "configs" / "sdxl.py").scheduler == "ddim"  # imports configs.sd15 and configs.default
     assert sys.path == before
+    assert {m for m in sys.modules if m.split(".")[0] == "configs"} == modules  # the import system is given back
 
 
 # --- Interrupts, as real signals -------------------------------------------------------------------
@@ -274,7 +281,12 @@ def uninterrupted(tmp_path_factory):
 @pytest.mark.parametrize("signal_number, exit_code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_interrupt_is_one_line_and_resume_is_exact(uninterrupted, tmp_path, signal_number, exit_code):
     workdir = tmp_path / "interrupted"
-    process = subprocess.Popen([*INTERRUPTED, "--workdir", str(workdir)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A job started in the background by a non-interactive shell inherits SIGINT ignored (Python then
+    # keeps ignoring it, as it should); give the child the default disposition, as a terminal would.
+    process = subprocess.Popen(
+        [*INTERRUPTED, "--workdir", str(workdir)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
     metrics = workdir / "metrics.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and (not metrics.is_file() or len(metrics.read_text().splitlines()) < 4):
