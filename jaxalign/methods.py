@@ -3,9 +3,10 @@ rewards, runner and outputs, so comparing them means changing ``config.method``.
 
 Every method is a :class:`~jaxalign.search.Search`: pure ``init`` and a jitted one-generation
 ``step`` over a :class:`~jaxalign.search.SearchState`, with its budget per generation in UNet
-evaluations (NFE) and decoded images. Generation 0 of every method evaluates the same initial
+evaluations (NFE) and decoded images. Generation 0 of every method here evaluates the same initial
 population (the centre latent, i.e. the unaligned baseline, and ``popsize - 1`` N(0, 1) noises)
-with the deterministic sampler.
+with the deterministic sampler; ``evolution`` evaluates what its strategy uses (see
+:func:`~jaxalign.search.make_search`).
 
 * ``evolution``: an evosax strategy over a search space (arXiv 2506.00299), :func:`make_search`.
 * ``random``: best-of-N; ``popsize`` fresh Gaussian noises per generation.
