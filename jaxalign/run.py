@@ -83,8 +83,6 @@ def build(config, loaded: tuple[DiffusionModel, Any] | None = None) -> Job:
         _, param_overrides = split_options(config.strategy, dict(config.strategy_params))
         strategy = make_strategy(config.strategy, config.popsize, centre_solution, dict(config.strategy_params))
         strategy_params = make_params(strategy, param_overrides, config.strategy)
-    # Shard over a population axis that divides both generation 0's batch and the later ones (CoSyNE reference: 16 and 24).
-    asked = math.gcd(strategy.population_size, initial_population_size(strategy)) if strategy is not None and is_population_based(strategy) else (strategy.population_size if strategy is not None else config.popsize)
     objective = weighted_sum(dict(config.rewards), config.reward_paths.to_dict())
     if objective.params:  # learned rewards' weights travel with the model's, as arguments of the step
         model_params = {**model_params, "rewards": objective.params}
@@ -94,7 +92,7 @@ def build(config, loaded: tuple[DiffusionModel, Any] | None = None) -> Job:
         raise JaxalignError(f"num_inference_steps must be below the model's {total} training timesteps, got {config.num_inference_steps}")
     sampler = make_sampler(model, config.scheduler, config.num_inference_steps, remat=spec.needs_gradient, decode_batch=config.decode_batch)
     _check_schedule(sampler, model, config)
-    mesh = device_mesh(asked, len(prompts) if config.batch_prompts else 1) if config.shard_population else None
+    mesh = device_mesh(_shardable_batch(strategy, config.popsize), len(prompts) if config.batch_prompts else 1) if config.shard_population else None
     context = Context(
         sampler=sampler,
         objective=objective,
@@ -111,6 +109,17 @@ def build(config, loaded: tuple[DiffusionModel, Any] | None = None) -> Job:
         guidance_scale=config.guidance_scale,
     )
     return Job(config, model, model_params, search, search_params, prompts, space, sampler, latent_shape, mesh, objective)
+
+
+def _shardable_batch(strategy, popsize: int) -> int:
+    """The batch a population device axis must divide: every generation's of a population-based strategy
+    (CoSyNE reference mode: gcd(16, 24) = 8), the asked one of a distribution strategy (its 1-image
+    generation 0 is not sharded), ``popsize`` for the other methods."""
+    if strategy is None:
+        return popsize
+    if not is_population_based(strategy):
+        return strategy.population_size
+    return math.gcd(strategy.population_size, initial_population_size(strategy))
 
 
 def _check_schedule(sampler, model: DiffusionModel, config) -> None:
