@@ -51,7 +51,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.attention = "standard"  # standard | chunked (memory linear in tokens; for 512x512 and larger)
     c.decode_batch = 0  # decode this many images at a time (0: the whole population in one call)
     # Search.
-    c.method = "evolution"  # evolution | random | zero_order | dno | dno_zo | svdd | dsearch | das
+    c.method = "evolution"  # evolution | random | zero_order | dno | dno_hybrid | svdd | dsearch | das
     c.method_params = ml_collections.ConfigDict()  # options of a non-evolution method, e.g. learning_rate
     c.strategy = "CoSyNE"  # CoSyNE or any evosax algorithm name
     c.strategy_params = ml_collections.ConfigDict()  # constructor options (e.g. CoSyNE's mode) and evosax Params fields
@@ -272,7 +272,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise JaxalignError(f"strategy_params apply to method 'evolution' only; method {config.method!r} takes method_params")
     if method.uses_strategy and config.method_params:
         raise JaxalignError("method_params apply to non-evolution methods; evolution takes strategy_params and space_params")
-    if method.needs_ddim and config.num_inference_steps < 2:
+    if method.stochastic_steps and config.num_inference_steps < 2:
         raise JaxalignError(f"method {config.method!r} needs num_inference_steps >= 2, got {config.num_inference_steps}")
     SCHEDULERS[config.scheduler]
     if config.model_family != "auto":

@@ -90,7 +90,7 @@ def build(config, loaded: tuple[DiffusionModel, Any] | None = None) -> Job:
     total = model.noise_schedule.num_train_timesteps
     if config.num_inference_steps >= total:
         raise JaxalignError(f"num_inference_steps must be below the model's {total} training timesteps, got {config.num_inference_steps}")
-    sampler = make_sampler(model, config.scheduler, config.num_inference_steps, remat=spec.needs_gradient, decode_batch=config.decode_batch)
+    sampler = make_sampler(model, config.scheduler, config.num_inference_steps, remat=spec.differentiates_sampler, decode_batch=config.decode_batch)
     _check_schedule(sampler, model, config)
     mesh = device_mesh(_shardable_batch(strategy, config.popsize), len(prompts) if config.batch_prompts else 1) if config.shard_population else None
     context = Context(
@@ -304,8 +304,8 @@ class Recorder:
         self._file = (self.out / "metrics.jsonl").open("a")
 
     def record(self, generation: int, state, report, seconds: float, elapsed: float) -> None:
-        config, search = self.job.config, self.job.search
-        used = search.budget(generation)
+        config = self.job.config
+        used = {k: int(v) for k, v in jax.device_get(report.spent).items()}
         if generation == 0:
             baseline = (state.baseline_fitness, state.baseline_components, state.baseline_image)
             line = _baseline_line(baseline, report, seconds, used)

@@ -20,18 +20,39 @@ import jax
 import jax.numpy as jnp
 
 from jaxalign.model import DiffusionModel, Params
-from jaxalign.schedulers import Schedule, get_scheduler
+from jaxalign.errors import JaxalignError
+from jaxalign.schedulers import SCHEDULERS, Schedule, get_scheduler
+
+
+class Denoiser(NamedTuple):
+    """One prompt's denoising pieces with the model parameters and conditioning bound: what methods
+    that act inside the denoising loop (SVDD, DSearch, DAS) step with. Step ``i`` goes from x_i (at
+    the schedule's i-th timestep; x_0 is pure noise) to x_{i+1}; x_{num_steps} is the clean latent."""
+
+    output: Callable[[jax.Array, jax.Array], jax.Array]  # (x_i [N, ...], i) -> guided model output
+    transition: Callable[..., tuple[jax.Array, jax.Array]]  # (x_i, output, i, eta) -> (mean, std) of x_{i+1}
+    predicted_clean: Callable[[jax.Array, jax.Array, jax.Array], jax.Array]  # (x_i, output, i) -> clean estimate (Tweedie)
+    decode: Callable[[jax.Array], jax.Array]  # clean latents -> images
+    num_steps: int
+
+    def step(self, key, x, out, i, eta):
+        """A stochastic step x_i -> x_{i+1} (deterministic where ``eta`` = 0 and the scheduler is DDIM)."""
+        mean, std = self.transition(x, out, i, eta)
+        return mean + std * jax.random.normal(key, x.shape, x.dtype)
 
 
 class Sampler(NamedTuple):
-    sample: Callable[..., jax.Array]
+    sample: Callable[..., jax.Array]  # (params, latents, context, uncond_context, guidance_scale) -> images
+    denoise: Callable[..., jax.Array]  # the same -> clean latents (``sample`` without the decoding)
     schedule: Schedule
     num_steps: int  # model calls per image (the schedule's rows), what NFE budgets count
-    # Pieces for methods that act inside the denoising loop (SVDD, DSearch, DAS):
     guided_output: Callable[..., jax.Array]  # (params, x [N,c,h,w], i, context, uncond_context, guidance_scale) -> model output
     decode: Callable[..., jax.Array]  # (params, latents) -> images
     prediction_type: str
     scheduler: str
+    stochastic: bool = False  # whether the scheduler has a stochastic transition (see ``bind``)
+    remat: bool = False  # backward passes recompute each step's forward pass (budgets count it)
+    bind: Callable[..., Denoiser] | None = None  # (params, context, uncond_context, guidance_scale) -> Denoiser
 
 
 def make_sampler(
@@ -78,19 +99,42 @@ def make_sampler(
             return model.decode(params, latents)
         return jax.lax.map(functools.partial(decode_one, params), latents, batch_size=decode_batch)
 
-    def sample(params: Params, latents: jax.Array, context, uncond_context, guidance_scale) -> jax.Array:
+    def denoise(params: Params, latents: jax.Array, context, uncond_context, guidance_scale) -> jax.Array:
         def body(carry, i):
             return denoise_step(params, context, uncond_context, guidance_scale, carry, i), None
 
         carry, _ = jax.lax.scan(body, solver.init_carry(latents.astype(jnp.float32)), jnp.arange(num_calls))
-        return decode(params, carry[0])
+        return carry[0]
+
+    def sample(params: Params, latents: jax.Array, context, uncond_context, guidance_scale) -> jax.Array:
+        return decode(params, denoise(params, latents, context, uncond_context, guidance_scale))
+
+    def bind(params: Params, context, uncond_context, guidance_scale) -> Denoiser:
+        if solver.transition is None:
+            raise JaxalignError(f"scheduler {scheduler!r} has no stochastic step; use {', '.join(stochastic_schedulers())}")
+        return Denoiser(
+            output=lambda x, i: guided_output(params, x, i, context, uncond_context, guidance_scale),
+            transition=lambda x, out, i, eta: solver.transition(x, out, i, schedule, eta),
+            predicted_clean=lambda x, out, i: solver.predicted_clean(x, out, i, schedule),
+            decode=lambda z: decode(params, z),
+            num_steps=num_calls,
+        )
 
     return Sampler(
         sample=sample,
+        denoise=denoise,
         schedule=schedule,
         num_steps=num_calls,
         guided_output=guided_output,
         decode=decode,
         prediction_type=model.noise_schedule.prediction_type,
         scheduler=scheduler,
+        stochastic=solver.transition is not None,
+        remat=remat,
+        bind=bind,
     )
+
+
+def stochastic_schedulers() -> list[str]:
+    """Schedulers whose steps can be stochastic (what SVDD, DSearch and DAS need)."""
+    return [name for name in SCHEDULERS if get_scheduler(name, "epsilon").transition is not None]

@@ -94,11 +94,19 @@ class Schedule:
 
 
 class Scheduler(NamedTuple):
-    """A scheduler: host-side table builder and a pure per-step update."""
+    """A scheduler: host-side table builder and a pure per-step update.
+
+    Schedulers that define a stochastic step (``transition``) also serve the methods that act inside
+    the denoising loop (SVDD, DSearch, DAS): ``transition(x, model_output, i, schedule, eta) -> (mean,
+    std)`` of x_{i+1} given x_i, and ``predicted_clean(x, model_output, i, schedule)``, the clean
+    estimate of x_i (Tweedie's formula for DDIM, the consistency function for LCM).
+    """
 
     make_schedule: Callable[[NoiseSchedule, int], Schedule]
     init_carry: Callable[[jax.Array], tuple]
     step: Callable[[tuple, jax.Array, jax.Array, Schedule], tuple]
+    transition: Callable[..., tuple[jax.Array, jax.Array]] | None = None
+    predicted_clean: Callable[..., jax.Array] | None = None
 
 
 def predict_x0_and_eps(prediction_type: str, x, model_output, alpha, sigma):
@@ -149,6 +157,27 @@ def _ddim_step(prediction_type: str):
         return (s.coefficients["alpha_prev"][i] * x0 + s.coefficients["sigma_prev"][i] * eps,)
 
     return step
+
+
+def _ddim_clean(prediction_type: str):
+    def clean(x, model_output, i, s: Schedule):
+        return predict_x0_and_eps(prediction_type, x, model_output, s.alpha[i], s.sigma[i])[0]
+
+    return clean
+
+
+def _ddim_transition(prediction_type: str):
+    """DDIM's generalised step with noise level ``eta`` (Song et al. 2021, eq. 12 and 16; eta = 1 is
+    DDPM's posterior variance, as diffusers' ``DDIMScheduler.step(eta=...)``): (mean, std) of x_{i+1}."""
+
+    def transition(x, model_output, i, s: Schedule, eta):
+        alpha, sigma = s.alpha[i], s.sigma[i]
+        alpha_prev, sigma_prev = s.coefficients["alpha_prev"][i], s.coefficients["sigma_prev"][i]
+        x0, eps = predict_x0_and_eps(prediction_type, x, model_output, alpha, sigma)
+        std = eta * jnp.sqrt(jnp.maximum((sigma_prev**2 / sigma**2) * (1.0 - alpha**2 / alpha_prev**2), 0.0))
+        return alpha_prev * x0 + jnp.sqrt(jnp.maximum(sigma_prev**2 - std**2, 0.0)) * eps, std
+
+    return transition
 
 
 def _dpm_schedule(schedule: NoiseSchedule, num_steps: int) -> Schedule:
@@ -234,13 +263,33 @@ def lcm_noise(key: jax.Array, i, shape) -> jax.Array:
     return jax.random.normal(jax.random.fold_in(key, i), shape, jnp.float32)
 
 
+def _lcm_clean(prediction_type: str):
+    """The consistency function's clean estimate f(x_t, t) = c_skip x_t + c_out x0_pred."""
+
+    def clean(x, model_output, i, s: Schedule):
+        x0, _ = predict_x0_and_eps(prediction_type, x, model_output, s.alpha[i], s.sigma[i])
+        return s.coefficients["c_out"][i] * x0 + s.coefficients["c_skip"][i] * x
+
+    return clean
+
+
+def _lcm_transition(prediction_type: str):
+    """LCM's re-noising as a Gaussian transition: N(alpha_prev f(x_t, t), sigma_prev^2); ``eta`` does not apply."""
+    clean = _lcm_clean(prediction_type)
+
+    def transition(x, model_output, i, s: Schedule, eta):
+        return s.coefficients["alpha_prev"][i] * clean(x, model_output, i, s), s.coefficients["sigma_prev"][i]
+
+    return transition
+
+
 def _lcm_step(prediction_type: str):
+    clean = _lcm_clean(prediction_type)
+
     def step(carry, model_output, i, s: Schedule):
         x, key = carry
-        x0, _ = predict_x0_and_eps(prediction_type, x, model_output, s.alpha[i], s.sigma[i])
         c = s.coefficients
-        denoised = c["c_out"][i] * x0 + c["c_skip"][i] * x
-        return (c["alpha_prev"][i] * denoised + c["sigma_prev"][i] * lcm_noise(key, i, x.shape[1:]), key)
+        return (c["alpha_prev"][i] * clean(x, model_output, i, s) + c["sigma_prev"][i] * lcm_noise(key, i, x.shape[1:]), key)
 
     return step
 
@@ -318,7 +367,12 @@ def _pndm_step(carry, model_output, i, s: Schedule):
 
 
 SCHEDULERS: Registry[Callable[[str], Scheduler]] = Registry("scheduler")
-SCHEDULERS.register("ddim", lambda prediction_type: Scheduler(_ddim_schedule, lambda x: (x,), _ddim_step(prediction_type)))
+SCHEDULERS.register(
+    "ddim",
+    lambda prediction_type: Scheduler(
+        _ddim_schedule, lambda x: (x,), _ddim_step(prediction_type), _ddim_transition(prediction_type), _ddim_clean(prediction_type)
+    ),
+)
 SCHEDULERS.register(
     "dpmsolver++",
     lambda prediction_type: Scheduler(_dpm_schedule, lambda x: (x, jnp.zeros_like(x)), _dpm_step(prediction_type)),
@@ -327,7 +381,13 @@ SCHEDULERS.register(
 
 SCHEDULERS.register(
     "lcm",
-    lambda prediction_type: Scheduler(_lcm_schedule, lambda x: (x, jax.random.key(LCM_NOISE_SEED)), _lcm_step(prediction_type)),
+    lambda prediction_type: Scheduler(
+        _lcm_schedule,
+        lambda x: (x, jax.random.key(LCM_NOISE_SEED)),
+        _lcm_step(prediction_type),
+        _lcm_transition(prediction_type),
+        _lcm_clean(prediction_type),
+    ),
 )
 
 SCHEDULERS.register(

@@ -71,6 +71,10 @@ class SearchState:
     baseline_fitness: jax.Array
     baseline_image: jax.Array
     baseline_components: dict[str, jax.Array]
+    spent: dict[str, jax.Array]  # cumulative budget: "nfe", "images", "vjp_nfe" (counted as the generations ran)
+
+
+BUDGET_KEYS = ("nfe", "images", "vjp_nfe")
 
 
 @struct.dataclass
@@ -83,6 +87,7 @@ class Generation:
     best_fitness: jax.Array
     best_components: dict[str, jax.Array]
     best_image: jax.Array
+    spent: dict[str, jax.Array]  # the cumulative budget after this generation
 
 
 class Direction(NamedTuple):
@@ -140,7 +145,8 @@ class Search(NamedTuple):
         return step(model_params, problem, params, state)
 
     def budget(self, generation: int) -> dict[str, int]:
-        """Images, NFE and backward NFE used once ``generation`` has finished."""
+        """Images, NFE and backward NFE planned once ``generation`` has finished (expected values for
+        methods whose cost is random; the runner logs what the state counted, ``SearchState.spent``)."""
         return {
             "images": self.initial_images + generation * self.images_per_generation,
             "nfe": self.initial_nfe + generation * self.nfe_per_generation,
@@ -164,15 +170,17 @@ def initial_state(key, method_state, best_solution, component_names, image_shape
         baseline_fitness=nan,
         baseline_image=blank,
         baseline_components=no_components,
+        spent={k: jnp.int32(0) for k in BUDGET_KEYS},
     )
     return jax.tree.map(lambda x: jnp.asarray(x, x.dtype), state)
 
 
-def record(state: SearchState, key, method_state, solutions, total, components, images, direction: Direction) -> tuple[SearchState, Generation]:
+def record(state: SearchState, key, method_state, solutions, total, components, images, direction: Direction, cost: Mapping[str, Any]) -> tuple[SearchState, Generation]:
     """The next state and the report of a generation that evaluated ``solutions`` to ``images`` and scores.
 
     Tracks the best so far (non-finite scores never become it) and, at generation 0, takes member 0
-    as the unaligned baseline.
+    as the unaligned baseline. ``cost`` is what this generation spent (keys of ``BUDGET_KEYS``; traced
+    where it depends on the run, as DSearch's random search steps), added to ``state.spent``.
     """
     first = state.generation == 0
     finite = jnp.isfinite(total)
@@ -193,6 +201,7 @@ def record(state: SearchState, key, method_state, solutions, total, components, 
         baseline_fitness=pick_baseline(total[0], state.baseline_fitness),
         baseline_image=pick_baseline(images[0], state.baseline_image),
         baseline_components=jax.tree.map(pick_baseline, member(components, 0), state.baseline_components),
+        spent={k: state.spent[k] + jnp.int32(cost.get(k, 0)) for k in BUDGET_KEYS},
     )
     report = Generation(
         fitness=jnp.where(finite, total, jnp.nan),
@@ -201,6 +210,7 @@ def record(state: SearchState, key, method_state, solutions, total, components, 
         best_fitness=state.best_fitness,
         best_components=state.best_components,
         best_image=state.best_image,
+        spent=state.spent,
     )
     return state, report
 
@@ -289,14 +299,16 @@ def make_search(
             strategy_state = strategy.init(tell_key, solutions, strategy_fitness, params.strategy)
         else:
             strategy_state = state.method_state  # already centred at the baseline by ``init``
-        return replicate(record(state, key, strategy_state, solutions, total, components, images, direction))
+        cost = {"nfe": first_size * sampler.num_steps, "images": first_size}
+        return replicate(record(state, key, strategy_state, solutions, total, components, images, direction, cost))
 
     def step(model_params: ModelParams, problem: Problem, params: SearchParams, state: SearchState):
         key, ask_key, tell_key = jax.random.split(state.key, 3)
         solutions, asked_state = strategy.ask(ask_key, state.method_state, params.strategy)
         total, components, images, strategy_fitness = evaluate(model_params, problem, params, solutions)
         strategy_state = strategy.tell(tell_key, solutions, strategy_fitness, asked_state, params.strategy)[0]
-        return replicate(record(state, key, strategy_state, solutions, total, components, images, direction))
+        cost = {"nfe": popsize * sampler.num_steps, "images": popsize}
+        return replicate(record(state, key, strategy_state, solutions, total, components, images, direction, cost))
 
     def default_params(strategy_overrides: Any = None, space_overrides: Mapping | None = None, reward_weights=None, guidance_scale=7.5, method_overrides=None):
         return SearchParams(

@@ -16,11 +16,13 @@ def test_readme_shows_the_commands_ci_runs():
 
 
 def test_readme_names_every_registered_component():
-    from jaxalign.methods import METHODS, RESAMPLERS
+    from jaxalign.methods import METHODS
+    from jaxalign.methods.dsearch import DROP_SCHEDULES, SEARCH_SCHEDULES
+    from jaxalign.resampling import RESAMPLERS
     from jaxalign.rewards import REWARDS
     from jaxalign.schedulers import SCHEDULERS
     from jaxalign.spaces import SPACES
 
     readme = (ROOT / "README.md").read_text()
-    for name in (*REWARDS, *SPACES, *SCHEDULERS, *METHODS, *RESAMPLERS, "CoSyNE"):
+    for name in (*REWARDS, *SPACES, *SCHEDULERS, *METHODS, *RESAMPLERS, *SEARCH_SCHEDULES, *DROP_SCHEDULES, "CoSyNE"):
         assert f"`{name}`" in readme, name

@@ -60,6 +60,26 @@ def test_sigkill_then_resume_matches_uninterrupted_run(uninterrupted, tmp_path, 
     assert summary["best_fitness"] == reference["best_fitness"] and summary["generations"] == 7
 
 
+@pytest.mark.parametrize("method", ["dno", "das"])
+def test_sigkill_then_resume_is_exact_for_optimizer_and_smc_methods(tmp_path, method):
+    """DNO's state is optax's (AdamW moments and step count), DAS's lives inside each generation; both resume exactly."""
+    extra = [f"--config.method={method}", "--config.popsize=4"]
+    reference = tmp_path / "reference"
+    subprocess.run(command(reference, *extra), env=ENV, check=True, capture_output=True, timeout=600)
+    workdir = tmp_path / "run"
+    process = subprocess.Popen(command(workdir, *extra), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while count_lines(workdir / "metrics.jsonl") < 4 and process.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    resumed = subprocess.run(command(workdir, *extra, "--resume"), env=ENV, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert metrics(workdir) == metrics(reference)
+    assert (workdir / "best_solution.npy").read_bytes() == (reference / "best_solution.npy").read_bytes()
+
+
 def test_resume_refuses_a_changed_config(tmp_path, capsys):
     workdir = tmp_path / "run"
     args = ["run", "--config", DEFAULT, "--workdir", str(workdir), "--no-progress", *SMALL, "--config.steps=2"]

@@ -118,3 +118,27 @@ def test_sampler_counts_model_calls_and_pndm_matches_a_diffusers_loop(embedded):
     assert calls == sampler.num_steps
     expected = np.asarray(model.decode(params, jnp.asarray(x.numpy())))
     np.testing.assert_allclose(images, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
+def test_stochastic_ddim_transition_matches_diffusers_step_with_eta(eta, prediction_type):
+    """The methods' stochastic step (SVDD, DSearch, DAS, DNO's sde mode): mean + std * noise is diffusers'
+    ``DDIMScheduler.step(eta=..., variance_noise=noise)``, and the clean estimate its ``pred_original_sample``."""
+    settings = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type=prediction_type, **CONFIGS["sd"])
+    schedule = NoiseSchedule.from_config(settings)
+    solver = get_scheduler("ddim", prediction_type)
+    tables = solver.make_schedule(schedule, 10)
+    reference = DDIMScheduler(**settings, clip_sample=False, set_alpha_to_one=False)
+    reference.set_timesteps(10)
+    rng = np.random.default_rng(0)
+    for i in (0, 4, 9):
+        x = rng.standard_normal((2, 4, 3, 3)).astype(np.float32)
+        noise = rng.standard_normal(x.shape).astype(np.float32)
+        t = int(tables.timesteps[i])
+        out = toy_model_output(x, t).astype(np.float32)
+        expected = reference.step(torch.tensor(out), t, torch.tensor(x), eta=eta, variance_noise=torch.tensor(noise))
+        mean, std = solver.transition(jnp.asarray(x), jnp.asarray(out), i, tables, eta)
+        np.testing.assert_allclose(np.asarray(mean + std * noise), expected.prev_sample.numpy(), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(solver.predicted_clean(jnp.asarray(x), jnp.asarray(out), i, tables)), expected.pred_original_sample.numpy(), rtol=1e-4, atol=1e-5)
+        assert (float(std) > 0) == (eta > 0)
