@@ -8,7 +8,7 @@ import pytest
 
 from jaxalign.errors import JaxalignError
 from jaxalign.methods import Context, build_method
-from jaxalign.methods.dsearch import drop_sizes, replace_worst, search_probabilities, select_children
+from jaxalign.methods.dsearch import drop_sizes, prune, replace_worst, search_probabilities, select_children
 from jaxalign.sampler import Denoiser, make_sampler
 from jaxalign.toy import linear_reward, two_modes
 
@@ -70,6 +70,15 @@ def test_select_children_keeps_each_parents_best_child():
     np.testing.assert_allclose(np.asarray(best)[:alive, 0], expected, rtol=1e-6)
     np.testing.assert_allclose(np.asarray(values)[:alive], scores.max(axis=1), rtol=1e-5)
     assert np.isneginf(np.asarray(values)[alive:]).all()
+
+
+def test_prune_keeps_the_best_children_when_the_beam_drops():
+    x = jnp.arange(6.0)[:, None]
+    values = jnp.asarray([1.0, 5.0, 3.0, 4.0, -jnp.inf, -jnp.inf])  # slots 4 and 5 are dead
+    kept, _, kept_values, alive = prune(x, x, values, 4, 2)
+    assert int(alive) == 2 and np.asarray(kept)[:2, 0].tolist() == [1.0, 3.0] and np.asarray(kept_values)[:2].tolist() == [5.0, 4.0]
+    same, _, _, alive = prune(x, x, values, 4, 4)  # no drop: order and width unchanged
+    assert int(alive) == 4 and np.asarray(same)[:, 0].tolist() == list(range(6))
 
 
 def test_replace_worst_drops_the_lowest_and_appends_softmax_draws():

@@ -114,7 +114,7 @@ def test_cosyne_parents_are_the_best_quarter():
     values = np.arange(48, dtype=np.float32).reshape(16, 3)
     fitness = np.arange(16, dtype=np.float32)  # members 0..3 are the best quarter
     params = strategy.default_params.replace(mutation_stdev=jnp.float32(0.0))
-    seen = set()
+    seen, mixed = set(), 0
     for seed in range(20):
         children = np.asarray(strategy.breed(jax.random.key(seed), jnp.asarray(values), jnp.asarray(fitness), params))
         for child in children:
@@ -122,7 +122,12 @@ def test_cosyne_parents_are_the_best_quarter():
                 member = int(gene) // 3
                 assert int(gene) % 3 == j and member < 4, (child, "genes come from the best quarter, at their own coordinate")
                 seen.add(member)
+            sources = [int(gene) // 3 for gene in child]
+            # One-point crossover: a prefix from one parent and the rest from one other.
+            assert sum(a != b for a, b in zip(sources, sources[1:])) <= 1, child
+            mixed += len(set(sources)) > 1
     assert seen == {0, 1, 2, 3}  # tournaments of one: every parent is drawn
+    assert mixed > 0  # children are crossed over, not copies of parents
 
 
 def test_one_point_crossover_gives_two_mirrored_one_point_children():

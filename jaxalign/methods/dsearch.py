@@ -108,6 +108,13 @@ def select_children(key, denoiser: Denoiser, value_fn, x, out, alive, i, eta, co
     return best_x, best_out, best_value, chunks
 
 
+def prune(x, out, values, alive, drop_to):
+    """Cut the beam to ``drop_to`` particles when it is wider: the best children first (dead slots hold
+    -inf, so they sort last; a stable sort breaks ties by position), the order kept otherwise."""
+    order = jnp.where(alive > drop_to, jnp.argsort(-values, stable=True), jnp.arange(x.shape[0]))
+    return x[order], out[order], values[order], jnp.minimum(alive, drop_to)
+
+
 def replace_worst(key, x, out, values, replace_count):
     """DSearch-R: drop the ``replace_count`` lowest-valued particles and append copies of survivors drawn
     from softmax(values) (temperature 1, with replacement); survivors keep their order."""
@@ -141,10 +148,7 @@ def beam_search(key, denoiser: Denoiser, value_fn, *, popsize: int, latent_shape
         expansion = jnp.where(popsize > alive, popsize / alive, 1.0)
         count = jnp.where(search, jnp.floor(width * num_candidates * expansion).astype(jnp.int32), num_candidates)
         x, out, values, chunks = select_children(child_key, denoiser, value_fn, x, out, alive, i, eta, count)
-        prune = alive > drop_to
-        order = jnp.where(prune, jnp.argsort(-values, stable=True), jnp.arange(popsize))
-        x, out, values = x[order], out[order], values[order]
-        alive = jnp.minimum(alive, drop_to)
+        x, out, values, alive = prune(x, out, values, alive, drop_to)
         x, out, values = jax.lax.cond(
             replace_count > 0, lambda: replace_worst(replace_key, x, out, values, replace_count), lambda: (x, out, values)
         )

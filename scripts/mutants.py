@@ -1,0 +1,156 @@
+"""Plant plausible bugs one at a time and check that the tests catch each one (mutation testing).
+
+    python scripts/mutants.py [--only NAME,...] [--list]
+
+Copies the repository's tracked and untracked-but-not-ignored files to a temporary folder, then for
+each mutant replaces one snippet of one file (the snippet must occur exactly once), runs the tests
+that should catch it (``pytest -x``) with the copy first on ``PYTHONPATH``, and restores the file.
+A mutant is *killed* when those tests fail. Prints one line per mutant and the survivors; exits 1 if
+any survives. Not part of CI (it runs the relevant tests once per mutant: about ten minutes on
+2 cores). Prints the hardware.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Mutant(NamedTuple):
+    name: str
+    path: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+
+
+MUTANTS = [
+    Mutant("strategy told the opposite direction", "jaxalign/search.py",
+           "return -scores if self.maximize else scores", "return scores if self.maximize else -scores",
+           ("tests/test_directions.py", "-k", "evolution")),
+    Mutant("CoSyNE tournament picks the worse entrant", "jaxalign/strategies.py",
+           "jnp.argmin(parent_fitness[entrants], axis=-1)", "jnp.argmax(parent_fitness[entrants], axis=-1)",
+           ("tests/test_strategies.py",)),
+    Mutant("CoSyNE without crossover", "jaxalign/strategies.py",
+           "children = CROSSOVERS[self.crossover](key_cross, first, second, params)[: self.num_children]",
+           "children = jnp.concatenate([first, second])[: self.num_children]", ("tests/test_strategies.py",)),
+    Mutant("CoSyNE parents are the first members, not the best", "jaxalign/strategies.py",
+           "order = jnp.argsort(_rankable(fitness))[: self.num_parents]", "order = jnp.arange(fitness.shape[0])[: self.num_parents]",
+           ("tests/test_strategies.py",)),
+    Mutant("DAS tempering of the proposal shifted by one step", "jaxalign/methods/das.py",
+           "gradient = lam[i + 1] * gradient", "gradient = lam[i] * gradient", ("tests/test_das.py",)),
+    Mutant("DAS log p/q weight sign flipped", "jaxalign/methods/das.py",
+           "log_w = log_w + (log_p_diffusion + twist - log_p_proposal - twist_prev)",
+           "log_w = log_w + (log_p_proposal + twist - log_p_diffusion - twist_prev)", ("tests/test_das.py",)),
+    Mutant("DAS final weight without the reward", "jaxalign/methods/das.py",
+           "log_w = log_w + (log_p_diffusion + rewards / alpha - log_p_proposal - twist_prev)",
+           "log_w = log_w + (log_p_diffusion - log_p_proposal - twist_prev)", ("tests/test_das.py",)),
+    Mutant("DAS does not permute gradients with particles (the official bug)", "jaxalign/methods/das.py",
+           "x, out, gradient, twist = x[ancestors], out[ancestors], gradient[ancestors], twist[ancestors]",
+           "x, out = x[ancestors], out[ancestors]", ("tests/test_das.py",)),
+    Mutant("tempering without saturation at 1", "jaxalign/methods/das.py",
+           "return jnp.minimum(jnp.expm1(i * jnp.log1p(jnp.asarray(gamma, jnp.float32))), 1.0)",
+           "return jnp.expm1(i * jnp.log1p(jnp.asarray(gamma, jnp.float32)))", ("tests/test_das.py",)),
+    Mutant("SSP never swaps", "jaxalign/resampling.py",
+           "swap = uniforms[step] < p_swap", "swap = uniforms[step] < 0.0", ("tests/test_das.py", "-k", "resampl or ssp")),
+    Mutant("SVDD/DSearch keep each parent's worst child", "jaxalign/methods/dsearch.py",
+           "child_value = jnp.where(valid, value_fn(", "child_value = jnp.where(valid, -value_fn(",
+           ("tests/test_dsearch.py",)),
+    Mutant("SVDD/DSearch children without noise", "jaxalign/methods/dsearch.py",
+           "child = mean[parent] + std * jax.random.normal", "child = mean[parent] + 0.0 * std * jax.random.normal",
+           ("tests/test_dsearch.py",)),
+    Mutant("DSearch prunes its best particles", "jaxalign/methods/dsearch.py",
+           "jnp.argsort(-values, stable=True)", "jnp.argsort(values, stable=True)", ("tests/test_dsearch.py", "tests/test_directions.py", "-k", "dsearch")),
+    Mutant("DSearch search steps not widened by N0 / beam", "jaxalign/methods/dsearch.py",
+           "expansion = jnp.where(popsize > alive, popsize / alive, 1.0)", "expansion = 1.0", ("tests/test_dsearch.py",)),
+    Mutant("DSearch-R replaces its best particles", "jaxalign/methods/dsearch.py",
+           "survivors = jnp.argsort(rank < replace_count, stable=True)", "survivors = jnp.argsort(rank >= rank.shape[0] - replace_count, stable=True)",
+           ("tests/test_dsearch.py",)),
+    Mutant("SVDD/DSearch budget misses a chunk", "jaxalign/methods/dsearch.py",
+           "evaluated = chunks_run * popsize", "evaluated = (chunks_run - 1) * popsize", ("tests/test_method_budgets.py", "tests/test_dsearch.py")),
+    Mutant("stochastic DDIM step ignores eta", "jaxalign/schedulers.py",
+           "std = eta * jnp.sqrt(", "std = jnp.sqrt(", ("tests/test_schedulers.py", "-k", "stochastic")),
+    Mutant("DDIM step sign flip", "jaxalign/schedulers.py",
+           "return (s.coefficients[\"alpha_prev\"][i] * x0 + s.coefficients[\"sigma_prev\"][i] * eps,)",
+           "return (s.coefficients[\"alpha_prev\"][i] * x0 - s.coefficients[\"sigma_prev\"][i] * eps,)", ("tests/test_schedulers.py",)),
+    Mutant("zero-order pivot moves when a neighbour is worse", "jaxalign/methods/zero_order.py",
+           "moves = scores[best] > state.score", "moves = scores[best] < state.score", ("tests/test_methods.py", "-k", "zero_order")),
+    Mutant("zero-order pivot starts at the best of generation 0", "jaxalign/methods/zero_order.py",
+           "return PivotState(noises[0], scores[0])", "return PivotState(noises[jnp.argmax(scores)], jnp.max(scores))",
+           ("tests/test_methods.py", "-k", "zero_order")),
+    Mutant("DNO ascends the loss", "jaxalign/methods/dno.py",
+           "return jnp.sum(-_finite(signed_scores(context, total)) + regularizer)", "return jnp.sum(_finite(signed_scores(context, total)) + regularizer)",
+           ("tests/test_dno.py",)),
+    Mutant("DNO without torch's default weight decay", "jaxalign/methods/dno.py",
+           '"weight_decay": 0.01', '"weight_decay": 0.0', ("tests/test_dno.py",)),
+    Mutant("hybrid DNO estimate with the wrong sign", "jaxalign/methods/dno.py",
+           "difference = _finite(losses[1:] - losses[0])", "difference = _finite(losses[0] - losses[1:])", ("tests/test_dno.py",)),
+    Mutant("luma weights of G and B swapped", "jaxalign/rewards.py",
+           "_LUMA = jnp.array([0.2126, 0.7152, 0.0722]", "_LUMA = jnp.array([0.2126, 0.0722, 0.7152]", ("tests/test_rewards.py",)),
+    Mutant("saturation without the division by max", "jaxalign/rewards.py",
+           "exact = _per_image_mean(((255 * (top - bottom)) // jnp.maximum(top, 1)).astype(jnp.float32)) / 255.0",
+           "exact = _per_image_mean((top - bottom).astype(jnp.float32)) / 255.0", ("tests/test_rewards.py",)),
+]  # fmt: skip
+
+
+def copy_repository(destination: Path) -> None:
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split("\n")
+    for name in filter(None, files):
+        source = ROOT / name
+        if source.is_file():
+            target = destination / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+
+
+def run_mutant(copy: Path, mutant: Mutant) -> tuple[bool, float]:
+    path = copy / mutant.path
+    original = path.read_text()
+    if original.count(mutant.old) != 1:
+        raise SystemExit(f"mutant {mutant.name!r}: the snippet occurs {original.count(mutant.old)} times in {mutant.path}")
+    path.write_text(original.replace(mutant.old, mutant.new))
+    env = {**os.environ, "PYTHONPATH": str(copy), "JAX_PLATFORMS": "cpu"}
+    start = time.perf_counter()
+    try:
+        result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *mutant.tests], cwd=copy, env=env, capture_output=True, text=True)
+    finally:
+        path.write_text(original)
+    return result.returncode != 0, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="", help="comma-separated mutant names (default: all)")
+    parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    args = parser.parse_args()
+    mutants = [m for m in MUTANTS if not args.only or m.name in args.only.split(",")]
+    if args.list:
+        for m in mutants:
+            print(f"{m.name}: {m.path} ({' '.join(m.tests)})")
+        return
+    print(f"hardware: {platform.machine()}, {os.cpu_count()} CPU cores; python {platform.python_version()}")
+    survivors = []
+    with tempfile.TemporaryDirectory(prefix="jaxalign-mutants-") as folder:
+        copy = Path(folder)
+        copy_repository(copy)
+        for mutant in mutants:
+            killed, seconds = run_mutant(copy, mutant)
+            print(f"{'killed  ' if killed else 'SURVIVED'}  {mutant.name}  ({seconds:.0f} s)", flush=True)
+            if not killed:
+                survivors.append(mutant.name)
+    print(f"{len(mutants) - len(survivors)} of {len(mutants)} mutants killed" + (f"; survivors: {', '.join(survivors)}" if survivors else ""))
+    sys.exit(1 if survivors else 0)
+
+
+if __name__ == "__main__":
+    main()
