@@ -1,5 +1,6 @@
-"""Budgets counted, not restated: a toy model counts its own UNet calls, decodes and backward passes
-(``jax.debug.callback`` at run time), and every method's reported budget must equal those counts."""
+"""What every method shares, on the toy problem: budgets counted, not restated (a toy model counts its own
+UNet calls, decodes and backward passes with ``jax.debug.callback`` at run time, and every method's reported
+budget must equal those counts); generation 0 is evolution's baseline; numeric knobs do not recompile."""
 
 import dataclasses
 from collections import Counter
@@ -60,14 +61,11 @@ class CountingMixture(GaussianMixture):
 SMALL = {"svdd": {"num_candidates": 3}, "dsearch": {"num_candidates": 2, "oversampling": 2, "width": 2.0}}
 
 
-@pytest.mark.parametrize("method", sorted(m for m in METHODS if not METHODS[m].uses_strategy))
+@pytest.mark.parametrize("method", sorted(METHODS))
 def test_reported_budget_equals_counted_model_calls(method):
     base = two_modes()
-    model = CountingMixture(base.means, base.variances, base.weights)
-    sampler = make_sampler(model, "ddim", 5, remat=METHODS[method].differentiates_sampler)
-    context = Context(sampler, linear_reward([1.0, 0.0]), model.image_shape, model.latent_shape, 4, True)
-    search = build_method(method, context, options=SMALL.get(method))
-    params, problem = search.default_params(guidance_scale=2.0), model.problem()
+    model, search, params = _build(method, model=CountingMixture(base.means, base.variances, base.weights), guidance_scale=2.0)
+    problem = model.problem()
     state = search.init(jax.random.key(0), problem, params)
     COUNTS.clear()
     for generation in range(3):
@@ -76,3 +74,42 @@ def test_reported_budget_equals_counted_model_calls(method):
         spent = {k: int(v) for k, v in jax.device_get(report.spent).items()}
         assert spent == {k: COUNTS[k] for k in ("nfe", "images", "vjp_nfe")}, generation
     assert COUNTS["nfe"] > 4 * 5  # the counter saw later generations
+
+
+def _build(method, popsize=4, model=None, guidance_scale=7.5):
+    model = model or two_modes()
+    sampler = make_sampler(model, "ddim", 5, remat=METHODS[method].differentiates_sampler)
+    context = Context(sampler, linear_reward([1.0, 0.0]), model.image_shape, model.latent_shape, popsize, True)
+    if METHODS[method].uses_strategy:
+        from jaxalign.spaces import SPACES
+        from jaxalign.strategies import make_params, make_strategy
+
+        space = SPACES["noise"]()
+        strategy = make_strategy("CoSyNE", popsize, space.init(model.problem().centre))
+        search = build_method(method, context, space=space, strategy=strategy)
+        return model, search, search.default_params(strategy_overrides=make_params(strategy, {}, "CoSyNE"), guidance_scale=guidance_scale)
+    search = build_method(method, context, options=SMALL.get(method))
+    return model, search, search.default_params(guidance_scale=guidance_scale)
+
+
+def test_generation_0_is_the_evolution_baseline_for_every_method():
+    model, evolution, params = _build("evolution")
+    problem = model.problem(3)
+    state, report = evolution.advance({}, problem, params, evolution.init(jax.random.key(0), problem, params))
+    baseline = float(state.baseline_fitness)
+    for method in sorted(METHODS):
+        _, search, params = _build(method, popsize=10 if method == "dsearch" else 4)
+        state, report = search.advance({}, problem, params, search.init(jax.random.key(0), problem, params))
+        assert float(state.baseline_fitness) == pytest.approx(baseline, rel=1e-6), method
+        assert float(report.fitness[0]) == pytest.approx(baseline, rel=1e-6), method
+
+
+@pytest.mark.parametrize("method", sorted(m for m in METHODS if METHODS[m].numeric))
+def test_numeric_method_params_do_not_recompile(method):
+    model, search, params = _build(method, popsize=10 if method == "dsearch" else 4)
+    problem = model.problem()
+    state = search.advance({}, problem, params, search.init(jax.random.key(0), problem, params))[0]
+    state = search.step({}, problem, params, state)[0]
+    changed = params.replace(method={k: v * 0.5 + 0.01 for k, v in params.method.items()})
+    search.step({}, problem, changed, state)
+    assert search.step._cache_size() == 1

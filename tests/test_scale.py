@@ -80,8 +80,9 @@ def run_here(workdir, *extra):
     return json.loads(Path(workdir, "summary.json").read_text())
 
 
-def test_population_sharded_over_eight_devices_matches_one_device(tmp_path):
-    extra = ["--config.popsize=8", "--config.steps=3", "--config.rewards={'brightness': 1.0, 'contrast': 1.0}"]
+@pytest.mark.parametrize("method", ["evolution", "random"])
+def test_population_sharded_over_eight_devices_matches_one_device(tmp_path, method):
+    extra = ["--config.popsize=8", "--config.steps=3", "--config.rewards={'brightness': 1.0, 'contrast': 1.0}", f"--config.method={method}"]
     eight = {**ENV, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
     sharded = run_cli(tmp_path / "sharded", *extra, env=eight)
     single = run_here(tmp_path / "single", *extra)
