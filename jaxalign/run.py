@@ -546,13 +546,11 @@ def _progress_bar(total: int, prompt: str, enabled: bool):
 
 def plot_fitness(lines: list[dict], path: Path, title: str = "") -> None:
     """Best-so-far, population mean and median per generation, with the baseline as a line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: a library call must not switch the user's backend
 
     steps = [line["step"] for line in lines[1:]]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     for key, style in (("best_fitness", "-o"), ("mean_fitness", "--"), ("median_fitness", ":")):
         values = [line[key] if line[key] is not None else np.nan for line in lines[1:]]
         ax.plot(steps, values, style, label=key.replace("_", " "), markersize=3)
@@ -564,4 +562,3 @@ def plot_fitness(lines: list[dict], path: Path, title: str = "") -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -149,13 +149,11 @@ def aggregate(workdir: Path, names: list[str]) -> tuple[list[dict], list[dict]]:
 
 def plot_sweep(steps: list[dict], workdir: Path) -> None:
     """Per reward set: median and interquartile range of best fitness against NFE, one curve per strategy."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: a library call must not switch the user's backend
 
     for rewards in sorted({s["rewards"] for s in steps}):
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig = Figure(figsize=(6, 4))
+        ax = fig.subplots()
         for strategy in sorted({s["strategy"] for s in steps if s["rewards"] == rewards}):
             runs: dict[str, dict[int, float]] = {}
             for s in steps:
@@ -171,7 +169,6 @@ def plot_sweep(steps: list[dict], workdir: Path) -> None:
         ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(workdir / f"sweep_{rewards}.png", dpi=100)
-        plt.close(fig)
 
 
 def _named(entries) -> list[dict]:

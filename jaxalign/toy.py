@@ -6,7 +6,7 @@ available in closed form. With the linear reward r(x) = b.x the reward-tilted ta
 p(x) exp(r(x) / alpha) is again a Gaussian mixture: component k moves to mu_k + v_k b / alpha and
 its weight becomes proportional to w_k exp(b.mu_k / alpha + v_k |b|^2 / (2 alpha^2)). DAS
 (Kim et al. 2025, arXiv 2501.05803) checks its sampler on such 2-D mixtures; the tests and
-``scripts/toy_methods.py`` run every method here through the same builders as Stable Diffusion:
+``scripts/toy_das.py`` run the methods here through the same builders as Stable Diffusion:
 :class:`GaussianMixture` stands in for :class:`~jaxalign.model.DiffusionModel` in
 :func:`~jaxalign.sampler.make_sampler`, and its "images" are the points themselves.
 """

@@ -262,12 +262,10 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 def plot_losses(workdir: Path) -> Path:
     """Loss curves of both stages, from their CSV logs, as ``workdir/loss.png``."""
-    import matplotlib
+    from matplotlib.figure import Figure  # not pyplot: a library call must not switch the user's backend
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig = Figure(figsize=(9, 3.2))
+    axes = fig.subplots(1, 2)
     for ax, name in zip(axes, ("autoencoder", "denoiser")):
         rows = _read_csv(workdir / f"{name}_loss.csv")
         ax.plot([int(r["step"]) for r in rows], [float(r["loss"]) for r in rows])
@@ -275,7 +273,6 @@ def plot_losses(workdir: Path) -> Path:
     fig.tight_layout()
     path = workdir / "loss.png"
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 
