@@ -59,8 +59,8 @@ from PIL import Image
 from jaxalign.errors import JaxalignError
 from jaxalign.registry import Registry
 
-# Rec. 709 / sRGB luma weights.
-_LUMA = jnp.array([0.2126, 0.7152, 0.0722], jnp.float32)
+# Rec. 709 / sRGB luma weights; a NumPy constant, so importing this module does not start a device backend.
+_LUMA = np.array([0.2126, 0.7152, 0.0722], np.float32)
 
 
 class Reward(NamedTuple):
