@@ -1,6 +1,6 @@
-"""Checkpoint and resume a search with orbax-checkpoint.
+"""Checkpoint and resume a search (and the embedded model's training) with orbax-checkpoint.
 
-A checkpoint holds the whole :class:`~jaxalign.search.SearchState` (strategy state, PRNG key,
+:class:`Checkpointer` saves any pytree; the search's holds the whole :class:`~jaxalign.search.SearchState` (strategy state, PRNG key,
 generation, best solution, fitness and image, baseline) after a completed generation. Because a
 generation is a deterministic function of that state, a run resumed from generation ``g``
 recomputes generations ``g+1, ...`` exactly as the uninterrupted run would; the runner truncates
@@ -11,7 +11,7 @@ process killed mid-save leaves the previous steps intact. SIGINT and SIGTERM arr
 are held until it has finished (then raised as usual), so an interrupt never leaves a half-written
 step or orbax's thread tracebacks; temporary step folders of a killed process are removed when the
 checkpointer closes. A step that cannot be read back is skipped with a warning, falling back to the
-one before.
+one before. Training (:mod:`jaxalign.train`) saves its optimiser state through the same class.
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ from typing import Any
 
 import jax
 
-from jaxalign.search import SearchState
 
 
 class Checkpointer:
+    """Numbered steps of one pytree in ``directory``: ``save``, ``restore_latest``, ``close``."""
+
     def __init__(self, directory: str | Path, every: int, keep: int = 3):
         import orbax.checkpoint as ocp
 
@@ -43,13 +44,13 @@ class Checkpointer:
     def due(self, generation: int, last: bool) -> bool:
         return self.every > 0 and (last or generation % self.every == 0)
 
-    def save(self, generation: int, state: SearchState) -> None:
+    def save(self, generation: int, state: Any) -> None:
         with _signals_held():
             self._manager.save(generation, args=self._ocp.args.StandardSave(_to_storable(state)), force=True)
             self._manager.wait_until_finished()
 
-    def restore_latest(self, template: SearchState) -> tuple[int, SearchState] | None:
-        """The newest readable checkpoint as (generation, state), or None when there is none."""
+    def restore_latest(self, template: Any) -> tuple[int, Any] | None:
+        """The newest readable checkpoint as (step, state) shaped like ``template``, or None when there is none."""
         target = jax.eval_shape(lambda: _to_storable(template))
         steps = sorted(self._manager.all_steps(), reverse=True)
         for i, step in enumerate(steps):
@@ -60,7 +61,7 @@ class Checkpointer:
                 print(f"jaxalign: warning: checkpoint at generation {step} is unreadable ({type(error).__name__}); {fallback}", file=sys.stderr)
                 continue
             self._discard_after(step)
-            return step, _from_storable(restored)
+            return step, _from_storable(restored, template)
         self._discard_after(-1)
         return None
 
@@ -98,10 +99,14 @@ def _signals_held():
             signal.raise_signal(number)
 
 
-def _to_storable(state: SearchState) -> Any:
-    # Typed PRNG keys are not array data orbax can write; store the raw key bits.
-    return state.replace(key=jax.random.key_data(state.key))
+def _is_key(x: Any) -> bool:
+    return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
-def _from_storable(state: Any) -> SearchState:
-    return state.replace(key=jax.random.wrap_key_data(state.key))
+def _to_storable(tree: Any) -> Any:
+    # Typed PRNG keys are not array data orbax can write; store their raw key bits.
+    return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
+
+
+def _from_storable(tree: Any, template: Any) -> Any:
+    return jax.tree.map(lambda x, t: jax.random.wrap_key_data(x, impl=jax.random.key_impl(t)) if _is_key(t) else x, tree, template)

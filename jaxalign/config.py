@@ -23,7 +23,7 @@ from pathlib import Path
 import ml_collections
 from ml_collections import config_dict
 
-from jaxalign.errors import JaxalignError
+from jaxalign.errors import JaxalignError, check_known
 
 OPEN_MAPPINGS = ("rewards", "reward_paths", "strategy_params", "space_params", "method_params")
 MAX_POPSIZE = 65536  # images per generation; beyond it one generation's latents alone outgrow any device
@@ -123,9 +123,7 @@ def _folder_as_package(folder: Path):
 def check_fields(config: ml_collections.ConfigDict, schema: ml_collections.ConfigDict | None = None) -> None:
     """Every field known, none missing, each of the schema's type (ints are accepted for floats)."""
     schema = default_config() if schema is None else schema
-    unknown = sorted(set(config.keys()) - set(schema.keys()))
-    if unknown:
-        raise JaxalignError(f"config field(s) {', '.join(unknown)} do not exist; valid: {', '.join(sorted(schema.keys()))}")
+    check_known("config field(s)", config.keys(), schema.keys())
     missing = sorted(set(schema.keys()) - set(config.keys()))
     if missing:
         raise JaxalignError(f"config lacks field(s) {', '.join(missing)}; start from default_config() and change fields")
@@ -233,6 +231,7 @@ def read_prompts(config: ml_collections.ConfigDict) -> list[str]:
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks that need no model: numbers in range and known names."""
     from jaxalign.methods import METHODS
+    from jaxalign.methods.base import method_fields
     from jaxalign.model import ATTENTION, FAMILIES
     from jaxalign.rewards import needs_path, parse_reward
     from jaxalign.schedulers import SCHEDULERS
@@ -266,12 +265,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     SPACES[config.space]
     ATTENTION[config.attention]
     method = METHODS[config.method]
-    if not method.uses_strategy and config.space != "noise":
-        raise JaxalignError(f"method {config.method!r} searches the initial noise itself; set space='noise' (got {config.space!r})")
-    if not method.uses_strategy and config.strategy_params:
-        raise JaxalignError(f"strategy_params apply to method 'evolution' only; method {config.method!r} takes method_params")
-    if method.uses_strategy and config.method_params:
-        raise JaxalignError("method_params apply to non-evolution methods; evolution takes strategy_params and space_params")
+    defaults = default_config()
+    for field in sorted(method_fields() - set(method.reads)):
+        if _plain(config[field]) != _plain(defaults[field]):
+            raise JaxalignError(
+                f"method {config.method!r} does not read {field} (it reads {', '.join(method.reads)}); set {field}={_plain(defaults[field])!r} (got {_plain(config[field])!r})"
+            )
     if method.stochastic_steps and config.num_inference_steps < 2:
         raise JaxalignError(f"method {config.method!r} needs num_inference_steps >= 2, got {config.num_inference_steps}")
     SCHEDULERS[config.scheduler]
@@ -288,3 +287,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if not isinstance(weight, (int, float)) or not math.isfinite(weight):
             raise JaxalignError(f"reward weight for {name!r} must be a finite number, got {weight!r}")
     read_prompts(config)
+
+
+def _plain(value):
+    """A config value as plain Python (ConfigDicts become dicts), for comparisons and messages."""
+    return value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value

@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import os
 import re
 import zlib
@@ -680,14 +681,23 @@ def _read_json(path: Path) -> dict:
     return data
 
 
+class _DropFlaxDeprecationNotice(logging.Filter):
+    """Drops diffusers'/transformers' "Flax (JAX) classes are deprecated" notice, which they log each time a
+    Flax module is built or traced (the pins in pyproject.toml keep those classes); every other message passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "classes are deprecated and will be removed" not in record.getMessage()
+
+
 @functools.cache
 def _quiet_flax_deprecation_warnings() -> None:
-    # diffusers logs a deprecation warning each time a Flax module is traced.
+    # A filter on the libraries' own handlers rather than their verbosity: a caller's log levels stay as set.
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
-    diffusers_logging.set_verbosity_error()
-    transformers_logging.set_verbosity_error()
+    for library in (diffusers_logging, transformers_logging):
+        for handler in library.get_logger().handlers:
+            handler.addFilter(_DropFlaxDeprecationNotice())
 
 
 # --- CLIP models for learned rewards (CLIP score, LAION aesthetic, PickScore, HPSv2) ---------------

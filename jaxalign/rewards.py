@@ -56,7 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from jaxalign.errors import JaxalignError
+from jaxalign.errors import JaxalignError, check_known
 from jaxalign.registry import Registry
 
 # Rec. 709 / sRGB luma weights; a NumPy constant, so importing this module does not start a device backend.
@@ -478,9 +478,7 @@ def parse_reward(spec: str, paths: Mapping[str, Any] | None = None) -> Reward:
     constructor = REWARDS[name]
     options = (paths or {}).get(name)
     kwargs = dict(options) if isinstance(options, Mapping) else ({"path": str(options)} if options else {})
-    unknown = sorted(set(kwargs) - set(inspect.signature(constructor).parameters))
-    if unknown:
-        raise JaxalignError(f"reward_paths.{name} has unknown option(s) {', '.join(unknown)}; valid: {', '.join(inspect.signature(constructor).parameters)}")
+    check_known(f"reward_paths.{name} option(s)", kwargs, inspect.signature(constructor).parameters)
     try:
         return constructor(argument, **kwargs) if argument else constructor(**kwargs)
     except TypeError:

@@ -14,6 +14,7 @@ each prompt with the same compiled generation step and writes, per prompt:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -29,6 +30,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental.compilation_cache import compilation_cache as compilation_cache_module
 from PIL import Image
 
 from jaxalign.checkpoint import Checkpointer
@@ -39,8 +41,6 @@ from jaxalign.model import DiffusionModel, load_model
 from jaxalign.rewards import Objective, weighted_sum
 from jaxalign.sampler import make_sampler
 from jaxalign.search import Problem, Search, SearchParams, batched, device_mesh, prompt_sharding
-from jaxalign.spaces import SPACES
-from jaxalign.strategies import initial_population_size, is_population_based, make_params, make_strategy, split_options
 
 
 @dataclasses.dataclass
@@ -51,7 +51,6 @@ class Job:
     search: Search
     search_params: SearchParams
     prompts: list[str]
-    space: Any
     sampler: Any
     latent_shape: tuple[int, int, int]
     mesh: Any  # ("prompts", "population") device mesh, or None on one device
@@ -71,28 +70,17 @@ def build(config, loaded: tuple[DiffusionModel, Any] | None = None) -> Job:
         if model.truncates(prompt):
             print(f"jaxalign: warning: prompt {prompt[:40]!r}... is longer than the text encoder's {model.max_prompt_tokens} tokens; the rest is ignored", file=sys.stderr)
     latent_shape = model.latent_shape(config.height, config.width)
-    space = SPACES[config.space]()
-    unknown = sorted(set(config.space_params) - set(space.default_params))
-    if unknown:
-        valid = ", ".join(sorted(space.default_params)) or "(none)"
-        raise JaxalignError(f"unknown space_params {', '.join(unknown)} for space {config.space!r}; valid: {valid}")
-    centre_solution = space.init(jnp.zeros(latent_shape, jnp.float32))
     spec = METHODS[config.method]
-    strategy, strategy_params = None, None
-    if spec.uses_strategy:
-        _, param_overrides = split_options(config.strategy, dict(config.strategy_params))
-        strategy = make_strategy(config.strategy, config.popsize, centre_solution, dict(config.strategy_params))
-        strategy_params = make_params(strategy, param_overrides, config.strategy)
     objective = weighted_sum(dict(config.rewards), config.reward_paths.to_dict())
     if objective.params:  # learned rewards' weights travel with the model's, as arguments of the step
         model_params = {**model_params, "rewards": objective.params}
-    # Gradient-based methods backpropagate through the sampler: recompute each step's activations.
     total = model.noise_schedule.num_train_timesteps
     if config.num_inference_steps >= total:
         raise JaxalignError(f"num_inference_steps must be below the model's {total} training timesteps, got {config.num_inference_steps}")
+    # Gradient-based methods backpropagate through the sampler: recompute each step's activations.
     sampler = make_sampler(model, config.scheduler, config.num_inference_steps, remat=spec.differentiates_sampler, decode_batch=config.decode_batch)
     _check_schedule(sampler, model, config)
-    mesh = device_mesh(_shardable_batch(strategy, config.popsize), len(prompts) if config.batch_prompts else 1) if config.shard_population else None
+    num_prompt_shards = len(prompts) if config.batch_prompts else 1
     context = Context(
         sampler=sampler,
         objective=objective,
@@ -100,26 +88,17 @@ def build(config, loaded: tuple[DiffusionModel, Any] | None = None) -> Job:
         latent_shape=latent_shape,
         popsize=config.popsize,
         maximize=config.maximize,
-        mesh=mesh,
+        make_mesh=lambda batch: device_mesh(batch, num_prompt_shards) if config.shard_population else None,
     )
-    search = build_method(config.method, context, space=space, strategy=strategy, options=dict(config.method_params))
-    search_params = search.default_params(
-        strategy_overrides=strategy_params,
-        space_overrides=dict(config.space_params),
-        guidance_scale=config.guidance_scale,
-    )
-    return Job(config, model, model_params, search, search_params, prompts, space, sampler, latent_shape, mesh, objective)
+    settings = {field: _plain(config[field]) for field in spec.reads}
+    search = build_method(config.method, context, settings)
+    search_params = search.default_params(guidance_scale=config.guidance_scale)
+    return Job(config, model, model_params, search, search_params, prompts, sampler, latent_shape, search.mesh, objective)
 
 
-def _shardable_batch(strategy, popsize: int) -> int:
-    """The batch a population device axis must divide: every generation's of a population-based strategy
-    (CoSyNE reference mode: gcd(16, 24) = 8), the asked one of a distribution strategy (its 1-image
-    generation 0 is not sharded), ``popsize`` for the other methods."""
-    if strategy is None:
-        return popsize
-    if not is_population_based(strategy):
-        return strategy.population_size
-    return math.gcd(strategy.population_size, initial_population_size(strategy))
+def _plain(value):
+    """A config value as plain Python (ConfigDicts become dicts)."""
+    return value.to_dict() if hasattr(value, "to_dict") else value
 
 
 def _check_schedule(sampler, model: DiffusionModel, config) -> None:
@@ -211,8 +190,18 @@ def run(job: Job, workdir: str | Path, progress: bool = True, resume: bool = Fal
         shutil.rmtree(workdir)  # check_workdir made sure it holds a run (config.json) or nothing
     workdir.mkdir(parents=True, exist_ok=True)
     write_json(config_file, config.to_dict())
-    if config.compilation_cache_dir:
-        enable_compilation_cache(config.compilation_cache_dir)
+    with compilation_cache(config.compilation_cache_dir) as cache_hits:
+        summaries = _search_prompts(job, workdir, outs, progress, resume, cache_hits)
+    ordered = [summaries[i] for i in range(len(job.prompts))]
+    if several:
+        write_json(workdir / "summary.json", {"prompts": ordered})
+    return ordered
+
+
+def _search_prompts(job: Job, workdir: Path, outs: list[Path], progress: bool, resume: bool, cache_hits) -> dict[int, dict]:
+    """Search every prompt not finished yet (all together with ``batch_prompts``); their summaries by index."""
+    config = job.config
+    several = len(job.prompts) > 1
     if config.batch_prompts and several:
         groups = [(list(range(len(job.prompts))), workdir / "checkpoints")]
     else:
@@ -230,12 +219,12 @@ def run(job: Job, workdir: str | Path, progress: bool = True, resume: bool = Fal
         state = prompt_sharding(job.mesh, init(prompt_sharding(job.mesh, jnp.stack(keys)), problem, job.search_params))
         compile_s, from_cache = 0.0, None
         if len(members) not in compiled:  # same shapes, same executables: compile once, ahead of time
-            began, hits = time.perf_counter(), _CACHE_HITS[0]
+            began, hits = time.perf_counter(), cache_hits()
             arguments = (job.model_params, problem, job.search_params, state)
             later = step.lower(*arguments).compile()
             first = later if start is step else start.lower(*arguments).compile()
             compiled[len(members)] = (first, later)
-            compile_s, from_cache = time.perf_counter() - began, _CACHE_HITS[0] > hits
+            compile_s, from_cache = time.perf_counter() - began, cache_hits() > hits
         recorders = [Recorder(job, job.prompts[i], outs[i]) for i in members]
         for recorder, summary in zip(recorders, search_group(job, compiled[len(members)], problem, state, recorders, checkpoints, progress, resume)):
             summary["compile_s"] = round(compile_s, 3)
@@ -244,10 +233,7 @@ def run(job: Job, workdir: str | Path, progress: bool = True, resume: bool = Fal
             summary["step_from_compilation_cache"] = from_cache if config.compilation_cache_dir else None
             write_json(recorder.out / "summary.json", summary)
         summaries.update({i: json.loads((outs[i] / "summary.json").read_text()) for i in members})
-    ordered = [summaries[i] for i in range(len(job.prompts))]
-    if several:
-        write_json(workdir / "summary.json", {"prompts": ordered})
-    return ordered
+    return summaries
 
 
 def check_same_config(saved: dict, current: dict) -> None:
@@ -268,18 +254,35 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-_CACHE_HITS = [0]
+@contextlib.contextmanager
+def compilation_cache(directory: str | Path | None):
+    """Persist compiled executables in ``directory`` (none: no cache) while the block runs, so repeated
+    runs skip compilation; yields a function counting the cache hits so far. JAX's settings are
+    given back afterwards, so a library caller's own cache configuration is left as it was."""
+    if not directory:
+        yield lambda: 0
+        return
+    hits = [0]
 
+    def listener(event, **kwargs):
+        hits[0] += event == "/jax/compilation_cache/cache_hits"
 
-def enable_compilation_cache(directory: str | Path) -> None:
-    """Persist compiled executables across processes, so repeated runs skip compilation."""
-    if jax.config.jax_compilation_cache_dir is None:
-        jax.monitoring.register_event_listener(
-            lambda event, **kwargs: _CACHE_HITS.__setitem__(0, _CACHE_HITS[0] + (event == "/jax/compilation_cache/cache_hits"))
-        )
-    jax.config.update("jax_compilation_cache_dir", str(Path(directory).expanduser().absolute()))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    settings = {
+        "jax_compilation_cache_dir": str(Path(directory).expanduser().absolute()),
+        "jax_persistent_cache_min_compile_time_secs": 0.0,
+        "jax_persistent_cache_min_entry_size_bytes": -1,
+    }
+    before = {name: getattr(jax.config, name) for name in settings}
+    for name, value in settings.items():
+        jax.config.update(name, value)
+    jax.monitoring.register_event_listener(listener)
+    try:
+        yield lambda: hits[0]
+    finally:
+        jax.monitoring.unregister_event_listener(listener)
+        for name, value in before.items():
+            jax.config.update(name, value)
+        compilation_cache_module.reset_cache()  # the cache object keeps its directory until reset
 
 
 class Recorder:
@@ -328,10 +331,7 @@ class Recorder:
         config, lines = self.job.config, self.lines
         best_solution = np.asarray(state.best_solution)
         np.save(self.out / "best_solution.npy", best_solution)
-        if METHODS[config.method].uses_strategy:
-            best_latent = self.job.space.apply(self.job.search_params.space, best_solution, problem.centre)
-        else:  # the initial noise (noise methods) or the final latent (svdd, dsearch, das)
-            best_latent = best_solution.reshape(self.job.latent_shape)
+        best_latent = self.job.search.best_latent(self.job.search_params, state.best_solution, problem)
         np.save(self.out / "best_latent.npy", np.asarray(best_latent))
         plot_fitness(lines, self.out / "fitness.png", title=self.prompt)
         final = lines[-1]
@@ -340,7 +340,7 @@ class Recorder:
             "prompt": self.prompt,
             "model": self.job.model.name,
             "method": config.method,
-            "strategy": config.strategy if METHODS[config.method].uses_strategy else None,
+            "strategy": config.strategy if "strategy" in METHODS[config.method].reads else None,
             "space": config.space,
             "best_solution_is": self.job.search.best_solution_is,
             "rewards": dict(config.rewards),

@@ -128,12 +128,14 @@ class Search(NamedTuple):
     nfe_per_generation: int
     images_per_generation: int = 0
     vjp_nfe_per_generation: int = 0
-    best_solution_is: str = "search-space solution"
+    best_solution_is: str = "search-space solution"  # what ``best_solution`` holds, in words (summary.json)
     # Generation 0 (the baseline and initial population) may cost differently from later ones.
     initial_nfe: int = 0
     initial_images: int = 0
     initial_vjp_nfe: int = 0
     start: Any = None  # generation 0, (model_params, problem, params, state) -> (SearchState, Generation); None: ``step``
+    best_latent: Any = None  # (params, best_solution, problem) -> the latent it stands for (``best_latent.npy``)
+    mesh: Any = None  # the ("prompts", "population") device mesh the population is sharded over, or None
 
     @property
     def first_step(self):
@@ -328,6 +330,8 @@ def make_search(
         images_per_generation=popsize,
         initial_nfe=first_size * sampler.num_steps,
         initial_images=first_size,
+        best_latent=lambda params, solution, problem: space.apply(params.space, solution, problem.centre),
+        mesh=mesh,
     )
 
 

@@ -57,7 +57,7 @@ from evosax.core.optimizer import clipup
 from evosax.types import Fitness, Population, Solution
 from flax import struct
 
-from jaxalign.errors import JaxalignError
+from jaxalign.errors import JaxalignError, check_known
 from jaxalign.registry import Registry
 
 COSYNE_MODES = ("equal_budget", "reference")
@@ -323,10 +323,7 @@ def split_options(name: str, options: Mapping[str, Any]) -> tuple[dict, dict]:
     """
     cls = STRATEGIES[name]
     constructor, fields = _constructor_options(cls), _param_fields(cls)
-    unknown = sorted(set(options) - constructor - fields)
-    if unknown:
-        valid = ", ".join(sorted(constructor | fields)) or "(none)"
-        raise JaxalignError(f"unknown strategy_params {', '.join(unknown)} for {name}; valid: {valid}")
+    check_known("strategy_params", options, constructor | fields, where=f" for {name}")
     return {k: v for k, v in options.items() if k in constructor}, {k: v for k, v in options.items() if k in fields}
 
 
@@ -353,9 +350,7 @@ def make_params(strategy: EvolutionaryAlgorithm, overrides: Mapping[str, Any], n
     fields = set(params.__dataclass_fields__)
     name = name or type(strategy).__name__
     values = {**REFERENCE_DEFAULTS.get(name, Defaults()).params, **overrides}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise JaxalignError(f"unknown strategy_params {', '.join(unknown)} for {name}; valid: {', '.join(sorted(fields)) or '(none)'}")
+    check_known("strategy_params", overrides, fields, where=f" for {name}")
     converted = {}
     for key, value in values.items():
         if key not in fields:

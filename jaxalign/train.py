@@ -34,6 +34,7 @@ import optax
 from flax import struct
 
 from jaxalign import shapes
+from jaxalign.checkpoint import Checkpointer
 from jaxalign.errors import JaxalignError
 from jaxalign.model import DiffusionModel, Params, init_model, save_model, with_latent_scale
 
@@ -142,20 +143,17 @@ def run_stage(
     progress: bool = True,
 ) -> TrainState:
     """Train ``params`` for ``config.steps`` steps, resuming from ``workdir/checkpoints/<name>``; losses go to ``<name>_loss.csv``."""
-    import orbax.checkpoint as ocp
     from tqdm import tqdm
 
     optimizer = make_optimizer(config)
     update = make_update(loss_fn, optimizer, config.ema_decay)
     state = init_state(params, optimizer)
-    manager = ocp.CheckpointManager(
-        (workdir / "checkpoints" / name).absolute(),
-        options=ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False, create=True),
-    )
+    checkpointer = Checkpointer(workdir / "checkpoints" / name, every=checkpoint_every, keep=2)
     log = workdir / f"{name}_loss.csv"
     rows: list[dict] = []
-    if manager.latest_step() is not None:
-        state = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(state))
+    restored = checkpointer.restore_latest(state)
+    if restored is not None:
+        state = restored[1]
         rows = [r for r in _read_csv(log) if int(r["step"]) <= int(state.step)]
     key = jax.random.key(data_seed)
     start = int(state.step)
@@ -169,12 +167,11 @@ def run_stage(
             rows.append(row)
             bar.set_postfix(loss=f"{row['loss']:.4f}")
         bar.update(1)
-        if checkpoint_every and ((step + 1) % checkpoint_every == 0 or step + 1 == config.steps):
-            manager.save(step + 1, args=ocp.args.StandardSave(state), force=True)
-            manager.wait_until_finished()
+        if checkpointer.due(step + 1, last=step + 1 == config.steps):
+            checkpointer.save(step + 1, state)
             _write_csv(log, rows)
     bar.close()
-    manager.close()
+    checkpointer.close()
     _write_csv(log, rows)
     if config.steps > start:
         print(f"{name}: {config.steps - start} steps in {time.perf_counter() - begin:.1f} s", flush=True)

@@ -104,6 +104,11 @@ BAD_INPUTS = {
     "wrong family": (["--config.model_family=sdxl"], r"model family mismatch: the config expects 'sdxl' .* holds a 'sd' model"),
     "unknown attention": (["--config.attention=flash"], "unknown attention 'flash'; valid: chunked, standard"),
     "negative decode batch": (["--config.decode_batch=-1"], "decode_batch must be >= 0"),
+    "strategy for a method that reads none": (["--config.method=random", "--config.strategy=SNES"],
+                                              r"method 'random' does not read strategy \(it reads method_params\); set strategy='CoSyNE' \(got 'SNES'\)"),
+    "space for a noise method": (["--config.method=svdd", "--config.space=rotation"], r"method 'svdd' does not read space .*; set space='noise'"),
+    "method_params for evolution": (["--config.method_params={'num_candidates': 4}"],
+                                    r"method 'evolution' does not read method_params \(it reads strategy, strategy_params, space, space_params\); set method_params=\{\}"),
 }
 
 

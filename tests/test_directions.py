@@ -13,8 +13,6 @@ import pytest
 
 from jaxalign.methods import METHODS, Context, build_method
 from jaxalign.sampler import make_sampler
-from jaxalign.spaces import SPACES
-from jaxalign.strategies import make_params, make_strategy
 from jaxalign.toy import linear_reward, two_modes
 
 SEEDS = (0, 1, 2)
@@ -35,15 +33,10 @@ def _search(method, maximize):
     popsize = POPSIZE.get(method, 8)
     sampler = make_sampler(model, "ddim", 8, remat=METHODS[method].differentiates_sampler)
     context = Context(sampler, linear_reward([1.0, 0.5]), model.image_shape, model.latent_shape, popsize, maximize)
-    if METHODS[method].uses_strategy:
-        space = SPACES["noise"]()
-        strategy = make_strategy("CoSyNE", popsize, space.init(model.problem().centre))
-        search = build_method(method, context, space=space, strategy=strategy)
-        return model, search, search.default_params(strategy_overrides=make_params(strategy, {}, "CoSyNE"), guidance_scale=1.0)
     options = OPTIONS.get(method, {})
     static = {k: v for k, v in options.items() if k in METHODS[method].static}
     numeric = {k: v for k, v in options.items() if k in METHODS[method].numeric}
-    search = build_method(method, context, options=static)
+    search = build_method(method, context, {"method_params": static} if static else {})
     return model, search, search.default_params(guidance_scale=1.0, method_overrides=numeric)
 
 

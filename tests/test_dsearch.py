@@ -97,7 +97,7 @@ def test_replace_worst_drops_the_lowest_and_appends_softmax_draws():
 def _toy_search(name, popsize, options, steps=20):
     model = two_modes()
     context = Context(make_sampler(model, "ddim", steps), linear_reward([1.0, 0.0]), model.image_shape, model.latent_shape, popsize, True)
-    return model, build_method(name, context, options=options)
+    return model, build_method(name, context, {"method_params": options})
 
 
 @pytest.mark.parametrize(

@@ -203,7 +203,7 @@ def test_missing_reward_weights_are_clear_errors(tiny_clip, tmp_path):
         parse_reward("clip", {"clip": str(tmp_path / "no-clip")})
     with pytest.raises(JaxalignError, match=r"weights file not found: .*absent.pth"):
         parse_reward("aesthetic", {"aesthetic": {"path": str(tmp_path / "absent.pth"), "clip": str(tiny_clip[1])}})
-    with pytest.raises(JaxalignError, match=r"reward_paths.clip has unknown option\(s\) mlp"):
+    with pytest.raises(JaxalignError, match=r"unknown reward_paths.clip option\(s\) mlp"):
         parse_reward("clip", {"clip": {"path": str(tiny_clip[1]), "mlp": "x"}})
     with pytest.raises(JaxalignError, match=r"reward 'imagereward' needs the image-reward package"):
         parse_reward("imagereward", {"imagereward": str(tmp_path / "ImageReward.pt")})

@@ -6,6 +6,7 @@ import dataclasses
 from collections import Counter
 
 import jax
+import numpy as np
 import pytest
 
 from jaxalign.methods import METHODS, Context, build_method
@@ -76,19 +77,12 @@ def test_reported_budget_equals_counted_model_calls(method):
     assert COUNTS["nfe"] > 4 * 5  # the counter saw later generations
 
 
-def _build(method, popsize=4, model=None, guidance_scale=7.5):
+def _build(method, popsize=4, model=None, guidance_scale=7.5, options=None):
     model = model or two_modes()
     sampler = make_sampler(model, "ddim", 5, remat=METHODS[method].differentiates_sampler)
     context = Context(sampler, linear_reward([1.0, 0.0]), model.image_shape, model.latent_shape, popsize, True)
-    if METHODS[method].uses_strategy:
-        from jaxalign.spaces import SPACES
-        from jaxalign.strategies import make_params, make_strategy
-
-        space = SPACES["noise"]()
-        strategy = make_strategy("CoSyNE", popsize, space.init(model.problem().centre))
-        search = build_method(method, context, space=space, strategy=strategy)
-        return model, search, search.default_params(strategy_overrides=make_params(strategy, {}, "CoSyNE"), guidance_scale=guidance_scale)
-    search = build_method(method, context, options=SMALL.get(method))
+    options = SMALL.get(method) if options is None else options
+    search = build_method(method, context, {"method_params": options} if options else {})
     return model, search, search.default_params(guidance_scale=guidance_scale)
 
 
@@ -102,6 +96,18 @@ def test_generation_0_is_the_evolution_baseline_for_every_method():
         state, report = search.advance({}, problem, params, search.init(jax.random.key(0), problem, params))
         assert float(state.baseline_fitness) == pytest.approx(baseline, rel=1e-6), method
         assert float(report.fitness[0]) == pytest.approx(baseline, rel=1e-6), method
+
+
+@pytest.mark.parametrize("method, options", [(m, None) for m in sorted(METHODS)] + [("dno", {"mode": "sde"})])
+def test_best_latent_maps_the_initial_best_solution_to_the_baseline_latent(method, options):
+    # Every method's state starts at the baseline; best_latent (best_latent.npy) must read it back as the
+    # centre latent, also where a solution holds more than one latent (DNO's sde mode: all T + 1 noises).
+    model, search, params = _build(method, popsize=10 if method == "dsearch" else 4, options=options)
+    problem = model.problem(5)
+    state = search.init(jax.random.key(0), problem, params)
+    latent = search.best_latent(params, state.best_solution, problem)
+    assert latent.shape == problem.centre.shape
+    np.testing.assert_array_equal(np.asarray(latent), np.asarray(problem.centre))
 
 
 @pytest.mark.parametrize("method", sorted(m for m in METHODS if METHODS[m].numeric))

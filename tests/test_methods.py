@@ -98,7 +98,7 @@ def test_zero_order_pivot_starts_at_the_baseline_and_moves_only_on_improvement(e
 def test_method_options_are_checked(embedded):
     with pytest.raises(JaxalignError, match="unknown method_params bogus for method 'dno'"):
         build(small_config(method="dno", rewards={"brightness": 1.0}, method_params={"bogus": 1.0}), embedded)
-    with pytest.raises(JaxalignError, match="set space='noise'"):
+    with pytest.raises(JaxalignError, match="does not read space .*; set space='noise'"):
         build(small_config(method="random", space="rotation"), embedded)
     with pytest.raises(JaxalignError, match="set scheduler to one of ddim, lcm"):
         build(small_config(method="svdd", scheduler="dpmsolver++"), embedded)

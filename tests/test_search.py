@@ -8,6 +8,7 @@ import pytest
 from jaxalign.rewards import Objective, weighted_sum
 from jaxalign.run import make_problem
 from jaxalign.search import make_search
+from jaxalign.spaces import SPACES
 from jaxalign.strategies import make_strategy
 
 
@@ -59,7 +60,7 @@ def test_best_so_far_is_the_running_maximum_and_its_image_scores_it(small_job):
     for name, value in reports[-1].best_components.items():
         assert float(components[name][0]) == pytest.approx(float(value), rel=1e-5)
     # And the best solution maps to the latent that produced it.
-    latent = small_job.space.apply(small_job.search_params.space, state.best_solution, problem.centre)
+    latent = small_job.search.best_latent(small_job.search_params, state.best_solution, problem)
     image = small_job.sampler.sample(
         small_job.model_params, latent[None], problem.context, problem.uncond_context, 7.5
     )
@@ -67,10 +68,11 @@ def test_best_so_far_is_the_running_maximum_and_its_image_scores_it(small_job):
 
 
 def _search(job, objective, maximize=True, strategy="CoSyNE"):
-    centre_solution = job.space.init(jnp.zeros(job.latent_shape))
+    space = SPACES[job.config.space]()
+    centre_solution = space.init(jnp.zeros(job.latent_shape))
     return make_search(
         sampler=job.sampler,
-        space=job.space,
+        space=space,
         strategy=make_strategy(strategy, job.config.popsize, centre_solution),  # reference defaults (e.g. SNES std 0.2)
         objective=objective,
         image_shape=(job.config.height, job.config.width, 3),

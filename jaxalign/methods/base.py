@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxalign.errors import JaxalignError
+from jaxalign.errors import JaxalignError, check_known
 from jaxalign.registry import Registry
 from jaxalign.rewards import Objective
 from jaxalign.sampler import Denoiser, Sampler, stochastic_schedulers
@@ -37,23 +37,36 @@ from jaxalign.search import (
 
 
 class MethodSpec(NamedTuple):
-    """A registered method: its builder and what it needs."""
+    """A registered method: its builder, what it needs and which run-config fields it reads."""
 
-    build: Callable[..., Search]
+    build: Callable[..., Search]  # (context, numeric, **static) for methods configured by method_params
     needs_gradient: bool = False  # requires a differentiable objective
     differentiates_sampler: bool = False  # backpropagates through the sampler (built with rematerialisation)
-    uses_strategy: bool = False  # uses config.strategy / strategy_params and the search space
     static: Mapping[str, Any] = {}  # shape- or schedule-determining options with defaults
     numeric: Mapping[str, float] = {}  # traced knobs with defaults (SearchParams.method)
     stochastic_steps: bool = False  # steps inside the denoising loop; needs a scheduler with a stochastic transition
     check: Callable[..., None] | None = None  # (context, static options, numeric options) -> None; raises JaxalignError
+    # The run-config fields the method reads; the others that configure a method (METHOD_FIELDS) must keep their defaults.
+    reads: tuple[str, ...] = ("method_params",)
+    # (name, spec, context, settings) -> Search, where settings holds the ``reads`` fields; None: from method_params.
+    configure: Callable[..., Search] | None = None
 
 
 METHODS: Registry[MethodSpec] = Registry("method")
 
 
+def method_fields() -> frozenset[str]:
+    """The run-config fields that configure some method (a method reads some of them)."""
+    return frozenset(field for spec in METHODS.values() for field in spec.reads)
+
+
+def _single_device(batch: int):
+    return None
+
+
 class Context(NamedTuple):
-    """What every builder receives."""
+    """What every builder receives. ``make_mesh(batch)`` gives the device mesh for a population whose
+    every generation's batch is a multiple of ``batch`` (None: no sharding); each method knows its batch."""
 
     sampler: Sampler
     objective: Objective
@@ -61,23 +74,28 @@ class Context(NamedTuple):
     latent_shape: tuple[int, ...]
     popsize: int
     maximize: bool
-    mesh: Any = None
+    make_mesh: Callable[[int], Any] = _single_device
 
 
-def build_method(name: str, context: Context, *, space=None, strategy=None, options: Mapping[str, Any] | None = None) -> Search:
-    """Build ``name`` for ``context``; ``options`` are its static options and numeric defaults."""
+def build_method(name: str, context: Context, settings: Mapping[str, Any] | None = None) -> Search:
+    """Build ``name`` for ``context`` from ``settings``, the run-config fields it reads (missing ones
+    take their defaults; for most methods that is ``method_params``: static options and numeric defaults)."""
     spec = METHODS[name]
-    options = dict(options or {})
-    unknown = sorted(set(options) - set(spec.static) - set(spec.numeric))
-    if unknown:
-        valid = ", ".join(sorted({*spec.static, *spec.numeric})) or "(none)"
-        raise JaxalignError(f"unknown method_params {', '.join(unknown)} for method {name!r}; valid: {valid}")
+    settings = dict(settings or {})
+    unread = sorted(set(settings) - set(spec.reads))
+    if unread:
+        raise JaxalignError(f"method {name!r} does not take {', '.join(unread)}; it takes {', '.join(spec.reads)}")
     if spec.needs_gradient and not context.objective.differentiable:
         raise JaxalignError(f"method {name!r} needs a differentiable reward; {', '.join(context.objective.default_weights)} is black-box (try dno_hybrid or a gradient-free method)")
     if spec.stochastic_steps and not context.sampler.stochastic:
         raise JaxalignError(f"method {name!r} takes stochastic denoising steps; set scheduler to one of {', '.join(stochastic_schedulers())} (got {context.sampler.scheduler!r})")
-    if spec.uses_strategy:
-        return spec.build(context, space=space, strategy=strategy)
+    return (spec.configure or configure_from_method_params)(name, spec, context, settings)
+
+
+def configure_from_method_params(name: str, spec: MethodSpec, context: Context, settings: Mapping[str, Any]) -> Search:
+    """The usual configuration: ``method_params`` split into the spec's static options and numeric knobs."""
+    options = dict(settings.get("method_params") or {})
+    check_known("method_params", options, {*spec.static, *spec.numeric}, where=f" for method {name!r}")
     static = {k: options.get(k, v) for k, v in spec.static.items()}
     for k, v in static.items():
         default = spec.static[k]
@@ -137,7 +155,8 @@ def noise_method(context: Context, numeric, propose, update, init_method_state, 
     names = tuple(context.objective.default_weights)
     dim = math.prod(context.latent_shape)
     solution_size = solution_size or dim
-    shard_population, replicate = sharding_helpers(context.mesh)
+    mesh = context.make_mesh(popsize)
+    shard_population, replicate = sharding_helpers(mesh)
     plain_cost = {"nfe": popsize * context.sampler.num_steps, "images": popsize}
     cost = cost or plain_cost
 
@@ -180,6 +199,8 @@ def noise_method(context: Context, numeric, propose, update, init_method_state, 
         best_solution_is="initial noise" if solution_size == dim else "initial noise and every step's noise",
         initial_nfe=plain_cost["nfe"],
         initial_images=plain_cost["images"],
+        best_latent=lambda params, solution, problem: solution[-dim:].reshape(context.latent_shape),
+        mesh=mesh,
     )
 
 
@@ -195,7 +216,8 @@ def trajectory_method(context: Context, numeric, guided_run, cost: Mapping[str, 
     popsize, sampler, objective = context.popsize, context.sampler, context.objective
     direction = Direction(context.maximize)
     names = tuple(objective.default_weights)
-    shard_population, replicate = sharding_helpers(context.mesh)
+    mesh = context.make_mesh(popsize)
+    shard_population, replicate = sharding_helpers(mesh)
 
     def init(key, problem: Problem, params: SearchParams) -> SearchState:
         return initial_state(key, jnp.zeros((), jnp.int32), problem.centre.reshape(-1), names, context.image_shape, direction)
@@ -230,4 +252,6 @@ def trajectory_method(context: Context, numeric, guided_run, cost: Mapping[str, 
         best_solution_is="final latent",
         initial_nfe=popsize * sampler.num_steps,
         initial_images=popsize,
+        best_latent=lambda params, solution, problem: solution.reshape(context.latent_shape),
+        mesh=mesh,
     )

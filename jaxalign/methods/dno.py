@@ -90,7 +90,7 @@ def renderer(context: Context, mode: str):
     the initial noise (ode, any scheduler) or of all T + 1 noises (sde, DDIM(eta) steps)."""
     sampler, latent_shape = context.sampler, context.latent_shape
     steps = sampler.num_steps
-    shard_population, _ = sharding_helpers(context.mesh)
+    shard_population, _ = sharding_helpers(context.make_mesh(context.popsize))
 
     def render(model_params, problem, params, noises):
         if mode == "ode":
