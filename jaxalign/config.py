@@ -24,6 +24,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from jaxalign.errors import JaxalignError, check_known
+from jaxalign.prompt_datasets import is_dataset_source, read_dataset_prompts
 
 OPEN_MAPPINGS = ("rewards", "reward_paths", "strategy_params", "space_params", "method_params")
 MAX_POPSIZE = 65536  # images per generation; beyond it one generation's latents alone outgrow any device
@@ -34,7 +35,9 @@ def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     # What to align.
     c.prompts = ["a red circle on a blue background"]
-    c.prompt_file = ""  # .txt (one prompt per line) or .csv with a "prompt" column; replaces prompts
+    # .txt (one prompt per line), .csv with a "prompt" column, or hf:NAME[:SPLIT][#COLUMN]: a Hugging Face dataset
+    # in the local datasets cache (split "train" and column "prompt" unless named); replaces prompts
+    c.prompt_file = ""
     c.negative_prompt = ""
     c.rewards = ml_collections.ConfigDict({"color_fraction:red": 1.0})  # reward name (or name:argument) -> weight
     c.reward_paths = ml_collections.ConfigDict()  # learned reward -> local weights path / cached repo id, or its options
@@ -202,8 +205,10 @@ def _parse_like(current, raw: str, name: str):
 
 
 def read_prompts(config: ml_collections.ConfigDict) -> list[str]:
-    """The prompts to align: from ``prompt_file`` when set, else ``prompts``."""
-    if config.prompt_file:
+    """The prompts to align: from ``prompt_file`` (a file, or ``hf:`` a cached dataset) when set, else ``prompts``."""
+    if is_dataset_source(config.prompt_file):
+        prompts = [p.strip() for p in read_dataset_prompts(config.prompt_file)]
+    elif config.prompt_file:
         path = Path(config.prompt_file)
         if path.is_dir():
             raise JaxalignError(f"prompt_file {path} is a directory; give a .txt or .csv file")

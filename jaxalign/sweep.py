@@ -9,16 +9,23 @@ normal run workdir (one subfolder per prompt); re-running the sweep resumes unfi
 their checkpoints and skips finished ones. The aggregate is ``runs.csv`` (one row per run: final
 fitness, NFE, wall time), ``steps.csv`` (best fitness per step of every run) and one plot per
 reward set of the median and interquartile range of best fitness against NFE for each strategy.
+
+Several hosts split one sweep with ``shard=(i, n)``: shard i runs the jobs whose index in :func:`expand`'s
+order is i modulo n, all sharing one workdir and nothing else. Each shard aggregates every run that has
+finished in the workdir, whichever shard ran it, so the last shard to finish leaves the whole sweep's aggregate.
 """
 
 from __future__ import annotations
 
 import copy
 import csv
+import io
 import itertools
 import json
+import os
 import re
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -83,11 +90,37 @@ def expand(config: ml_collections.ConfigDict) -> list[tuple[str, ml_collections.
     return jobs
 
 
-def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path, progress: bool = False) -> dict:
-    """Run (or resume) every job, then write the aggregate CSVs and plots. Returns counts and wall time."""
-    from jaxalign.model import load_model
-    from jaxalign.run import write_json, build, check_workdir, run
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` (shard i of n) as ``(i, n)``."""
+    match = re.fullmatch(r"\s*(-?\d+)\s*/\s*(-?\d+)\s*", text)
+    if not match:
+        raise JaxalignError(f"shard must be i/n (run shard i of n, e.g. 0/4), got {text!r}")
+    shard = (int(match[1]), int(match[2]))
+    check_shard(shard)
+    return shard
 
+
+def check_shard(shard: tuple[int, int]) -> None:
+    i, n = shard
+    if n < 1:
+        raise JaxalignError(f"shard {i}/{n}: the number of shards n must be at least 1")
+    if not 0 <= i < n:
+        raise JaxalignError(f"shard {i}/{n}: the shard index i must be in [0, {n})")
+
+
+def shard_of(items: Sequence, shard: tuple[int, int]) -> list:
+    """The items shard ``(i, n)`` takes: those at indices i, i + n, i + 2n, ..."""
+    i, n = shard
+    return list(items[i::n])
+
+
+def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path, progress: bool = False, shard: tuple[int, int] = (0, 1)) -> dict:
+    """Run (or resume) this shard's jobs (all of them by default), then write the aggregate CSVs and plots of
+    every finished run in ``workdir``. Returns counts and wall time."""
+    from jaxalign.model import load_model
+    from jaxalign.run import build, check_workdir, run
+
+    check_shard(shard)
     check_sweep(config)
     workdir = check_workdir(workdir, resume=True, marker="sweep_config.json")
     cache = config.base.compilation_cache_dir
@@ -96,22 +129,27 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path, progress: 
         config.base.compilation_cache_dir = str(workdir / cache)
     jobs = expand(config)
     loaded = load_model(config.base.model, dtype=config.base.dtype, family=config.base.model_family)
-    built = [(name, build(run_config, loaded)) for name, run_config in jobs]  # all bad input fails here, before output
+    # Every shard builds every job, so all bad input fails here, before output, on every host alike.
+    built = [(name, build(run_config, loaded)) for name, run_config in jobs]
     workdir.mkdir(parents=True, exist_ok=True)
-    write_json(workdir / "sweep_config.json", config.to_dict())  # what makes it a sweep workdir
+    # What makes it a sweep workdir; every shard writes the same file, so one finishing write wins whole.
+    _write_shared(workdir / "sweep_config.json", (json.dumps(config.to_dict(), indent=2) + "\n").encode())
     start = time.perf_counter()
     ran = skipped = 0
-    for name, job in built:
+    mine = shard_of(built, shard)
+    for name, job in mine:
         job_dir = workdir / name
         finished = (job_dir / "summary.json").is_file()
         run(job, job_dir, progress=progress, resume=True)
         skipped, ran = skipped + finished, ran + (not finished)
     wall_s = time.perf_counter() - start
     rows, steps = aggregate(workdir, [name for name, _ in built])
-    return {"jobs": len(built), "ran": ran, "skipped": skipped, "runs": len(rows), "wall_s": round(wall_s, 2), "steps_rows": len(steps)}
+    return {"jobs": len(mine), "sweep_jobs": len(built), "shard": f"{shard[0]}/{shard[1]}", "ran": ran, "skipped": skipped,
+            "runs": len(rows), "wall_s": round(wall_s, 2), "steps_rows": len(steps)}  # fmt: skip
 
 
 def aggregate(workdir: Path, names: list[str]) -> tuple[list[dict], list[dict]]:
+    """Rows of every run of jobs ``names`` that has finished (has its summary.json) in ``workdir``, and their steps."""
     rows, steps = [], []
     for name in names:
         job_dir = workdir / name
@@ -168,7 +206,9 @@ def plot_sweep(steps: list[dict], workdir: Path) -> None:
         ax.set_ylabel(f"best fitness ({rewards})")
         ax.legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(workdir / f"sweep_{rewards}.png", dpi=100)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=100)
+        _write_shared(workdir / f"sweep_{rewards}.png", buffer.getvalue())
 
 
 def _named(entries) -> list[dict]:
@@ -191,8 +231,25 @@ def _reward_label(rewards) -> str:
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
-    with path.open("w", newline="") as handle:
-        if rows:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+    text = io.StringIO(newline="")
+    if rows:
+        writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    _write_shared(path, text.getvalue().encode())
+
+
+def _write_shared(path: Path, content: bytes) -> None:
+    """Write a file that shards on other hosts may be writing at the same moment: each writes its own
+    temporary file (a unique name; the umask's permissions, unlike mkstemp's owner-only ones) and renames it
+    over ``path``, so readers see one whole version, never a mix."""
+    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
+    try:
+        with partial.open("xb") as file:
+            file.write(content)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise

@@ -71,3 +71,97 @@ def test_method_names_on_the_strategy_axis_set_the_method():
     zero_order = runs["zero_order-cosine0.9"]
     assert zero_order.method == "zero_order" and dict(zero_order.method_params) == {"cosine": 0.9}
     assert not zero_order.strategy_params
+
+
+# Two jobs (CoSyNE and SNES), one prompt, one generation after generation 0: the smallest sweep two shards can split.
+SPLIT = [*TINY, "--config.base.steps=1", "--config.base.prompts=['a red circle']", "--config.seeds=[0]",
+         "--config.reward_sets=[{'brightness': 1.0}]"]  # fmt: skip
+
+
+def read_csv(path: Path) -> list[dict]:
+    return list(csv.DictReader(path.open()))
+
+
+def test_two_shards_run_each_job_once_and_aggregate_every_finished_run(tmp_path):
+    from jaxalign.sweep import expand
+
+    config = load_sweep_config(SWEEP, SPLIT)
+    names = [name for name, _ in expand(config)]
+    assert [name.split("__")[0] for name in names] == ["CoSyNE", "SNES-std_init0.3"]
+    workdir = tmp_path / "sweep"
+
+    first = run_sweep(config, workdir, shard=(0, 2))
+    assert first == {**first, "shard": "0/2", "jobs": 1, "sweep_jobs": 2, "ran": 1, "skipped": 0, "runs": 1}
+    assert not (workdir / names[1]).exists()  # shard 1's job is left to shard 1
+    # The aggregate after shard 0 alone holds exactly shard 0's run, in every file.
+    assert [r["run"] for r in read_csv(workdir / "runs.csv")] == [names[0]]
+    assert {r["run"] for r in read_csv(workdir / "steps.csv")} == {names[0]}
+    assert [r["strategy"] for r in read_csv(workdir / "runs.csv")] == ["CoSyNE"]
+    shard_0_summary = (workdir / names[0] / "summary.json").read_bytes()
+
+    second = run_sweep(config, workdir, shard=(1, 2))
+    assert second == {**second, "shard": "1/2", "jobs": 1, "sweep_jobs": 2, "ran": 1, "skipped": 0, "runs": 2}
+    assert (workdir / names[0] / "summary.json").read_bytes() == shard_0_summary  # shard 1 did not touch shard 0's run
+    rows = read_csv(workdir / "runs.csv")
+    # After both shards: shard 1's aggregate holds both shards' runs, the whole sweep's set.
+    assert sorted(r["run"] for r in rows) == sorted(names)
+    assert {(r["strategy"], r["seed"], r["prompt"]) for r in rows} == {(s, "0", "a red circle") for s in ("CoSyNE", "SNES")}
+    assert len(read_csv(workdir / "steps.csv")) == 2 * 2  # generation 0 and 1 of each run
+    assert (workdir / "sweep_brightness.png").stat().st_size > 1000
+    assert not list(workdir.glob(".*.partial"))
+
+    # Each job ran exactly once: the whole sweep and either shard again find everything finished.
+    before = (workdir / "runs.csv").read_text()
+    whole = run_sweep(config, workdir)
+    assert whole == {**whole, "shard": "0/1", "jobs": 2, "ran": 0, "skipped": 2, "runs": 2}
+    assert (workdir / "runs.csv").read_text() == before
+    again = run_sweep(config, workdir, shard=(0, 2))
+    assert again == {**again, "ran": 0, "skipped": 1, "runs": 2}
+
+
+def test_shards_take_every_nth_job_in_expand_order():
+    from jaxalign.sweep import expand, parse_shard, shard_of
+
+    jobs = list(range(7))
+    assert shard_of(jobs, (1, 3)) == [1, 4]
+    assert shard_of(jobs, (0, 3)) == [0, 3, 6]
+    assert shard_of(jobs, (0, 1)) == jobs
+    assert shard_of(jobs, (8, 9)) == []  # more shards than jobs: the extra shards run nothing
+    for n in (1, 2, 3, 7):
+        assert sorted(j for i in range(n) for j in shard_of(jobs, (i, n))) == jobs  # each job in exactly one shard
+    names = [name for name, _ in expand(load_sweep_config(SWEEP, TINY))]  # CoSyNE, SNES x seeds 0, 1
+    assert [n.split("__")[0] + "/" + n.split("__")[-1] for n in shard_of(names, (1, 2))] == ["CoSyNE/seed1", "SNES-std_init0.3/seed1"]
+    assert parse_shard("1/3") == (1, 3) and parse_shard(" 0 / 1 ") == (0, 1)
+
+
+@pytest.mark.parametrize(
+    "argument, message",
+    [
+        ("--shard=1", "shard must be i/n (run shard i of n, e.g. 0/4), got '1'"),
+        ("--shard=a/b", "shard must be i/n (run shard i of n, e.g. 0/4), got 'a/b'"),
+        ("--shard=0/1/2", "shard must be i/n (run shard i of n, e.g. 0/4), got '0/1/2'"),
+        ("--shard=0/0", "shard 0/0: the number of shards n must be at least 1"),
+        ("--shard=1/-2", "shard 1/-2: the number of shards n must be at least 1"),
+        ("--shard=2/2", "shard 2/2: the shard index i must be in [0, 2)"),
+        ("--shard=-1/2", "shard -1/2: the shard index i must be in [0, 2)"),
+        ("--shard", "argument --shard: expected one argument"),
+    ],
+)
+def test_bad_shards_are_one_line_and_write_nothing(argument, message, tmp_path):
+    workdir = tmp_path / "s"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "sweep.py"), "--config", str(SWEEP), "--workdir", str(workdir), argument],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [f"sweep: error: {message}"]
+    assert not workdir.exists()
+
+
+def test_run_sweep_refuses_a_shard_out_of_range_before_writing(tmp_path):
+    config = load_sweep_config(SWEEP, TINY)
+    with pytest.raises(JaxalignError, match=r"shard 2/2: the shard index i must be in \[0, 2\)"):
+        run_sweep(config, tmp_path / "bad", shard=(2, 2))
+    with pytest.raises(JaxalignError, match="shard 0/0: the number of shards n must be at least 1"):
+        run_sweep(config, tmp_path / "bad", shard=(0, 0))
+    assert not (tmp_path / "bad").exists()
