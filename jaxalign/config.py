@@ -237,7 +237,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     """Checks that need no model: numbers in range and known names."""
     from jaxalign.methods import METHODS
     from jaxalign.methods.base import method_fields
-    from jaxalign.model import ATTENTION, FAMILIES
+    from jaxalign.models import ATTENTION, FAMILIES
     from jaxalign.rewards import needs_path, parse_reward
     from jaxalign.schedulers import SCHEDULERS
     from jaxalign.spaces import SPACES

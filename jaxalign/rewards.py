@@ -334,7 +334,7 @@ def _clip_reward(clip, clip_params, scale: Callable[[Any], jax.Array]) -> Reward
 @REWARDS.register("clip")
 def clip_score(path: str = "openai/clip-vit-large-patch14") -> Reward:
     """CLIP score: 100 x cosine similarity of image and prompt embeddings."""
-    from jaxalign.model import load_clip
+    from jaxalign.models import load_clip
 
     return _clip_reward(*load_clip(path), lambda params: jnp.float32(100.0))
 
@@ -342,7 +342,7 @@ def clip_score(path: str = "openai/clip-vit-large-patch14") -> Reward:
 @REWARDS.register("pickscore")
 def pickscore(path: str = "yuvalkirstain/PickScore_v1") -> Reward:
     """PickScore: the model's logit scale x cosine similarity of image and prompt embeddings."""
-    from jaxalign.model import load_clip
+    from jaxalign.models import load_clip
 
     clip, params = load_clip(path)
     return _clip_reward(clip, params, clip.logit_scale)
@@ -364,7 +364,7 @@ def hpsv2(path: str | None = None, architecture: Mapping | None = None) -> Rewar
     ViT-H-14 (or an ``open_clip_config.json`` beside the checkpoint)."""
     import json
 
-    from jaxalign.model import load_open_clip
+    from jaxalign.models import load_open_clip
 
     if path is None:
         raise JaxalignError("reward 'hpsv2' needs its checkpoint: set --config.reward_paths.hpsv2=<HPS_v2.1_compressed.pt>")
@@ -380,7 +380,7 @@ def aesthetic(path: str | None = None, clip: str = "openai/clip-vit-large-patch1
     """The LAION aesthetic predictor (about 1-10): its MLP on the L2-normalised CLIP ViT-L/14 image
     embedding. ``path`` is the predictor's ``.pth`` (e.g. ``sac+logos+ava1-l14-linearMSE.pth``) or a
     safetensors copy; ``clip`` the CLIP model directory or cached repo id."""
-    from jaxalign.model import load_clip, read_state_dict
+    from jaxalign.models import load_clip, read_state_dict
 
     if path is None:
         raise JaxalignError("reward 'aesthetic' needs its MLP weights: set --config.reward_paths.aesthetic=<sac+logos+ava1-l14-linearMSE.pth>")

@@ -37,7 +37,7 @@ from jaxalign.checkpoint import Checkpointer
 from jaxalign.config import OPEN_MAPPINGS, read_prompts, validate
 from jaxalign.errors import JaxalignError
 from jaxalign.methods import METHODS, Context, build_method
-from jaxalign.model import DiffusionModel, load_model
+from jaxalign.models import DiffusionModel, load_model
 from jaxalign.rewards import Objective, weighted_sum
 from jaxalign.sampler import make_sampler
 from jaxalign.search import Problem, Search, SearchParams, batched, device_mesh, prompt_sharding

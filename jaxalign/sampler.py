@@ -19,7 +19,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxalign.model import DiffusionModel, Params
+from jaxalign.models import DiffusionModel, Params
 from jaxalign.errors import JaxalignError
 from jaxalign.schedulers import SCHEDULERS, Schedule, get_scheduler
 

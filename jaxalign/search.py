@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxalign.model import Params as ModelParams
+from jaxalign.models import Params as ModelParams
 from jaxalign.rewards import Objective
 from jaxalign.sampler import Sampler
 from jaxalign.spaces import SearchSpace

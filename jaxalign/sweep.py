@@ -117,7 +117,7 @@ def shard_of(items: Sequence, shard: tuple[int, int]) -> list:
 def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path, progress: bool = False, shard: tuple[int, int] = (0, 1)) -> dict:
     """Run (or resume) this shard's jobs (all of them by default), then write the aggregate CSVs and plots of
     every finished run in ``workdir``. Returns counts and wall time."""
-    from jaxalign.model import load_model
+    from jaxalign.models import load_model
     from jaxalign.run import build, check_workdir, run
 
     check_shard(shard)

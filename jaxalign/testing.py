@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from jaxalign.model import EMBEDDED_DIR, FAMILIES
+from jaxalign.models import EMBEDDED_DIR, FAMILIES
 
 _TOKENS = {"bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 49407}  # SD's CLIP tokenizer
 

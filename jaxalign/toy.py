@@ -7,7 +7,7 @@ p(x) exp(r(x) / alpha) is again a Gaussian mixture: component k moves to mu_k + 
 its weight becomes proportional to w_k exp(b.mu_k / alpha + v_k |b|^2 / (2 alpha^2)). DAS
 (Kim et al. 2025, arXiv 2501.05803) checks its sampler on such 2-D mixtures; the tests and
 ``scripts/toy_das.py`` run the methods here through the same builders as Stable Diffusion:
-:class:`GaussianMixture` stands in for :class:`~jaxalign.model.DiffusionModel` in
+:class:`GaussianMixture` stands in for :class:`~jaxalign.models.DiffusionModel` in
 :func:`~jaxalign.sampler.make_sampler`, and its "images" are the points themselves.
 """
 

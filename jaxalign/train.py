@@ -36,7 +36,7 @@ from flax import struct
 from jaxalign import shapes
 from jaxalign.checkpoint import Checkpointer
 from jaxalign.errors import JaxalignError
-from jaxalign.model import DiffusionModel, Params, init_model, save_model, with_latent_scale
+from jaxalign.models import DiffusionModel, Params, init_model, save_model, with_latent_scale
 
 CAPTION_DROPOUT = 0.1
 

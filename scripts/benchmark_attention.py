@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from benchmark_speed import _significant, load_benchmark_model, model_dir_for
 
-from jaxalign.model import ATTENTION
+from jaxalign.models import ATTENTION
 
 
 def time_attention(model, params, attention: str, batch: int, repeats: int) -> dict:

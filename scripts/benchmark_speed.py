@@ -50,7 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxalign.config import default_config
-from jaxalign.model import ATTENTION, EMBEDDED_DIR, init_model, load_model
+from jaxalign.models import ATTENTION, EMBEDDED_DIR, init_model, load_model
 from jaxalign.run import build, make_problem
 from jaxalign.sampler import make_sampler
 

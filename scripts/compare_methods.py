@@ -24,7 +24,7 @@ import jax
 
 from jaxalign.config import load_config
 from jaxalign.methods import METHODS
-from jaxalign.model import load_model
+from jaxalign.models import load_model
 from jaxalign.run import build, run
 
 

@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from jaxalign.model import load_model
+from jaxalign.models import load_model
 from jaxalign.train import caption_following, save_grid
 
 

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from jaxalign.model import load_clip, load_model
+from jaxalign.models import load_clip, load_model
 from jaxalign.sampler import make_sampler
 from jaxalign.schedulers import LCM_NOISE_SEED, lcm_noise
 from jaxalign.testing import perturb_norms_and_biases, tiny_pytorch_pipeline

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import jax
 
-from jaxalign.model import EMBEDDED_DIR
+from jaxalign.models import EMBEDDED_DIR
 from jaxalign.train import StageConfig, plot_losses, train_tiny, write_clip_tokenizer
 
 

@@ -7,7 +7,7 @@ import pytest
 jax.config.update("jax_disable_most_optimizations", True)
 
 from jaxalign.config import default_config  # noqa: E402
-from jaxalign.model import load_model  # noqa: E402
+from jaxalign.models import load_model  # noqa: E402
 
 
 def small_config(**changes):

@@ -188,7 +188,7 @@ def test_damaged_model_files_are_named(tiny_sd, tmp_path, capsys, how):
 
 
 def test_truncated_flax_msgpack_is_named(tmp_path, capsys):
-    from jaxalign.model import EMBEDDED_DIR
+    from jaxalign.models import EMBEDDED_DIR
 
     model = tmp_path / "model"
     shutil.copytree(EMBEDDED_DIR, model)
@@ -198,7 +198,7 @@ def test_truncated_flax_msgpack_is_named(tmp_path, capsys):
 
 
 def test_a_tokenizer_without_a_length_takes_the_text_encoders(tiny_sd, tmp_path):
-    from jaxalign.model import load_model
+    from jaxalign.models import load_model
 
     model = tmp_path / "model"
     shutil.copytree(tiny_sd, model)

@@ -14,7 +14,7 @@ import torch
 
 from jaxalign.cli import main
 from jaxalign.errors import JaxalignError
-from jaxalign.model import load_model
+from jaxalign.models import load_model
 from jaxalign.sampler import make_sampler
 from jaxalign.schedulers import LCM_NOISE_SEED, lcm_noise
 from jaxalign.testing import fake_hf_cache, tiny_pytorch_pipeline
@@ -198,7 +198,7 @@ def test_cli_runs_the_sd15_config_on_a_tiny_pytorch_directory(pipelines, tmp_pat
 
 @pytest.mark.parametrize("name", ["sdxl", "lcm"])
 def test_converted_models_save_as_flax_and_load_back(pipelines, tmp_path, name):
-    from jaxalign.model import save_model
+    from jaxalign.models import save_model
 
     model, params = load_model(str(pipelines[name][1]))
     save_model(model, params, tmp_path / "flax")

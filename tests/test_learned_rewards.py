@@ -15,7 +15,7 @@ import torch
 from conftest import small_config
 
 from jaxalign.errors import JaxalignError
-from jaxalign.model import EMBEDDED_DIR
+from jaxalign.models import EMBEDDED_DIR
 from jaxalign.rewards import clip_preprocess, host_reward, parse_reward
 from jaxalign.run import build, run
 

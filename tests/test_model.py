@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jaxalign.errors import JaxalignError
-from jaxalign.model import load_model, save_model
+from jaxalign.models import load_model, save_model
 
 
 def leaves(tree):

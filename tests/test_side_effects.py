@@ -20,7 +20,7 @@ diffusers_logging.set_verbosity_info()
 transformers_logging.set_verbosity_warning()
 import jax
 from pathlib import Path
-from jaxalign.model import load_model
+from jaxalign.models import load_model
 from jaxalign.run import plot_fitness
 from jaxalign.sampler import make_sampler
 model, params = load_model("embedded")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from jaxalign import train
-from jaxalign.model import EMBEDDED_DIR, init_model, load_model
+from jaxalign.models import EMBEDDED_DIR, init_model, load_model
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_denoiser_training_lowers_the_loss_and_resumes_exactly(config_dir, tmp_p
 def test_latent_scale_normalises_the_latents(config_dir):
     model, params = init_model(config_dir)
     scale = train.latent_scale(model, params["vae"], 0, num_images=64)
-    from jaxalign.model import with_latent_scale
+    from jaxalign.models import with_latent_scale
 
     scaled = with_latent_scale(model, scale)
     images = jnp.asarray(train.shapes.make_batch(7919, 64).images)

@@ -1,0 +1,28 @@
+"""Stable Diffusion models behind one small, pure interface; the only package of jaxalign that touches
+diffusers' and transformers' Flax classes (``FlaxUNet2DConditionModel``, ``FlaxAutoencoderKL``,
+``FlaxCLIPTextModel``, ``FlaxCLIPTextModelWithProjection``, ``FlaxCLIPModel``).
+
+One module per concept:
+
+* :mod:`.diffusion`: the :class:`DiffusionModel` interface, attention choices, LCM guidance embedding;
+* :mod:`.families`: the model families registry and family detection;
+* :mod:`.hub`: where files are (embedded model, local directories, the Hugging Face cache, offline);
+* :mod:`.weights`: weight files, readers, PyTorch -> Flax renaming, shape checks, seeded init;
+* :mod:`.text`: tokenizers;
+* :mod:`.loading`: loading, initialising and saving diffusion models;
+* :mod:`.clip`: CLIP models for the learned rewards.
+"""
+
+from jaxalign.models.clip import ClipModel, load_clip, load_open_clip, open_clip_to_transformers
+from jaxalign.models.diffusion import ATTENTION, DTYPES, DiffusionModel, Params, guidance_scale_embedding, with_latent_scale
+from jaxalign.models.families import FAMILIES, ModelFamily, detect_family
+from jaxalign.models.hub import EMBEDDED, EMBEDDED_DIR, hf_cache_dir, resolve_model_dir
+from jaxalign.models.loading import init_model, load_model, save_model
+from jaxalign.models.weights import read_state_dict, read_weights, seeded_init
+
+__all__ = [
+    "ATTENTION", "DTYPES", "EMBEDDED", "EMBEDDED_DIR", "FAMILIES", "ClipModel", "DiffusionModel", "ModelFamily", "Params",
+    "detect_family", "guidance_scale_embedding", "hf_cache_dir", "init_model", "load_clip", "load_model", "load_open_clip",
+    "open_clip_to_transformers", "read_state_dict", "read_weights", "resolve_model_dir", "save_model", "seeded_init",
+    "with_latent_scale",
+]  # fmt: skip

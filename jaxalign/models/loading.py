@@ -1,0 +1,185 @@
+"""Loading and saving diffusion models: the embedded model, diffusers-format directories (Flax msgpack,
+safetensors or ``.bin`` weights) and cached Hub repos; seeded random weights from configs (for training).
+
+Sources:
+
+* ``"embedded"``: a tiny SD-architecture model (32x32 images) trained on procedural shapes by
+  ``scripts/train_tiny.py`` (MODEL.md) and shipped in ``jaxalign/embedded`` in diffusers' layout
+  with Flax weights and Stable Diffusion's CLIP tokenizer, so the whole pipeline runs with no downloads.
+* a local diffusers-format directory (``model_index.json``, ``unet/``, ``vae/``, ``text_encoder/``,
+  ``tokenizer/``, ``scheduler/``, and ``text_encoder_2/``, ``tokenizer_2/`` for SDXL).
+* a Hub repo id (``"org/name"``) already in the local Hugging Face cache.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxalign.errors import JaxalignError
+from jaxalign.models.diffusion import DTYPES, DiffusionModel, Params
+from jaxalign.models.families import FAMILIES, ModelFamily, detect_family
+from jaxalign.models.hub import EMBEDDED, EMBEDDED_DIR, resolve_model_dir
+from jaxalign.models.text import load_tokenizer
+from jaxalign.models.weights import read_json, read_weights, seeded_init
+from jaxalign.schedulers import NoiseSchedule
+
+
+def load_model(source: str = EMBEDDED, dtype: str = "float32", family: str = "auto") -> tuple[DiffusionModel, Params]:
+    """Load ``"embedded"``, a local diffusers-format directory, or a Hub repo id from the local cache.
+
+    ``family`` ("auto", or a name in :data:`FAMILIES`) is checked against the directory's
+    ``model_index.json``, so a config written for one family refuses another family's weights.
+    """
+    if dtype not in DTYPES:
+        raise JaxalignError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
+    if family != "auto":
+        FAMILIES[family]
+    _quiet_flax_deprecation_warnings()
+    if source == EMBEDDED:
+        path, name = EMBEDDED_DIR, EMBEDDED
+    else:
+        path = resolve_model_dir(source)
+        name = str(path) if Path(source).expanduser().is_dir() else source
+    detected = detect_family(path)
+    if family not in ("auto", detected.name):
+        raise JaxalignError(
+            f"model family mismatch: the config expects {family!r} ({' or '.join(FAMILIES[family].pipelines)}) "
+            f"but {path} holds a {detected.name!r} model"
+        )
+    return _load(path, name, DTYPES[dtype], detected)
+
+def init_model(config_dir: str | os.PathLike, seed: int = 0, dtype: str = "float32") -> tuple[DiffusionModel, Params]:
+    """A model from a diffusers-format directory's configs with fresh seeded weights (for training)."""
+    _quiet_flax_deprecation_warnings()
+    path = Path(config_dir)
+    return _load(path, str(path), DTYPES[dtype], detect_family(path), seed=seed)
+
+def _load(path: Path, name: str, dtype, family: ModelFamily, seed: int | None = None) -> tuple[DiffusionModel, Params]:
+    """Modules from ``path``'s configs; weights from its files, or seeded random ones when ``seed`` is given.
+
+    Each leaf goes to the device on its own and is cast there, so the host never holds a second
+    full copy (safetensors are memory-mapped).
+    """
+    from diffusers import FlaxAutoencoderKL, FlaxUNet2DConditionModel
+    from transformers import CLIPTextConfig, FlaxCLIPTextModel, FlaxCLIPTextModelWithProjection
+
+    unet_config = read_json(path / "unet" / "config.json")
+    _check_unet_config(unet_config, path / "unet" / "config.json")
+    unet = FlaxUNet2DConditionModel.from_config(unet_config, dtype=dtype)
+    vae = FlaxAutoencoderKL.from_config(read_json(path / "vae" / "config.json"), dtype=dtype)
+    text_encoder = FlaxCLIPTextModel(CLIPTextConfig.from_pretrained(path / "text_encoder"), dtype=dtype, _do_init=False)
+    schedule = NoiseSchedule.from_config(read_json(path / "scheduler" / "scheduler_config.json"))
+    shapes = {
+        "unet": jax.eval_shape(unet.init_weights, jax.random.key(0)),
+        "vae": jax.eval_shape(vae.init_weights, jax.random.key(0)),
+        "text_encoder": text_encoder.params_shape_tree,
+    }
+    unet_extra = {"time_cond_proj_dim": unet_config["time_cond_proj_dim"]} if unet_config.get("time_cond_proj_dim") else {}
+    if unet_extra:  # the guidance embedding's projection (no bias), applied by _added_time_condition
+        cond_proj = jax.ShapeDtypeStruct((unet_extra["time_cond_proj_dim"], unet.block_out_channels[0]), jnp.float32)
+        shapes["unet"] = {**shapes["unet"], "time_embedding": {**shapes["unet"]["time_embedding"], "cond_proj": {"kernel": cond_proj}}}
+    text_encoder_2 = None
+    if "text_encoder_2" in family.components:
+        config_2 = CLIPTextConfig.from_pretrained(path / "text_encoder_2")
+        text_encoder_2 = FlaxCLIPTextModelWithProjection(config_2, dtype=dtype, _do_init=False)
+        shapes["text_encoder_2"] = text_encoder_2.params_shape_tree
+    if seed is not None:
+        params = {c: seeded_init(tree, seed=seed + i) for i, (c, tree) in enumerate(shapes.items())}
+    else:
+        params = {c: read_weights(path / c, tree) for c, tree in shapes.items()}
+    max_length = text_encoder.config.max_position_embeddings
+    tokenizer = load_tokenizer(path / "tokenizer", max_length)
+    tokenizer_2 = load_tokenizer(path / "tokenizer_2", max_length) if text_encoder_2 is not None else None
+    index = path / "model_index.json"
+    force_zeros = read_json(index).get("force_zeros_for_empty_prompt", True) if index.is_file() else True
+
+    def to_device(x):
+        x = jax.device_put(np.asarray(x))
+        return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+
+    params = jax.tree.map(to_device, params)
+    model = DiffusionModel(
+        name=name, unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, noise_schedule=schedule, dtype=dtype,
+        family=family.name, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, force_zeros_for_empty_prompt=bool(force_zeros),
+        unet_extra=unet_extra,
+    )  # fmt: skip
+    return model, params
+
+# UNet config fields that change the architecture in ways diffusers' Flax UNet does not implement,
+# with the values it does implement (its group norms always have 32 groups, for instance).
+_FLAX_UNET_SUPPORTS = {
+    "norm_num_groups": (32,), "norm_eps": (1e-5,), "act_fn": ("silu",), "class_embed_type": (None,),
+    "num_class_embeds": (None,), "encoder_hid_dim": (None,), "encoder_hid_dim_type": (None,),
+    "time_embedding_type": ("positional",), "time_embedding_dim": (None,), "time_embedding_act_fn": (None,),
+    "timestep_post_act": (None,), "resnet_time_scale_shift": ("default",), "resnet_skip_time_act": (False,),
+    "resnet_out_scale_factor": (1.0,), "conv_in_kernel": (3,), "conv_out_kernel": (3,), "dual_cross_attention": (False,),
+    "attention_type": ("default",), "cross_attention_norm": (None,), "class_embeddings_concat": (False,),
+    "mid_block_only_cross_attention": (None, False), "addition_embed_type": (None, "text_time"),
+    "center_input_sample": (False,), "downsample_padding": (1,), "mid_block_scale_factor": (1,),
+}  # fmt: skip
+
+def _check_unet_config(config: dict, path: Path) -> None:
+    for name, supported in _FLAX_UNET_SUPPORTS.items():
+        value = config.get(name, supported[0])
+        if value not in supported:
+            valid = " or ".join(repr(v) for v in supported)
+            raise JaxalignError(f"{path}: {name}={value!r} is not supported (the Flax UNet implements {name}={valid})")
+
+def save_model(model: DiffusionModel, params: Params, path: str | os.PathLike) -> None:
+    """Write model and params as a diffusers-format directory with Flax weights."""
+    from diffusers import FlaxAutoencoderKL, FlaxUNet2DConditionModel
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    host = jax.device_get(params)
+    for component, cls in (("unet", FlaxUNet2DConditionModel), ("vae", FlaxAutoencoderKL)):
+        module = getattr(model, component)
+        cls.from_config(module.config).save_pretrained(path / component, params=host[component])
+        # Name the PyTorch class, as diffusers directories on the Hub do, so either framework reads it.
+        config_file = path / component / "config.json"
+        config = json.loads(config_file.read_text())
+        config["_class_name"] = config["_class_name"].removeprefix("Flax")
+        if component == "unet":
+            config.update(model.unet_extra)
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    model.text_encoder.save_pretrained(path / "text_encoder", params=host["text_encoder"])
+    model.tokenizer.save_pretrained(path / "tokenizer")
+    if model.text_encoder_2 is not None:
+        model.text_encoder_2.save_pretrained(path / "text_encoder_2", params=host["text_encoder_2"])
+        model.tokenizer_2.save_pretrained(path / "tokenizer_2")
+    (path / "scheduler").mkdir(exist_ok=True)
+    (path / "scheduler" / "scheduler_config.json").write_text(json.dumps(model.noise_schedule.to_config(), indent=2))
+    index = json.loads((EMBEDDED_DIR / "model_index.json").read_text())
+    if model.text_encoder_2 is not None:
+        index.update(
+            _class_name="StableDiffusionXLPipeline",
+            text_encoder_2=["transformers", "CLIPTextModelWithProjection"],
+            tokenizer_2=["transformers", "CLIPTokenizer"],
+            force_zeros_for_empty_prompt=model.force_zeros_for_empty_prompt,
+        )
+    (path / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+class _DropFlaxDeprecationNotice(logging.Filter):
+    """Drops diffusers'/transformers' "Flax (JAX) classes are deprecated" notice, which they log each time a
+    Flax module is built or traced (the pins in pyproject.toml keep those classes); every other message passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "classes are deprecated and will be removed" not in record.getMessage()
+
+@functools.cache
+def _quiet_flax_deprecation_warnings() -> None:
+    # A filter on the libraries' own handlers rather than their verbosity: a caller's log levels stay as set.
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    for library in (diffusers_logging, transformers_logging):
+        for handler in library.get_logger().handlers:
+            handler.addFilter(_DropFlaxDeprecationNotice())

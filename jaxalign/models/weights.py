@@ -1,0 +1,219 @@
+"""Weight files: discovery (Flax msgpack, safetensors, ``.bin``, shards), readers, PyTorch -> Flax renaming,
+shape checks against a model's ``eval_shape`` tree, and seeded initialisation.
+
+Hand-written where a library seems to do it, for these reasons: the safetensors reader memory-maps the file
+with NumPy (the ``safetensors`` package's NumPy API has no bfloat16, and its torch API needs torch); the
+renamer maps only what jaxalign loads, where diffusers' converter needs torch, runs a full Flax init, reads
+only ``.bin`` and maps embeddings to ``scale``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import zlib
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxalign.errors import JaxalignError
+
+
+_FLAX_WEIGHTS = ("diffusion_flax_model.msgpack", "flax_model.msgpack")
+
+_TORCH_WEIGHTS = (
+    "diffusion_pytorch_model.safetensors", "model.safetensors",
+    "diffusion_pytorch_model.fp16.safetensors", "model.fp16.safetensors",  # Hub "fp16" variants
+    "diffusion_pytorch_model.bin", "pytorch_model.bin",
+)  # fmt: skip
+
+def _weight_files(component_dir: Path) -> list[Path]:
+    """The weight file(s) of one component, preferring Flax, then safetensors, then .bin; shards included."""
+    if not component_dir.is_dir():
+        return []
+    for name in (*_FLAX_WEIGHTS, *_TORCH_WEIGHTS):
+        if (component_dir / name).is_file():
+            return [component_dir / name]
+        index = component_dir / f"{name}.index.json"
+        if index.is_file():
+            weight_map = read_json(index).get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise JaxalignError(f"{index} has no \"weight_map\" object naming its shards")
+            shards = sorted(set(weight_map.values()))
+            return [component_dir / shard for shard in shards]
+    return []
+
+def read_weights(component_dir: Path, shapes: Any) -> Any:
+    """One component's weights as a Flax params tree, checked key by key against ``shapes``.
+
+    Flax ``.msgpack`` files are restored directly; PyTorch state dicts (safetensors, or ``.bin``
+    through ``torch.load(weights_only=True)``) are renamed and transposed to Flax's layout.
+    """
+    files = _weight_files(component_dir)
+    if not files:
+        expected = " or ".join((*_FLAX_WEIGHTS, *_TORCH_WEIGHTS))
+        raise JaxalignError(f"no weights in {component_dir} (expected {expected})")
+    try:
+        if files[0].name in _FLAX_WEIGHTS:
+            from flax.serialization import msgpack_restore
+
+            flat = flatten_shapes(msgpack_restore(files[0].read_bytes()))
+            flat = {k[1:] if k[0] == "params" else k: v for k, v in flat.items()}
+        else:
+            state: dict[str, np.ndarray] = {}
+            for file in files:
+                state.update(_read_safetensors(file) if file.suffix == ".safetensors" else _read_torch_bin(file))
+            flat = torch_to_flax(state, flatten_shapes(shapes))
+    except JaxalignError:
+        raise
+    except Exception as error:  # noqa: BLE001 - a truncated or foreign file fails in its reader's own way; name the file
+        detail = str(error).splitlines()[0][:200] if str(error) else ""
+        raise JaxalignError(f"cannot read weights {', '.join(str(f) for f in files)}: damaged or not a weights file ({type(error).__name__}: {detail})") from None
+    return checked_tree(flat, shapes, component_dir)
+
+_ATTENTION_NAMES = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out_0": "proj_attn"}
+
+def torch_to_flax(state: dict[str, np.ndarray], expected: dict) -> dict:
+    """Rename a PyTorch state dict to Flax keys, transposing linear and conv kernels."""
+    # diffusers' Flax modules name repeated blocks "down_blocks_0" where PyTorch has "down_blocks.0";
+    # transformers' Flax models keep "layers/0".
+    numbered = any(part.isdigit() for key in expected for part in key)
+    flat = {}
+    for pt_key, tensor in state.items():
+        if pt_key.endswith("position_ids"):  # a buffer some CLIP checkpoints carry, not a weight
+            continue
+        key = tuple(pt_key.split("."))
+        if not numbered:
+            key = tuple(re.sub(r"(\w+)\.(\d+)", r"\1_\2", pt_key).split("."))
+        flax_key, value = _flax_leaf(key, tensor, expected)
+        flat[flax_key] = value
+    return flat
+
+def _flax_leaf(key: tuple[str, ...], tensor: np.ndarray, expected: dict) -> tuple[tuple[str, ...], np.ndarray]:
+    prefix, last = key[:-1], key[-1]
+    if prefix and prefix[-1] in _ATTENTION_NAMES:  # the VAE's Flax attention uses the older names
+        renamed = (*prefix[:-1], _ATTENTION_NAMES[prefix[-1]])
+        if (*renamed, "kernel") in expected:
+            prefix = renamed
+    if last in ("weight", "gamma") and (*prefix, "scale") in expected:
+        return (*prefix, "scale"), tensor
+    if last == "beta":
+        return (*prefix, "bias"), tensor
+    if last == "weight" and (*prefix, "embedding") in expected:
+        return (*prefix, "embedding"), tensor
+    if last == "weight":
+        kernel = (*prefix, "kernel")
+        if tensor.ndim == 4 and len(getattr(expected.get(kernel), "shape", ())) == 2:
+            tensor = tensor[:, :, 0, 0]  # a 1x1 conv stored where Flax has a dense layer
+        return kernel, tensor.transpose(2, 3, 1, 0) if tensor.ndim == 4 else tensor.T
+    return (*prefix, last), tensor
+
+_SAFETENSORS_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": "bfloat16",
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+}  # fmt: skip
+
+def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    """Memory-map a safetensors file: no pickle, no torch, no copy until the arrays are used."""
+    import ml_dtypes
+
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        header_size = int.from_bytes(handle.read(8), "little")
+        if size < 8 or header_size > size - 8:  # checked before reading: a random prefix would ask for terabytes
+            raise JaxalignError(f"{path} is not a safetensors file (its header claims {header_size} bytes of {size})")
+        header = json.loads(handle.read(header_size))
+    if not isinstance(header, dict):
+        raise JaxalignError(f"{path} is not a safetensors file (its header is not a JSON object)")
+    header.pop("__metadata__", None)
+    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + header_size) if size > 8 + header_size else np.zeros(0, np.uint8)
+    tensors = {}
+    for name, info in header.items():
+        dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
+        if dtype is None:
+            raise JaxalignError(f"unsupported dtype {info['dtype']} for {name} in {path}")
+        dtype = np.dtype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype)
+        begin, end = info["data_offsets"]
+        if end > data.size or end - begin != int(np.prod(info["shape"])) * dtype.itemsize:
+            raise JaxalignError(f"{path} is truncated or damaged: {name} needs bytes {begin}..{end} of {data.size}")
+        tensors[name] = data[begin:end].view(dtype).reshape(info["shape"])
+    return tensors
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """A PyTorch state dict from safetensors or a ``.pth``/``.pt``/``.bin`` (``weights_only`` unpickling)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise JaxalignError(f"weights file not found: {path}")
+    return _read_safetensors(path) if path.suffix == ".safetensors" else _read_torch_bin(path)
+
+def _read_torch_bin(path: Path) -> dict[str, np.ndarray]:
+    try:
+        import torch
+    except ImportError:
+        raise JaxalignError(f"{path} is a PyTorch pickle; install torch to read it, or convert it to safetensors") from None
+    state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
+    if isinstance(state.get("state_dict"), dict):  # training checkpoints (HPSv2) nest the weights
+        state = state["state_dict"]
+    return {k: v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy() for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+def seeded_init(shapes: Any, seed: int) -> Any:
+    """Deterministic random weights for a tree of shapes, independent of traversal order.
+
+    Much faster than running a model's ``init`` on CPU. Kernels are drawn with variance
+    1/fan_in (LeCun normal, as flax's dense/conv defaults), embeddings with std 0.02 (as CLIP),
+    norm scales are one and biases zero.
+    """
+
+    def init_leaf(path, leaf):
+        name = jax.tree_util.keystr(path)
+        rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+        shape = tuple(leaf.shape)
+        last = str(path[-1].key) if hasattr(path[-1], "key") else name
+        if last == "kernel":
+            fan_in = int(np.prod(shape[:-1])) or 1
+            return rng.standard_normal(shape, dtype=np.float32) / np.sqrt(fan_in)
+        if last == "embedding":
+            return 0.02 * rng.standard_normal(shape, dtype=np.float32)
+        if last == "scale":
+            return np.ones(shape, np.float32)
+        return np.zeros(shape, np.float32)
+
+    return jax.tree_util.tree_map_with_path(init_leaf, shapes)
+
+def read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise JaxalignError(f"missing {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise JaxalignError(f"{path} is not valid JSON ({type(error).__name__}: {str(error).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise JaxalignError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+def flatten_shapes(shapes: Any) -> dict:
+    from flax.traverse_util import flatten_dict
+
+    return flatten_dict(shapes)
+
+def checked_tree(flat: dict, shapes: Any, source: Path) -> Any:
+    """Unflatten ``flat`` after checking its keys and shapes against ``shapes`` (one clear error)."""
+    from flax.traverse_util import unflatten_dict
+
+    expected = flatten_shapes(shapes)
+    missing = sorted("/".join(k) for k in set(expected) - set(flat))
+    unexpected = sorted("/".join(k) for k in set(flat) - set(expected))
+    if missing or unexpected:
+        raise JaxalignError(
+            f"weights in {source} do not match its config: {len(missing)} missing (e.g. {missing[:3]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+        )
+    for key, leaf in flat.items():
+        if tuple(np.shape(leaf)) != tuple(expected[key].shape):
+            raise JaxalignError(
+                f"weight {'/'.join(key)} in {source} has shape {tuple(np.shape(leaf))}, its config expects {tuple(expected[key].shape)}"
+            )
+    return unflatten_dict(flat)
