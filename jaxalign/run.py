@@ -30,12 +30,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax.traverse_util import flatten_dict
 from jax.experimental.compilation_cache import compilation_cache as compilation_cache_module
 from PIL import Image
 
 from jaxalign.checkpoint import Checkpointer
 from jaxalign.config import OPEN_MAPPINGS, read_prompts, validate
 from jaxalign.errors import JaxalignError
+from jaxalign.files import replace_atomically, write_json
 from jaxalign.methods import METHODS, Context, build_method
 from jaxalign.models import DiffusionModel, load_model
 from jaxalign.rewards import Objective, weighted_sum
@@ -244,14 +246,9 @@ def check_same_config(saved: dict, current: dict) -> None:
         raise JaxalignError(f"cannot resume: the config differs from the one this workdir was started with in {', '.join(differ)}")
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and key not in OPEN_MAPPINGS:
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+def _flatten(tree: dict) -> dict:
+    """Dotted keys to leaves; an open mapping (rewards, *_params) is one leaf, compared whole."""
+    return flatten_dict(tree, is_leaf=lambda path, value: bool(path) and path[-1] in OPEN_MAPPINGS, sep=".")
 
 
 @contextlib.contextmanager
@@ -517,21 +514,7 @@ def _nanstat(fn, values) -> float | None:
 def _save_image(image, path: Path) -> None:
     buffer = io.BytesIO()
     Image.fromarray(np.clip(np.round(np.asarray(image) * 255.0), 0, 255).astype(np.uint8)).save(buffer, format="PNG")
-    _replace_atomically(path, buffer.getvalue())
-
-
-def write_json(path: Path, data: dict) -> None:
-    _replace_atomically(path, (json.dumps(data, indent=2) + "\n").encode())
-
-
-def _replace_atomically(path: Path, content: bytes) -> None:
-    """Temp file, fsync, rename: a crash at any instant leaves the previous file or the new one, never half of one."""
-    partial = path.with_name(f".{path.name}.partial")
-    with partial.open("wb") as handle:
-        handle.write(content)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
+    replace_atomically(path, buffer.getvalue())
 
 
 def _slug(text: str, length: int = 40) -> str:

@@ -28,7 +28,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import struct
 
 from jaxalign.models import Params as ModelParams
@@ -364,8 +363,9 @@ def device_mesh(popsize: int, num_prompts: int = 1) -> jax.sharding.Mesh | None:
         population = 1
     if prompts * population == 1:
         return None
-    grid = np.asarray(devices[: prompts * population]).reshape(prompts, population)
-    return jax.sharding.Mesh(grid, ("prompts", "population"))
+    # Auto axes: the compiler propagates the population's sharding constraints, as with a plain Mesh.
+    auto = (jax.sharding.AxisType.Auto,) * 2
+    return jax.make_mesh((prompts, population), ("prompts", "population"), axis_types=auto, devices=devices[: prompts * population])
 
 
 def prompt_sharding(mesh: jax.sharding.Mesh | None, tree: Any) -> Any:

@@ -18,14 +18,11 @@ finished in the workdir, whichever shard ran it, so the last shard to finish lea
 from __future__ import annotations
 
 import copy
-import csv
 import io
 import itertools
 import json
-import os
 import re
 import time
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,6 +31,7 @@ import numpy as np
 
 from jaxalign.config import apply_override, check_fields, default_config, load_config, read_prompts
 from jaxalign.errors import JaxalignError
+from jaxalign.files import replace_atomically, write_csv
 from jaxalign.methods import METHODS
 
 AXES = ("strategies", "spaces", "seeds", "reward_sets")
@@ -133,7 +131,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path, progress: 
     built = [(name, build(run_config, loaded)) for name, run_config in jobs]
     workdir.mkdir(parents=True, exist_ok=True)
     # What makes it a sweep workdir; every shard writes the same file, so one finishing write wins whole.
-    _write_shared(workdir / "sweep_config.json", (json.dumps(config.to_dict(), indent=2) + "\n").encode())
+    replace_atomically(workdir / "sweep_config.json", (json.dumps(config.to_dict(), indent=2) + "\n").encode())
     start = time.perf_counter()
     ran = skipped = 0
     mine = shard_of(built, shard)
@@ -179,8 +177,8 @@ def aggregate(workdir: Path, names: list[str]) -> tuple[list[dict], list[dict]]:
                 line = json.loads(line)
                 steps.append({"run": run_id, "strategy": summary["strategy"] or summary["method"], "rewards": rows[-1]["rewards"], "step": line["step"],
                               "best_fitness": line["best_fitness"], "nfe": line["nfe"], "elapsed_s": line["elapsed_s"]})  # fmt: skip
-    _write_csv(workdir / "runs.csv", rows)
-    _write_csv(workdir / "steps.csv", steps)
+    write_csv(workdir / "runs.csv", rows)
+    write_csv(workdir / "steps.csv", steps)
     plot_sweep(steps, workdir)
     return rows, steps
 
@@ -208,7 +206,7 @@ def plot_sweep(steps: list[dict], workdir: Path) -> None:
         fig.tight_layout()
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=100)
-        _write_shared(workdir / f"sweep_{rewards}.png", buffer.getvalue())
+        replace_atomically(workdir / f"sweep_{rewards}.png", buffer.getvalue())
 
 
 def _named(entries) -> list[dict]:
@@ -228,28 +226,3 @@ def _label(entry: dict) -> str:
 
 def _reward_label(rewards) -> str:
     return "+".join(f"{w:g}{name}" if w != 1 else name for name, w in sorted(dict(rewards).items()))
-
-
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    text = io.StringIO(newline="")
-    if rows:
-        writer = csv.DictWriter(text, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    _write_shared(path, text.getvalue().encode())
-
-
-def _write_shared(path: Path, content: bytes) -> None:
-    """Write a file that shards on other hosts may be writing at the same moment: each writes its own
-    temporary file (a unique name; the umask's permissions, unlike mkstemp's owner-only ones) and renames it
-    over ``path``, so readers see one whole version, never a mix."""
-    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
-    try:
-        with partial.open("xb") as file:
-            file.write(content)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise

@@ -36,6 +36,7 @@ from flax import struct
 from jaxalign import shapes
 from jaxalign.checkpoint import Checkpointer
 from jaxalign.errors import JaxalignError
+from jaxalign.files import write_csv
 from jaxalign.models import DiffusionModel, Params, init_model, save_model, with_latent_scale
 
 CAPTION_DROPOUT = 0.1
@@ -169,10 +170,10 @@ def run_stage(
         bar.update(1)
         if checkpointer.due(step + 1, last=step + 1 == config.steps):
             checkpointer.save(step + 1, state)
-            _write_csv(log, rows)
+            write_csv(log, rows)
     bar.close()
     checkpointer.close()
-    _write_csv(log, rows)
+    write_csv(log, rows)
     if config.steps > start:
         print(f"{name}: {config.steps - start} steps in {time.perf_counter() - begin:.1f} s", flush=True)
     return state
@@ -246,15 +247,6 @@ def _read_csv(path: Path) -> list[dict]:
         return []
     with path.open() as handle:
         return list(csv.DictReader(handle))
-
-
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    if not rows:
-        return
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def plot_losses(workdir: Path) -> Path:

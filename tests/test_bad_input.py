@@ -272,19 +272,25 @@ INTERRUPTED = [sys.executable, "-m", "jaxalign", "run", "--config", DEFAULT, *SM
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
+def interrupted_command(tmp_path_factory):
+    # The reference, interrupted and resumed processes share a compilation cache: they compile the same programs.
+    return [*INTERRUPTED, f"--config.compilation_cache_dir={tmp_path_factory.mktemp('compilation_cache')}"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, interrupted_command):
     reference = tmp_path_factory.mktemp("uninterrupted") / "run"
-    subprocess.run([*INTERRUPTED, "--workdir", str(reference)], env=ENV, check=True, capture_output=True, timeout=600)
+    subprocess.run([*interrupted_command, "--workdir", str(reference)], env=ENV, check=True, capture_output=True, timeout=600)
     return reference
 
 
 @pytest.mark.parametrize("signal_number, exit_code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_interrupt_is_one_line_and_resume_is_exact(uninterrupted, tmp_path, signal_number, exit_code):
+def test_interrupt_is_one_line_and_resume_is_exact(uninterrupted, interrupted_command, tmp_path, signal_number, exit_code):
     workdir = tmp_path / "interrupted"
     # A job started in the background by a non-interactive shell inherits SIGINT ignored (Python then
     # keeps ignoring it, as it should); give the child the default disposition, as a terminal would.
     process = subprocess.Popen(
-        [*INTERRUPTED, "--workdir", str(workdir)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [*interrupted_command, "--workdir", str(workdir)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     metrics = workdir / "metrics.jsonl"
@@ -298,7 +304,7 @@ def test_interrupt_is_one_line_and_resume_is_exact(uninterrupted, tmp_path, sign
     assert not list((workdir / "checkpoints").glob("*orbax-checkpoint-tmp*"))
     assert len(metrics.read_text().splitlines()) < 13  # it did stop early
 
-    resumed = subprocess.run([*INTERRUPTED, "--workdir", str(workdir), "--resume"], env=ENV, capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run([*interrupted_command, "--workdir", str(workdir), "--resume"], env=ENV, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
 
     def lines(path):
