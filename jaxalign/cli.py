@@ -26,14 +26,16 @@ def _terminate(number, frame):
     raise _Terminated
 
 
-class _OneLineParser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's own errors print the usage too; bad input is one line (JaxalignError), exit 2."""
+
     def error(self, message: str):
         raise JaxalignError(message)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(prog="jaxalign", description="Inference-time alignment of diffusion models by evolutionary search.")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
+    parser = OneLineParser(prog="jaxalign", description="Inference-time alignment of diffusion models by evolutionary search.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     run = commands.add_parser("run", help="search the initial noise for each prompt of a config")
     run.add_argument("--config", required=True, help="a config file (configs/<name>.py) with get_config()")
     run.add_argument("--workdir", required=True, help="output directory")

@@ -272,9 +272,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     method = METHODS[config.method]
     defaults = default_config()
     for field in sorted(method_fields() - set(method.reads)):
-        if _plain(config[field]) != _plain(defaults[field]):
+        if plain(config[field]) != plain(defaults[field]):
             raise JaxalignError(
-                f"method {config.method!r} does not read {field} (it reads {', '.join(method.reads)}); set {field}={_plain(defaults[field])!r} (got {_plain(config[field])!r})"
+                f"method {config.method!r} does not read {field} (it reads {', '.join(method.reads)}); set {field}={plain(defaults[field])!r} (got {plain(config[field])!r})"
             )
     if method.stochastic_steps and config.num_inference_steps < 2:
         raise JaxalignError(f"method {config.method!r} needs num_inference_steps >= 2, got {config.num_inference_steps}")
@@ -294,6 +294,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     read_prompts(config)
 
 
-def _plain(value):
+def plain(value):
     """A config value as plain Python (ConfigDicts become dicts), for comparisons and messages."""
     return value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value

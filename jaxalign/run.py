@@ -35,7 +35,7 @@ from jax.experimental.compilation_cache import compilation_cache as compilation_
 from PIL import Image
 
 from jaxalign.checkpoint import Checkpointer
-from jaxalign.config import OPEN_MAPPINGS, read_prompts, validate
+from jaxalign.config import OPEN_MAPPINGS, plain, read_prompts, validate
 from jaxalign.errors import JaxalignError
 from jaxalign.files import replace_atomically, write_json
 from jaxalign.methods import METHODS, Context, build_method
@@ -92,15 +92,10 @@ def build(config, loaded: tuple[DiffusionModel, Any] | None = None) -> Job:
         maximize=config.maximize,
         make_mesh=lambda batch: device_mesh(batch, num_prompt_shards) if config.shard_population else None,
     )
-    settings = {field: _plain(config[field]) for field in spec.reads}
+    settings = {field: plain(config[field]) for field in spec.reads}
     search = build_method(config.method, context, settings)
     search_params = search.default_params(guidance_scale=config.guidance_scale)
     return Job(config, model, model_params, search, search_params, prompts, sampler, latent_shape, search.mesh, objective)
-
-
-def _plain(value):
-    """A config value as plain Python (ConfigDicts become dicts)."""
-    return value.to_dict() if hasattr(value, "to_dict") else value
 
 
 def _check_schedule(sampler, model: DiffusionModel, config) -> None:

@@ -311,7 +311,7 @@ def make_search(
         cost = {"nfe": popsize * sampler.num_steps, "images": popsize}
         return replicate(record(state, key, strategy_state, solutions, total, components, images, direction, cost))
 
-    def default_params(strategy_overrides: Any = None, space_overrides: Mapping | None = None, reward_weights=None, guidance_scale=7.5, method_overrides=None):
+    def default_params(strategy_overrides: Any = None, space_overrides: Mapping | None = None, reward_weights=None, guidance_scale=7.5):
         return SearchParams(
             strategy=strategy.default_params if strategy_overrides is None else strategy_overrides,
             space={k: jnp.float32(v) for k, v in {**space.default_params, **(space_overrides or {})}.items()},

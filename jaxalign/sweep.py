@@ -31,7 +31,7 @@ import numpy as np
 
 from jaxalign.config import apply_override, check_fields, default_config, load_config, read_prompts
 from jaxalign.errors import JaxalignError
-from jaxalign.files import replace_atomically, write_csv
+from jaxalign.files import replace_atomically, write_csv, write_json
 from jaxalign.methods import METHODS
 
 AXES = ("strategies", "spaces", "seeds", "reward_sets")
@@ -131,7 +131,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path, progress: 
     built = [(name, build(run_config, loaded)) for name, run_config in jobs]
     workdir.mkdir(parents=True, exist_ok=True)
     # What makes it a sweep workdir; every shard writes the same file, so one finishing write wins whole.
-    replace_atomically(workdir / "sweep_config.json", (json.dumps(config.to_dict(), indent=2) + "\n").encode())
+    write_json(workdir / "sweep_config.json", config.to_dict())
     start = time.perf_counter()
     ran = skipped = 0
     mine = shard_of(built, shard)

@@ -7,22 +7,15 @@ Re-running the same command skips finished runs and resumes interrupted ones. Wi
 aggregates every run finished in the workdir so far, whichever shard ran it.
 """
 
-import argparse
 import sys
 
+from jaxalign.cli import OneLineParser
 from jaxalign.errors import JaxalignError
 from jaxalign.sweep import load_sweep_config, parse_shard, run_sweep
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse's own errors print the usage too; bad input is one line here, as in the CLI."""
-
-    def error(self, message: str):
-        raise JaxalignError(message)
-
-
 def main() -> int:
-    parser = _OneLineParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True)
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--shard", default="0/1", help="run shard i of n (0 <= i < n) of the sweep's jobs; default 0/1: all")

@@ -33,11 +33,9 @@ def _search(method, maximize):
     popsize = POPSIZE.get(method, 8)
     sampler = make_sampler(model, "ddim", 8, remat=METHODS[method].differentiates_sampler)
     context = Context(sampler, linear_reward([1.0, 0.5]), model.image_shape, model.latent_shape, popsize, maximize)
-    options = OPTIONS.get(method, {})
-    static = {k: v for k, v in options.items() if k in METHODS[method].static}
-    numeric = {k: v for k, v in options.items() if k in METHODS[method].numeric}
-    search = build_method(method, context, {"method_params": static} if static else {})
-    return model, search, search.default_params(guidance_scale=1.0, method_overrides=numeric)
+    options = OPTIONS.get(method, {})  # static options and numeric defaults alike, as a run config gives them
+    search = build_method(method, context, {"method_params": options} if options else {})
+    return model, search, search.default_params(guidance_scale=1.0)
 
 
 def movement(method, maximize):

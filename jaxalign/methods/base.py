@@ -39,14 +39,14 @@ from jaxalign.search import (
 class MethodSpec(NamedTuple):
     """A registered method: its builder, what it needs and which run-config fields it reads."""
 
-    build: Callable[..., Search]  # (context, numeric, **static) for methods configured by method_params
+    build: Callable[..., Search] | None = None  # (context, numeric, **static), for methods configured by method_params
     needs_gradient: bool = False  # requires a differentiable objective
     differentiates_sampler: bool = False  # backpropagates through the sampler (built with rematerialisation)
     static: Mapping[str, Any] = {}  # shape- or schedule-determining options with defaults
     numeric: Mapping[str, float] = {}  # traced knobs with defaults (SearchParams.method)
     stochastic_steps: bool = False  # steps inside the denoising loop; needs a scheduler with a stochastic transition
     check: Callable[..., None] | None = None  # (context, static options, numeric options) -> None; raises JaxalignError
-    # The run-config fields the method reads; the others that configure a method (METHOD_FIELDS) must keep their defaults.
+    # The run-config fields the method reads; the others of method_fields() must keep their defaults.
     reads: tuple[str, ...] = ("method_params",)
     # (name, spec, context, settings) -> Search, where settings holds the ``reads`` fields; None: from method_params.
     configure: Callable[..., Search] | None = None
@@ -115,7 +115,7 @@ def configure_from_method_params(name: str, spec: MethodSpec, context: Context, 
 
 
 def default_params_fn(context: Context, numeric: Mapping[str, float]):
-    def default_params(strategy_overrides=None, space_overrides=None, reward_weights=None, guidance_scale=7.5, method_overrides=None):
+    def default_params(reward_weights=None, guidance_scale=7.5, method_overrides=None):
         return SearchParams(
             strategy=None,
             space={},

@@ -51,4 +51,4 @@ def _configure(name: str, spec: MethodSpec, context: Context, settings: Mapping[
     return search._replace(default_params=default_params, best_solution_is=f"{strategy_name} solution in the {space_name} space")
 
 
-METHODS.register("evolution", MethodSpec(make_search, reads=("strategy", "strategy_params", "space", "space_params"), configure=_configure))
+METHODS.register("evolution", MethodSpec(reads=("strategy", "strategy_params", "space", "space_params"), configure=_configure))
