@@ -44,7 +44,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.maximize = True
     # Model and sampler.
     c.model = "embedded"  # "embedded", a local diffusers-format directory, or a Hub repo id in the local HF cache
-    c.model_family = "auto"  # auto | sd | sdxl; a config for one family refuses another family's weights
+    c.model_family = "auto"  # auto, or a name in jaxalign.models.FAMILIES (sd, sdxl); a config for one family refuses another family's weights
     c.dtype = "float32"  # float32 | bfloat16
     c.scheduler = "ddim"  # ddim | pndm | dpmsolver++ | lcm
     c.num_inference_steps = 10

@@ -45,56 +45,34 @@ def perturb_norms_and_biases(module, seed: int):
     return module.eval()
 
 
-def tiny_pytorch_pipeline(family: str, path: str | Path, seed: int = 0, scheduler: dict | None = None, lcm: bool = False):
-    """A tiny random diffusers pipeline of ``family`` ("sd" or "sdxl") saved at ``path`` in PyTorch
-    (safetensors) format; returns the PyTorch pipeline. 32x32 images, 16x16 latents.
-
-    ``lcm`` makes an LCM-distilled SD layout instead: a UNet with a guidance embedding
-    (``time_cond_proj_dim``), ``LCMScheduler`` and ``LatentConsistencyModelPipeline``.
-    """
+def tiny_components(seed: int, **unet_changes) -> dict:
+    """Tiny random PyTorch UNet (16x16 latents; ``unet_changes`` are the family's UNet config), VAE
+    (32x32 images), CLIP text encoder and SD's tokenizer, norms and biases perturbed: the parts every
+    family's tiny pipeline shares, as pipeline keyword arguments."""
     import torch
-    from diffusers import (
-        AutoencoderKL, DDIMScheduler, LatentConsistencyModelPipeline, LCMScheduler, StableDiffusionPipeline,
-        StableDiffusionXLPipeline, UNet2DConditionModel,
-    )  # fmt: skip
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
 
-    FAMILIES[family]
     torch.manual_seed(seed)
-    xl = family == "sdxl"
     unet = UNet2DConditionModel(
         sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=64 if xl else 32, attention_head_dim=(2, 4) if xl else 4, time_cond_proj_dim=8 if lcm else None,
-        **(dict(use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
-                transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=6 * 8 + 32) if xl else {}),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), **unet_changes,
     )  # fmt: skip
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32), norm_num_groups=8,
         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, sample_size=32,
     )  # fmt: skip
     text_encoder = CLIPTextModel(tiny_text_config())
-    tokenizer = CLIPTokenizer.from_pretrained(EMBEDDED_DIR / "tokenizer")
     for i, module in enumerate((unet, vae, text_encoder)):
         perturb_norms_and_biases(module, seed + i)
-    ddim = DDIMScheduler.from_config(scheduler or tiny_scheduler_config())
-    if lcm:
-        pipe = LatentConsistencyModelPipeline(
-            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-            scheduler=LCMScheduler.from_config(scheduler or tiny_scheduler_config(_class_name="LCMScheduler")),
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-        )  # fmt: skip
-    elif xl:
-        text_encoder_2 = perturb_norms_and_biases(CLIPTextModelWithProjection(tiny_text_config()), seed + 3)
-        pipe = StableDiffusionXLPipeline(
-            vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer, tokenizer_2=tokenizer,
-            unet=unet, scheduler=ddim,
-        )  # fmt: skip
-    else:
-        pipe = StableDiffusionPipeline(
-            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=ddim,
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-        )  # fmt: skip
+    return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": CLIPTokenizer.from_pretrained(EMBEDDED_DIR / "tokenizer")}
+
+
+def tiny_pytorch_pipeline(family: str, path: str | Path, seed: int = 0, scheduler: dict | None = None, **variant):
+    """A tiny random diffusers pipeline of ``family`` (a name in :data:`FAMILIES`) saved at ``path`` in
+    PyTorch (safetensors) format; returns the PyTorch pipeline. 32x32 images, 16x16 latents. ``variant``
+    goes to the family's hook (``lcm=True`` for SD's LCM-distilled layout)."""
+    pipe = FAMILIES[family].tiny_pytorch_pipeline(Path(path), seed, scheduler, **variant)
     pipe.set_progress_bar_config(disable=True)
     path = Path(path)
     if path.exists():

@@ -8,17 +8,18 @@ real-model code paths without downloading weights.
 
 import argparse
 
+from jaxalign.models import FAMILIES
 from jaxalign.testing import tiny_pytorch_pipeline
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--family", choices=("sd", "sdxl", "lcm"), default="sd")
+    parser.add_argument("--family", choices=(*FAMILIES, "lcm"), default="sd", help="a model family, or lcm (SD's LCM-distilled layout)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    lcm = args.family == "lcm"
-    tiny_pytorch_pipeline("sd" if lcm else args.family, args.out, seed=args.seed, lcm=lcm)
+    variant = {"lcm": True} if args.family == "lcm" else {}
+    tiny_pytorch_pipeline("sd" if variant else args.family, args.out, seed=args.seed, **variant)
     print(f"wrote a tiny random {args.family} pipeline (PyTorch safetensors, 32x32 images) to {args.out}")
 
 

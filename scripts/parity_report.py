@@ -26,7 +26,7 @@ def sample_error(root: Path, family: str, lcm: bool, steps: int = 4, guidance: f
     import diffusers.schedulers.scheduling_lcm as scheduling_lcm
 
     name = "lcm" if lcm else family
-    pipe = tiny_pytorch_pipeline(family, root / name, lcm=lcm)
+    pipe = tiny_pytorch_pipeline(family, root / name, **({"lcm": True} if lcm else {}))
     model, params = load_model(str(root / name))
     latents = np.random.default_rng(0).standard_normal((2, 4, 16, 16)).astype(np.float32)
     key = jax.random.key(LCM_NOISE_SEED)

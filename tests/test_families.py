@@ -1,5 +1,6 @@
-"""Real model layouts: tiny random PyTorch SD, SDXL and LCM pipelines saved by diffusers, loaded by
-jaxalign, and compared with diffusers' own PyTorch pipelines (float32) from the same initial latents."""
+"""Real model layouts: a tiny random PyTorch pipeline of every registered model family (and SD's LCM
+variant) saved by diffusers, loaded by jaxalign, and compared with diffusers' own PyTorch pipelines
+(float32) from the same initial latents. A family added to FAMILIES is tested here by registering it."""
 
 import json
 import shutil
@@ -14,7 +15,7 @@ import torch
 
 from jaxalign.cli import main
 from jaxalign.errors import JaxalignError
-from jaxalign.models import load_model
+from jaxalign.models import FAMILIES, load_model
 from jaxalign.sampler import make_sampler
 from jaxalign.schedulers import LCM_NOISE_SEED, lcm_noise
 from jaxalign.testing import fake_hf_cache, tiny_pytorch_pipeline
@@ -29,8 +30,9 @@ IMAGE_ATOL = 1e-4
 def pipelines(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipelines")
     made = {}
-    for name, family, lcm in (("sd", "sd", False), ("sdxl", "sdxl", False), ("lcm", "sd", True)):
-        made[name] = (tiny_pytorch_pipeline(family, root / name, seed=len(made), lcm=lcm), root / name)
+    for name in FAMILIES:
+        made[name] = (tiny_pytorch_pipeline(name, root / name, seed=len(made)), root / name)
+    made["lcm"] = (tiny_pytorch_pipeline("sd", root / "lcm", seed=len(made), lcm=True), root / "lcm")
     return made
 
 
@@ -52,11 +54,11 @@ def torch_sample(pipe, latents, steps, guidance_scale, **kwargs):
         ).images  # fmt: skip
 
 
-@pytest.mark.parametrize("name", ["sd", "sdxl"])
+@pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_four_step_ddim_sample_matches_diffusers_pytorch(pipelines, name):
     pipe, path = pipelines[name]
     model, params = load_model(str(path))
-    assert model.family == ("sdxl" if name == "sdxl" else "sd")
+    assert model.family is FAMILIES[name]
     latents = initial_latents()
     # A non-empty negative prompt: SDXL then encodes it (an empty one is zeros, tested below).
     expected = torch_sample(pipe, latents, 4, 5.0, negative_prompt=["green"] * len(latents))
@@ -85,17 +87,19 @@ def test_sd_components_match_pytorch(pipelines):
     np.testing.assert_allclose(np.asarray(jax.jit(model.decode)(params, jnp.asarray(latents))), expected, atol=1e-5)
 
 
-def test_sdxl_conditioning_matches_the_pipelines_prompt_encoding(pipelines):
-    pipe, path = pipelines["sdxl"]
+@pytest.mark.parametrize("negative", ["", "green"])
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_conditioning_matches_the_pipelines_prompt_encoding(pipelines, name, negative):
+    # Covers each family's tokenize, encode and unconditional branch (SDXL: an empty negative prompt is zeros).
+    pipe, path = pipelines[name]
     model, params = load_model(str(path))
-    context, uncond = model.conditioning(params, PROMPT)
+    ours = model.conditioning(params, PROMPT, negative)
     with torch.no_grad():
-        embeds, negative, pooled, negative_pooled = pipe.encode_prompt(PROMPT, device="cpu", do_classifier_free_guidance=True)
-    np.testing.assert_allclose(np.asarray(context["hidden_states"]), embeds[0].numpy(), atol=1e-5)
-    np.testing.assert_allclose(np.asarray(context["text_embeds"]), pooled[0].numpy(), atol=1e-5)
-    # An empty negative prompt is all zeros for SDXL (force_zeros_for_empty_prompt).
-    assert not np.any(np.asarray(uncond["hidden_states"])) and not np.any(negative.numpy())
-    assert not np.any(np.asarray(uncond["text_embeds"])) and not np.any(negative_pooled.numpy())
+        expected = model.family.reference_conditioning(pipe, PROMPT, negative)
+    assert jax.tree.structure(ours) == jax.tree.structure(expected)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(np.asarray(a), b, atol=1e-5)
+    assert np.asarray(jax.tree.leaves(ours[0])[0]).std() > 0.1  # the prompt's encoding is not trivially zero
 
 
 def test_lcm_sample_matches_diffusers_with_the_same_injected_noise(pipelines):
@@ -138,20 +142,22 @@ def test_hub_repo_id_resolves_from_the_local_cache_offline(pipelines, tmp_path, 
         load_model("someone/absent")
 
 
-def test_wrong_family_partial_directory_and_unsupported_unet_are_clear_errors(pipelines, tmp_path):
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_wrong_family_and_partial_directory_are_clear_errors(pipelines, name, tmp_path):
+    _, path = pipelines[name]
+    for other in set(FAMILIES) - {name}:
+        with pytest.raises(JaxalignError, match=rf"expects '{other}' .* holds a '{name}' model"):
+            load_model(str(path), family=other)
+    for component in FAMILIES[name].components:
+        partial = tmp_path / component
+        shutil.copytree(path, partial)
+        shutil.rmtree(partial / component)
+        with pytest.raises(JaxalignError, match=rf"lacks {component}/ .*'{name}'"):
+            load_model(str(partial))
+
+
+def test_unsupported_unet_is_a_clear_error(pipelines, tmp_path):
     _, sd = pipelines["sd"]
-    _, xl = pipelines["sdxl"]
-    with pytest.raises(JaxalignError, match=r"expects 'sdxl' .* holds a 'sd' model"):
-        load_model(str(sd), family="sdxl")
-    with pytest.raises(JaxalignError, match=r"expects 'sd' .* holds a 'sdxl' model"):
-        load_model(str(xl), family="sd")
-
-    partial = tmp_path / "partial"
-    shutil.copytree(xl, partial)
-    shutil.rmtree(partial / "text_encoder_2")
-    with pytest.raises(JaxalignError, match=r"lacks text_encoder_2/ .*'sdxl'"):
-        load_model(str(partial))
-
     odd = tmp_path / "odd"
     shutil.copytree(sd, odd)
     config = json.loads((odd / "unet" / "config.json").read_text())
@@ -196,14 +202,14 @@ def test_cli_runs_the_sd15_config_on_a_tiny_pytorch_directory(pipelines, tmp_pat
     assert len(error.splitlines()) == 1 and "expects 'sd'" in error
 
 
-@pytest.mark.parametrize("name", ["sdxl", "lcm"])
+@pytest.mark.parametrize("name", [*sorted(FAMILIES), "lcm"])
 def test_converted_models_save_as_flax_and_load_back(pipelines, tmp_path, name):
     from jaxalign.models import save_model
 
     model, params = load_model(str(pipelines[name][1]))
     save_model(model, params, tmp_path / "flax")
     again, again_params = load_model(str(tmp_path / "flax"))
-    assert (again.family, again.guidance_embedding_dim) == (model.family, model.guidance_embedding_dim)
+    assert (again.family, again.family_options, again.guidance_embedding_dim) == (model.family, model.family_options, model.guidance_embedding_dim)
     assert jax.tree.structure(again_params) == jax.tree.structure(params)
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(again_params)))
     np.testing.assert_array_equal(again.tokenize([PROMPT]), model.tokenize([PROMPT]))

@@ -5,7 +5,7 @@ diffusers' and transformers' Flax classes (``FlaxUNet2DConditionModel``, ``FlaxA
 One module per concept:
 
 * :mod:`.diffusion`: the :class:`DiffusionModel` interface, attention choices, LCM guidance embedding;
-* :mod:`.families`: the model families registry and family detection;
+* :mod:`.families`: model families as plug-ins (one module each), their registry and family detection;
 * :mod:`.hub`: where files are (embedded model, local directories, the Hugging Face cache, offline);
 * :mod:`.weights`: weight files, readers, PyTorch -> Flax renaming, shape checks, seeded init;
 * :mod:`.text`: tokenizers;

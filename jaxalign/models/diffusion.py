@@ -1,10 +1,10 @@
 """The diffusion-model interface: :class:`DiffusionModel` (static: modules, tokenizers, shapes, noise
-schedule) and a params pytree (``{"text_encoder", "unet", "vae"}``, plus ``"text_encoder_2"`` for SDXL)
-passed explicitly to every jitted function; the UNet attention choices (:data:`ATTENTION`) and the LCM
-guidance embedding (Luo et al. 2023, arXiv 2310.04378), which diffusers' Flax UNet lacks.
+schedule, model family) and a params pytree (``{"unet", "vae"}`` and the family's text encoders) passed
+explicitly to every jitted function; the UNet attention choices (:data:`ATTENTION`) and the LCM guidance
+embedding (Luo et al. 2023, arXiv 2310.04378), which diffusers' Flax UNet lacks.
 
-SD 1.x/2.x and SDXL (Podell et al. 2023, arXiv 2307.01952: two text encoders, pooled text embeddings and
-size micro-conditioning) share this class; SDXL's conditioning is a dict pytree instead of one array.
+Every family shares this class: how prompts become conditioning, and conditioning becomes UNet inputs, is
+the family's (:mod:`jaxalign.models.families`); SDXL's conditioning is a dict pytree instead of one array.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxalign.errors import JaxalignError
+from jaxalign.models.families import ModelFamily
 from jaxalign.registry import Registry
 from jaxalign.schedulers import NoiseSchedule
 
@@ -42,17 +43,24 @@ class DiffusionModel:
     """Static half of a Stable Diffusion model; the weights travel separately as ``Params``."""
 
     name: str
+    family: ModelFamily
     unet: Any
     vae: Any
-    text_encoder: Any
-    tokenizer: Any
+    text_encoders: dict[str, Any]  # folder (and params key) -> Flax text encoder, in the family's order
+    tokenizers: tuple[Any, ...]  # one per text encoder
     noise_schedule: NoiseSchedule
     dtype: Any
-    family: str = "sd"
-    text_encoder_2: Any = None  # SDXL's second (projecting) text encoder
-    tokenizer_2: Any = None
-    force_zeros_for_empty_prompt: bool = True  # SDXL: an empty negative prompt is all-zero conditioning
+    family_options: dict = dataclasses.field(default_factory=dict)  # see ModelFamily.options
     unet_extra: dict = dataclasses.field(default_factory=dict)  # UNet config fields diffusers' Flax UNet lacks
+
+    @property
+    def text_encoder(self) -> Any:
+        """The first text encoder (the one whose positions bound the prompt length)."""
+        return next(iter(self.text_encoders.values()))
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.tokenizers[0]
 
     @property
     def latent_channels(self) -> int:
@@ -94,17 +102,9 @@ class DiffusionModel:
         return (self.latent_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
 
     def tokenize(self, prompts: Sequence[str]) -> np.ndarray:
-        """Token ids [len(prompts), max_prompt_tokens] (SDXL: [len(prompts), 2, tokens], one row per
-        tokenizer), padded and truncated like diffusers' pipelines."""
-
-        def ids(tokenizer):
-            return tokenizer(
-                list(prompts), padding="max_length", max_length=self.max_prompt_tokens, truncation=True, return_tensors="np"
-            ).input_ids.astype(np.int32)
-
-        if self.tokenizer_2 is None:
-            return ids(self.tokenizer)
-        return np.stack([ids(self.tokenizer), ids(self.tokenizer_2)], axis=1)
+        """Token ids [len(prompts), max_prompt_tokens] ([len(prompts), n, tokens] for n tokenizers), padded
+        and truncated like diffusers' pipelines."""
+        return self.family.tokenize(self.tokenizers, prompts, self.max_prompt_tokens)
 
     def truncates(self, prompt: str) -> bool:
         """Whether ``prompt`` has more tokens than the text encoder takes (they are cut, as diffusers does)."""
@@ -116,31 +116,23 @@ class DiffusionModel:
         return too_long(prefix) or (len(prefix) < len(prompt) and too_long(prompt))
 
     def encode_tokens(self, params: Params, token_ids: jax.Array) -> Any:
-        """Conditioning for token ids: hidden states [B, tokens, dim] for SD; for SDXL a dict of
-        ``hidden_states`` [B, tokens, dim_1 + dim_2] (both encoders' penultimate layers) and
-        ``text_embeds`` [B, projection_dim] (the second encoder's pooled projection)."""
-        if self.text_encoder_2 is None:
-            return self.text_encoder(token_ids, params=params["text_encoder"])[0]
-        first = self.text_encoder(token_ids[:, 0], params=params["text_encoder"], output_hidden_states=True)
-        second = self.text_encoder_2(token_ids[:, 1], params=params["text_encoder_2"], output_hidden_states=True)
-        hidden = jnp.concatenate([first.hidden_states[-2], second.hidden_states[-2]], axis=-1)
-        return {"hidden_states": hidden, "text_embeds": second.text_embeds}
+        """Conditioning for token ids: the family's pytree, batched (SD: hidden states [B, tokens, dim]; SDXL:
+        ``{"hidden_states": [B, tokens, dim_1 + dim_2], "text_embeds": [B, projection_dim]}``)."""
+        return self.family.encode(self.text_encoders, params, token_ids)
 
     def encode_prompts(self, params: Params, prompts: Sequence[str]) -> Any:
         return _jit_encode(self)(params, jnp.asarray(self.tokenize(prompts)))
 
     def conditioning(self, params: Params, prompt: str, negative_prompt: str = "") -> tuple[Any, Any]:
-        """(context, uncond_context) for one prompt, each without a batch axis; SDXL pipelines
-        replace an empty negative prompt by zeros (``force_zeros_for_empty_prompt``)."""
+        """(context, uncond_context) for one prompt, each without a batch axis; the family may replace the
+        unconditional branch (SDXL: an empty negative prompt is zeros, ``force_zeros_for_empty_prompt``)."""
         both = self.encode_prompts(params, [prompt, negative_prompt])
         context, uncond = jax.tree.map(lambda x: x[0], both), jax.tree.map(lambda x: x[1], both)
-        if self.text_encoder_2 is not None and self.force_zeros_for_empty_prompt and not negative_prompt:
-            uncond = jax.tree.map(jnp.zeros_like, uncond)
-        return context, uncond
+        return context, self.family.unconditional(uncond, negative_prompt, self.family_options)
 
     def predict_noise(self, params: Params, latents: jax.Array, timestep: jax.Array, context: Any, guidance_scale=None) -> jax.Array:
         """UNet output for latents [B, c, h, w] at one timestep, conditioned on context
-        ([B, tokens, dim], or SDXL's dict, see :meth:`encode_tokens`); ``guidance_scale`` feeds the
+        (the family's batched pytree, see :meth:`encode_tokens`); ``guidance_scale`` feeds the
         guidance embedding of guidance-distilled UNets (:attr:`guidance_embedding_dim`)."""
         if self.guidance_embedding_dim is not None:
             if guidance_scale is None:
@@ -151,18 +143,13 @@ class DiffusionModel:
         return self._unet_output(params, latents, timestep, context)
 
     def _unet_output(self, params: Params, latents: jax.Array, timestep: jax.Array, context: Any) -> jax.Array:
-        added = None
-        if isinstance(context, dict):
-            # SDXL's micro-conditioning: original size, crop top-left (0, 0), target size, all the output size.
-            height, width = (s * self.vae_scale_factor for s in latents.shape[2:])
-            time_ids = jnp.broadcast_to(jnp.array([height, width, 0, 0, height, width], self.dtype), (latents.shape[0], 6))
-            added = {"text_embeds": context["text_embeds"].astype(self.dtype), "time_ids": time_ids}
-            context = context["hidden_states"]
+        image_size = tuple(s * self.vae_scale_factor for s in latents.shape[2:])
+        hidden, added = self.family.unet_inputs(context, image_size, self.dtype)
         out = self.unet.apply(
             {"params": params["unet"]},
             latents.astype(self.dtype),
             jnp.broadcast_to(timestep, (latents.shape[0],)),
-            context.astype(self.dtype),
+            hidden,
             added_cond_kwargs=added,
         ).sample
         return out.astype(jnp.float32)

@@ -7,7 +7,7 @@ Sources:
   ``scripts/train_tiny.py`` (MODEL.md) and shipped in ``jaxalign/embedded`` in diffusers' layout
   with Flax weights and Stable Diffusion's CLIP tokenizer, so the whole pipeline runs with no downloads.
 * a local diffusers-format directory (``model_index.json``, ``unet/``, ``vae/``, ``text_encoder/``,
-  ``tokenizer/``, ``scheduler/``, and ``text_encoder_2/``, ``tokenizer_2/`` for SDXL).
+  ``tokenizer/``, ``scheduler/``, and whatever else its family reads, e.g. ``text_encoder_2/``, ``tokenizer_2/`` for SDXL).
 * a Hub repo id (``"org/name"``) already in the local Hugging Face cache.
 """
 
@@ -69,37 +69,30 @@ def _load(path: Path, name: str, dtype, family: ModelFamily, seed: int | None = 
     full copy (safetensors are memory-mapped).
     """
     from diffusers import FlaxAutoencoderKL, FlaxUNet2DConditionModel
-    from transformers import CLIPTextConfig, FlaxCLIPTextModel, FlaxCLIPTextModelWithProjection
 
     unet_config = read_json(path / "unet" / "config.json")
     _check_unet_config(unet_config, path / "unet" / "config.json")
     unet = FlaxUNet2DConditionModel.from_config(unet_config, dtype=dtype)
     vae = FlaxAutoencoderKL.from_config(read_json(path / "vae" / "config.json"), dtype=dtype)
-    text_encoder = FlaxCLIPTextModel(CLIPTextConfig.from_pretrained(path / "text_encoder"), dtype=dtype, _do_init=False)
+    text_encoders = family.text_encoders(path, dtype)
     schedule = NoiseSchedule.from_config(read_json(path / "scheduler" / "scheduler_config.json"))
     shapes = {
         "unet": jax.eval_shape(unet.init_weights, jax.random.key(0)),
         "vae": jax.eval_shape(vae.init_weights, jax.random.key(0)),
-        "text_encoder": text_encoder.params_shape_tree,
+        **{folder: encoder.params_shape_tree for folder, encoder in text_encoders.items()},
     }
     unet_extra = {"time_cond_proj_dim": unet_config["time_cond_proj_dim"]} if unet_config.get("time_cond_proj_dim") else {}
     if unet_extra:  # the guidance embedding's projection (no bias), applied by _added_time_condition
         cond_proj = jax.ShapeDtypeStruct((unet_extra["time_cond_proj_dim"], unet.block_out_channels[0]), jnp.float32)
         shapes["unet"] = {**shapes["unet"], "time_embedding": {**shapes["unet"]["time_embedding"], "cond_proj": {"kernel": cond_proj}}}
-    text_encoder_2 = None
-    if "text_encoder_2" in family.components:
-        config_2 = CLIPTextConfig.from_pretrained(path / "text_encoder_2")
-        text_encoder_2 = FlaxCLIPTextModelWithProjection(config_2, dtype=dtype, _do_init=False)
-        shapes["text_encoder_2"] = text_encoder_2.params_shape_tree
     if seed is not None:
         params = {c: seeded_init(tree, seed=seed + i) for i, (c, tree) in enumerate(shapes.items())}
     else:
         params = {c: read_weights(path / c, tree) for c, tree in shapes.items()}
-    max_length = text_encoder.config.max_position_embeddings
-    tokenizer = load_tokenizer(path / "tokenizer", max_length)
-    tokenizer_2 = load_tokenizer(path / "tokenizer_2", max_length) if text_encoder_2 is not None else None
+    max_length = next(iter(text_encoders.values())).config.max_position_embeddings
+    tokenizers = tuple(load_tokenizer(path / folder, max_length) for _, folder in family.text_folders)
     index = path / "model_index.json"
-    force_zeros = read_json(index).get("force_zeros_for_empty_prompt", True) if index.is_file() else True
+    options = family.options(read_json(index) if index.is_file() else {})
 
     def to_device(x):
         x = jax.device_put(np.asarray(x))
@@ -107,9 +100,8 @@ def _load(path: Path, name: str, dtype, family: ModelFamily, seed: int | None = 
 
     params = jax.tree.map(to_device, params)
     model = DiffusionModel(
-        name=name, unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, noise_schedule=schedule, dtype=dtype,
-        family=family.name, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, force_zeros_for_empty_prompt=bool(force_zeros),
-        unet_extra=unet_extra,
+        name=name, family=family, unet=unet, vae=vae, text_encoders=text_encoders, tokenizers=tokenizers, noise_schedule=schedule,
+        dtype=dtype, family_options=options, unet_extra=unet_extra,
     )  # fmt: skip
     return model, params
 
@@ -150,22 +142,12 @@ def save_model(model: DiffusionModel, params: Params, path: str | os.PathLike) -
         if component == "unet":
             config.update(model.unet_extra)
         config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    model.text_encoder.save_pretrained(path / "text_encoder", params=host["text_encoder"])
-    model.tokenizer.save_pretrained(path / "tokenizer")
-    if model.text_encoder_2 is not None:
-        model.text_encoder_2.save_pretrained(path / "text_encoder_2", params=host["text_encoder_2"])
-        model.tokenizer_2.save_pretrained(path / "tokenizer_2")
+    for (folder, tokenizer_folder), tokenizer in zip(model.family.text_folders, model.tokenizers):
+        model.text_encoders[folder].save_pretrained(path / folder, params=host[folder])
+        tokenizer.save_pretrained(path / tokenizer_folder)
     (path / "scheduler").mkdir(exist_ok=True)
     (path / "scheduler" / "scheduler_config.json").write_text(json.dumps(model.noise_schedule.to_config(), indent=2))
-    index = json.loads((EMBEDDED_DIR / "model_index.json").read_text())
-    if model.text_encoder_2 is not None:
-        index.update(
-            _class_name="StableDiffusionXLPipeline",
-            text_encoder_2=["transformers", "CLIPTextModelWithProjection"],
-            tokenizer_2=["transformers", "CLIPTokenizer"],
-            force_zeros_for_empty_prompt=model.force_zeros_for_empty_prompt,
-        )
-    (path / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    (path / "model_index.json").write_text(json.dumps(model.family.index(model), indent=2) + "\n")
 
 class _DropFlaxDeprecationNotice(logging.Filter):
     """Drops diffusers'/transformers' "Flax (JAX) classes are deprecated" notice, which they log each time a
