@@ -8,11 +8,11 @@ diffusers directory given with ``--config.model``:
     jaxalign run --config configs/sd15.py --config.model=/models/stable-diffusion-v1-5 --workdir runs/sd15
 """
 
-from configs import default
+from configs import red_pixels
 
 
 def get_config():
-    config = default.get_config()
+    config = red_pixels.get_config()
     config.model = "stable-diffusion-v1-5/stable-diffusion-v1-5"
     config.model_family = "sd"
     config.prompts = ["a photograph of an astronaut riding a horse"]

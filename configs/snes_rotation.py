@@ -7,11 +7,11 @@ Run:
     jaxalign run --config configs/snes_rotation.py --workdir runs/snes_rotation
 """
 
-from configs import default
+from configs import red_pixels
 
 
 def get_config():
-    config = default.get_config()
+    config = red_pixels.get_config()
     config.strategy = "SNES"
     config.strategy_params = {"std_init": 0.5}
     config.space = "rotation"

@@ -4,13 +4,13 @@ Run:
     python scripts/sweep.py --config configs/sweep.py --workdir runs/sweep
 """
 
-from configs import default
+from configs import red_pixels
 from jaxalign.sweep import default_sweep_config
 
 
 def get_config():
     config = default_sweep_config()
-    config.base = default.get_config()
+    config.base = red_pixels.get_config()
     config.base.prompts = ["a red circle on a blue background", "a small green square, top left"]
     config.base.compilation_cache_dir = "xla-cache"  # inside the sweep's workdir; reused by callback-free rewards (not jpeg)
     config.strategies = [{"name": "CoSyNE", "params": {}}, {"name": "SNES", "params": {"std_init": 0.3}}]

@@ -13,7 +13,7 @@ generations take every run past 1760 NFE. Run from the repository root, with ``s
 import csv
 from pathlib import Path
 
-from configs import default
+from configs import red_pixels
 from jaxalign.sweep import default_sweep_config
 
 PROMPTS = Path("../shared/data/open_image_preferences_60.csv")
@@ -21,7 +21,7 @@ PROMPTS = Path("../shared/data/open_image_preferences_60.csv")
 
 def get_config():
     config = default_sweep_config()
-    config.base = default.get_config()
+    config.base = red_pixels.get_config()
     with PROMPTS.open(newline="", encoding="utf-8") as handle:
         config.base.prompts = [row["prompt"] for row in csv.DictReader(handle)][:2]
     config.base.batch_prompts = True

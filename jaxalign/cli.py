@@ -1,4 +1,5 @@
-"""Command line: ``jaxalign run --config configs/<name>.py [--config.<field>=<value> ...] --workdir DIR [--resume]``.
+"""Command line: ``jaxalign run --config configs/<name>.py [--config.<field>=<value> ...] --workdir DIR [--resume]``
+and ``jaxalign eval --workdir RUN_OR_SWEEP [--rewards a,b] [--reward-path NAME=SOURCE] [--clip SOURCE]``.
 
 Bad input (unknown names or fields, missing files, out-of-range numbers, an unwritable workdir)
 is reported as one line on stderr with exit status 2, before anything is written.
@@ -15,7 +16,10 @@ from collections.abc import Sequence
 from jaxalign.errors import JaxalignError
 
 
-USAGE = "jaxalign run --config CONFIG --workdir DIR [--resume | --overwrite] [--config.<field>=<value> ...]"
+USAGE = (
+    "jaxalign run --config CONFIG --workdir DIR [--resume | --overwrite] [--config.<field>=<value> ...] | "
+    "jaxalign eval --workdir RUN_OR_SWEEP [--rewards NAMES] [--reward-path NAME=SOURCE] [--clip SOURCE]"
+)
 
 
 class _Terminated(BaseException):
@@ -45,6 +49,11 @@ def _parser() -> argparse.ArgumentParser:
         "--distributed", action="store_true", help="call jax.distributed.initialize() first (multi-host TPU/GPU; cluster from the environment)"
     )
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    evaluate = commands.add_parser("eval", help="re-score finished runs: cross-rewards, diversity, the shapes judge")
+    evaluate.add_argument("--workdir", required=True, help="a run's or a sweep's output directory")
+    evaluate.add_argument("--rewards", help="comma-separated reward names (default: the run's own, clip for the embedded model, brightness, contrast, saturation)")
+    evaluate.add_argument("--reward-path", action="append", default=[], metavar="NAME=SOURCE", help="weights of a learned reward (repeatable)")
+    evaluate.add_argument("--clip", help="CLIP model for embedding diversity: a directory, cached repo id or 'embedded'")
     return parser
 
 
@@ -55,8 +64,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "--distributed" not in argv and threading.current_thread() is threading.main_thread():
             # The command line's own process: exit 143 cleanly. Distributed runs keep JAX's preemption handler.
             previous = signal.signal(signal.SIGTERM, _terminate)
-        if not argv or argv[0] not in ("run", "-h", "--help"):
-            raise JaxalignError(f"the command is run; usage: {USAGE}")
+        if not argv or argv[0] not in ("run", "eval", "-h", "--help"):
+            raise JaxalignError(f"the commands are run and eval; usage: {USAGE}")
+        if argv[0] == "eval":
+            return _eval(_parser().parse_args(argv))
         args, rest = _parser().parse_known_args(argv)
         overrides = [a for a in rest if a.startswith("--config.")]
         stray = [a for a in rest if not a.startswith("--config.")]
@@ -98,6 +109,25 @@ def _run(args, overrides: list[str]) -> int:
             f"after {summary['generations']} generations ({summary['seconds_per_generation']} s/generation, "
             f"compile {summary['compile_s']} s) in {workdir}"
         )
+    return 0
+
+
+def _eval(args) -> int:
+    from jaxalign.evaluate import evaluate
+
+    paths = {}
+    for item in args.reward_path:
+        name, sep, source = item.partition("=")
+        if not sep or not name or not source:
+            raise JaxalignError(f"--reward-path takes NAME=SOURCE, got {item!r}")
+        paths[name] = source
+    rewards = [r.strip() for r in args.rewards.split(",") if r.strip()] if args.rewards else None
+    if rewards is not None and not rewards:
+        raise JaxalignError("--rewards is empty")
+    result = evaluate(args.workdir, rewards, paths, args.clip)
+    for name, value in result["means"].items():
+        print(f"{name}: {value:.4g}")
+    print(f"{len(result['runs'])} run(s) evaluated; wrote eval.json, eval.csv, eval.png in {args.workdir}")
     return 0
 
 

@@ -32,6 +32,8 @@ weights from a local path (``config.reward_paths``) or the local Hugging Face ca
   logit_scale x cosine(image, prompt).
 * ``hpsv2``: HPSv2 (Wu et al. 2023, arXiv 2306.09341), an open_clip ViT-H-14 checkpoint mapped
   to the transformers layout: cosine(image, prompt).
+* ``novelty``: the reference's DINOv2 (Oquab et al. 2023, arXiv 2304.07193) k-nearest-neighbour
+  novelty within the population, the one reward whose value depends on the other images scored with it.
 
 Their image preprocessing (shortest-side bicubic resize, centre crop, CLIP normalisation) is done
 in JAX on the whole batch. Prompt-conditioned rewards encode each prompt once, host side, with
@@ -299,13 +301,13 @@ def color_fraction(colour: str) -> Reward:
     return Reward(fn, differentiable=True)
 
 
-def clip_preprocess(images: jax.Array, crop_size: int, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
-    """CLIP's reference preprocessing in JAX: resize the shortest side to ``crop_size`` (bicubic,
-    antialiased as PIL does when shrinking), centre-crop ``crop_size`` square, normalise.
-    images [N, H, W, 3] in [0, 1] -> pixels [N, crop_size, crop_size, 3]."""
+def clip_preprocess(images: jax.Array, crop_size: int, mean: Sequence[float], std: Sequence[float], resize: int | None = None) -> jax.Array:
+    """CLIP's (and DINOv2's) reference preprocessing in JAX: resize the shortest side to ``resize``
+    (default ``crop_size``; bicubic, antialiased as PIL does when shrinking), centre-crop ``crop_size``
+    square, normalise. images [N, H, W, 3] in [0, 1] -> pixels [N, crop_size, crop_size, 3]."""
     n, height, width, _ = images.shape
-    short = min(height, width)
-    new_h, new_w = (crop_size, int(crop_size * width / short)) if height <= width else (int(crop_size * height / short), crop_size)
+    short, target = min(height, width), resize or crop_size
+    new_h, new_w = (target, int(target * width / short)) if height <= width else (int(target * height / short), target)
     resized = jax.image.resize(images, (n, new_h, new_w, 3), method="bicubic", antialias=True)
     top, left = (new_h - crop_size) // 2, (new_w - crop_size) // 2
     cropped = resized[:, top : top + crop_size, left : left + crop_size]
@@ -337,6 +339,36 @@ def clip_score(path: str = "openai/clip-vit-large-patch14") -> Reward:
     from jaxalign.models import load_clip
 
     return _clip_reward(*load_clip(path), lambda params: jnp.float32(100.0))
+
+
+@REWARDS.register("novelty")
+def novelty(path: str = "facebook/dinov2-base", top_k: int = 15) -> Reward:
+    """Novelty, the reference's DINOv2 k-nearest-neighbour score (pjjajal/diffusion-trajectory
+    ``fitness_fn.Novelty``): the mean Euclidean distance of an image's DINOv2 ``pooler_output`` to its
+    ``top_k`` nearest neighbours. The reference's neighbours are an archive of every image scored so far for
+    the prompt; here they are the other images of the same population (one scoring call), so the baseline
+    alone scores 0 as the reference's first image does."""
+    from jaxalign.models.dinov2 import load_dinov2
+
+    model, params = load_dinov2(path)
+
+    def fn(images, params, prepared):
+        pixels = clip_preprocess(images, model.crop_size, model.mean, model.std, resize=model.resize)
+        return knn_novelty(model.features(params, pixels.astype(model.module.dtype)).astype(jnp.float32), top_k)
+
+    return Reward(fn, differentiable=True, params=params)
+
+
+def knn_novelty(features: jax.Array, top_k: int) -> jax.Array:
+    """For features [N, D]: each row's mean Euclidean distance to its min(top_k, N - 1) nearest other rows (0 when N = 1)."""
+    n = features.shape[0]
+    k = min(top_k, n - 1)
+    if k < 1:
+        return jnp.zeros((n,), jnp.float32)
+    squared = jnp.sum((features[:, None] - features[None]) ** 2, axis=-1)
+    distances = jnp.sqrt(jnp.maximum(squared, 1e-12))  # floored: the gradient of sqrt at 0 is infinite
+    distances = jnp.where(jnp.eye(n, dtype=bool), jnp.inf, distances)
+    return -jax.lax.top_k(-distances, k)[0].mean(axis=1)
 
 
 @REWARDS.register("pickscore")

@@ -70,6 +70,20 @@ def caption(a: Attributes, with_size: bool = True, with_position: bool = True) -
     return f"a {size}{a.colour} {a.shape} on a {a.background} background{position}"
 
 
+def parse_caption(text: str) -> dict[str, str] | None:
+    """The attributes a caption in :func:`caption`'s grammar names (size and position may be left out), or
+    ``None`` for any other text: e.g. ``{"shape": "circle", "colour": "red", "background": "blue"}``."""
+    import re
+
+    words = "|".join
+    pattern = (
+        rf"a (?:(?P<size>{words(SIZES)}) )?(?P<colour>{words(COLOURS)}) (?P<shape>{words(SHAPES)}) "
+        rf"on a (?P<background>{words(COLOURS)}) background(?:, (?P<position>{words(POSITIONS)}))?"
+    )
+    match = re.fullmatch(pattern, text.strip().lower())
+    return None if match is None else {k: v for k, v in match.groupdict().items() if v is not None}
+
+
 def sample_attributes(rng: np.random.Generator, held_out: bool = False) -> Attributes:
     """Uniform attributes whose (shape, colour, background) is in or out of :data:`HELD_OUT`."""
     colours = list(COLOURS)

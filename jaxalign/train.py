@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import gzip
 import json
 import shutil
@@ -133,7 +134,7 @@ def shapes_batch(model: DiffusionModel, data_seed: int, stage: str, step: int, b
 
 def run_stage(
     name: str,
-    model: DiffusionModel,
+    make_batch: Callable[[int, int], dict],
     loss_fn: Callable,
     params: Params,
     frozen: Params,
@@ -143,7 +144,8 @@ def run_stage(
     checkpoint_every: int = 500,
     progress: bool = True,
 ) -> TrainState:
-    """Train ``params`` for ``config.steps`` steps, resuming from ``workdir/checkpoints/<name>``; losses go to ``<name>_loss.csv``."""
+    """Train ``params`` for ``config.steps`` steps on ``make_batch(step, batch_size)``, resuming from
+    ``workdir/checkpoints/<name>``; losses go to ``<name>_loss.csv``."""
     from tqdm import tqdm
 
     optimizer = make_optimizer(config)
@@ -161,7 +163,7 @@ def run_stage(
     bar = tqdm(total=config.steps, initial=start, desc=name, disable=not progress, dynamic_ncols=True)
     begin = time.perf_counter()
     for step in range(start, config.steps):
-        batch = shapes_batch(model, data_seed, name, step, config.batch_size)
+        batch = make_batch(step, config.batch_size)
         state, metrics = update(state, frozen, batch, jax.random.fold_in(key, step))
         if (step + 1) % 25 == 0 or step + 1 == config.steps:
             row = {"step": step + 1, **{k: float(v) for k, v in metrics.items()}}
@@ -200,14 +202,14 @@ def train_tiny(
     workdir.mkdir(parents=True, exist_ok=True)
     model, params = init_model(config_dir, seed=data_seed)
     state = run_stage(
-        "autoencoder", model, autoencoder_loss(model), {"vae": params["vae"]}, {}, autoencoder,
+        "autoencoder", functools.partial(shapes_batch, model, data_seed, "autoencoder"), autoencoder_loss(model), {"vae": params["vae"]}, {}, autoencoder,
         workdir, data_seed, checkpoint_every, progress,
     )  # fmt: skip
     vae = state.ema["vae"]
     model = with_latent_scale(model, latent_scale(model, vae, data_seed))
     trainable = {"text_encoder": params["text_encoder"], "unet": params["unet"]}
     state = run_stage(
-        "denoiser", model, denoiser_loss(model), trainable, {"vae": vae}, denoiser,
+        "denoiser", functools.partial(shapes_batch, model, data_seed, "denoiser"), denoiser_loss(model), trainable, {"vae": vae}, denoiser,
         workdir, data_seed, checkpoint_every, progress,
     )  # fmt: skip
     trained = {**jax.device_get(state.ema), "vae": jax.device_get(vae)}
@@ -249,13 +251,13 @@ def _read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def plot_losses(workdir: Path) -> Path:
-    """Loss curves of both stages, from their CSV logs, as ``workdir/loss.png``."""
+def plot_losses(workdir: Path, stages: tuple[str, ...] = ("autoencoder", "denoiser")) -> Path:
+    """Loss curves of ``stages``, from their CSV logs, as ``workdir/loss.png``."""
     from matplotlib.figure import Figure  # not pyplot: a library call must not switch the user's backend
 
-    fig = Figure(figsize=(9, 3.2))
-    axes = fig.subplots(1, 2)
-    for ax, name in zip(axes, ("autoencoder", "denoiser")):
+    fig = Figure(figsize=(4.5 * len(stages), 3.2))
+    axes = np.atleast_1d(fig.subplots(1, len(stages)))
+    for ax, name in zip(axes, stages):
         rows = _read_csv(workdir / f"{name}_loss.csv")
         ax.plot([int(r["step"]) for r in rows], [float(r["loss"]) for r in rows])
         ax.set(title=name, xlabel="step", ylabel="loss", yscale="log")

@@ -1,6 +1,6 @@
 """Every alignment method on one config at equal NFE budgets (the table in BENCHMARKS.md).
 
-    python scripts/compare_methods.py --config configs/default.py --workdir runs/compare_methods --budget 1760
+    python scripts/compare_methods.py --config configs/red_pixels.py --workdir runs/compare_methods --budget 1760
 
 Runs each method with its official defaults until its counted UNet evaluations reach ``--budget``
 (generation 0 included) and reports the best fitness reached within the budget, from each run's own

@@ -1,4 +1,6 @@
-"""Compose baseline image, best image and fitness curve of one run into one picture.
+"""Compose baseline image, best image and fitness curve of one run into one picture; for the embedded shapes
+model, each image's title also gives the judge's (``jaxalign.shapes.describe``) reading of the attributes the
+prompt names, marking the wrong ones.
 
     python scripts/readme_figure.py --workdir runs/default --out docs/default_run.png
 """
@@ -11,7 +13,23 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
+
+from jaxalign import shapes  # noqa: E402
+
+
+def judged(path: Path, prompt: str) -> str:
+    """The judge's reading of the prompt's attributes in the image at ``path`` ("" for other prompts)."""
+    named = shapes.parse_caption(prompt)
+    if not named:
+        return ""
+    read = shapes.describe(np.asarray(Image.open(path).convert("RGB"), np.float32) / 255.0)
+    if read is None:
+        return "\njudge: no shape"
+    words = [getattr(read, f) if getattr(read, f) == v else f"{getattr(read, f)} (not {v})" for f, v in named.items()]
+    right = sum(getattr(read, f) == v for f, v in named.items())
+    return f"\njudge {right}/{len(named)}: " + ", ".join(words)
 
 
 def main() -> None:
@@ -23,13 +41,13 @@ def main() -> None:
     summary = json.loads((workdir / "summary.json").read_text())
     lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.6), gridspec_kw={"width_ratios": [1, 1, 1.6]})
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2), gridspec_kw={"width_ratios": [1, 1, 1.3]})
     for ax, name, title in (
         (axes[0], "images/baseline.png", f"baseline\nfitness {summary['baseline_fitness']:.4g}"),
         (axes[1], summary["best_image"], f"best after {summary['generations']} generations\nfitness {summary['best_fitness']:.4g}"),
     ):
         ax.imshow(Image.open(workdir / name), interpolation="nearest")
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title + judged(workdir / name, summary["prompt"]), fontsize=8)
         ax.axis("off")
     steps = [line["step"] for line in lines[1:]]
     axes[2].plot(steps, [line["best_fitness"] for line in lines[1:]], "-o", markersize=3, label="best so far")
@@ -39,7 +57,7 @@ def main() -> None:
     axes[2].set_ylabel(" + ".join(f"{w:g}*{k}" for k, w in summary["rewards"].items()))
     axes[2].legend(fontsize=8)
     fig.suptitle(f"{summary['strategy']} / {summary['space']} on the {summary['model']} model: {summary['prompt']!r}", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.9))
+    fig.tight_layout(rect=(0, 0, 1, 0.92))
     fig.savefig(args.out, dpi=100)
 
 

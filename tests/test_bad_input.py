@@ -16,12 +16,14 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import small_config
 
 from jaxalign.cli import main
+from jaxalign.run import build
 from jaxalign.testing import tiny_pytorch_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT = str(ROOT / "configs" / "default.py")
+RED_PIXELS = str(ROOT / "configs" / "red_pixels.py")
 SMALL = ["--no-progress", "--config.height=32", "--config.width=32", "--config.num_inference_steps=2", "--config.popsize=4", "--config.steps=2"]
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_DISABLE_MOST_OPTIMIZATIONS": "true"}
 
@@ -49,7 +51,7 @@ def fails_cleanly(argv, capsys, pattern, workdir: Path):
 def finished(tmp_path_factory):
     """A finished small run, copied per test."""
     workdir = tmp_path_factory.mktemp("finished") / "run"
-    assert main(["run", "--config", DEFAULT, "--workdir", str(workdir), *SMALL]) == 0
+    assert main(["run", "--config", RED_PIXELS, "--workdir", str(workdir), *SMALL]) == 0
     return workdir
 
 
@@ -59,16 +61,16 @@ def finished(tmp_path_factory):
 def test_running_again_into_a_finished_run_is_refused(finished, tmp_path, capsys):
     workdir = tmp_path / "run"
     shutil.copytree(finished, workdir)
-    fails_cleanly(["run", "--config", DEFAULT, "--workdir", str(workdir), *SMALL], capsys, "already holds a run; pass --resume to continue it or --overwrite", workdir)
+    fails_cleanly(["run", "--config", RED_PIXELS, "--workdir", str(workdir), *SMALL], capsys, "already holds a run; pass --resume to continue it or --overwrite", workdir)
     # Another config into it, even with --resume, is refused too (the fields that differ are named).
-    fails_cleanly(["run", "--config", DEFAULT, "--workdir", str(workdir), *SMALL, "--config.seed=5", "--resume"], capsys, "differs .* in seed", workdir)
+    fails_cleanly(["run", "--config", RED_PIXELS, "--workdir", str(workdir), *SMALL, "--config.seed=5", "--resume"], capsys, "differs .* in seed", workdir)
 
 
 def test_resume_of_a_finished_run_changes_nothing(finished, tmp_path, capsys):
     workdir = tmp_path / "run"
     shutil.copytree(finished, workdir)
     before = snapshot(workdir)
-    assert main(["run", "--config", DEFAULT, "--workdir", str(workdir), *SMALL, "--resume"]) == 0
+    assert main(["run", "--config", RED_PIXELS, "--workdir", str(workdir), *SMALL, "--resume"]) == 0
     after = snapshot(workdir)
     assert {k: v for k, v in after.items() if k != "config.json"} == {k: v for k, v in before.items() if k != "config.json"}
 
@@ -76,7 +78,7 @@ def test_resume_of_a_finished_run_changes_nothing(finished, tmp_path, capsys):
 def test_overwrite_replaces_the_run_and_leaves_nothing_stale(finished, tmp_path, capsys):
     workdir = tmp_path / "run"
     shutil.copytree(finished, workdir)
-    assert main(["run", "--config", DEFAULT, "--workdir", str(workdir), *SMALL, "--config.steps=1", "--overwrite"]) == 0
+    assert main(["run", "--config", RED_PIXELS, "--workdir", str(workdir), *SMALL, "--config.steps=1", "--overwrite"]) == 0
     images = sorted(p.name for p in (workdir / "images").iterdir())
     assert images == ["baseline.png", "step_0001.png"]  # step_0002.png of the old run is gone
     assert len((workdir / "metrics.jsonl").read_text().splitlines()) == 2
@@ -91,11 +93,11 @@ def test_a_folder_of_other_files_is_never_cleared(tmp_path, capsys, config_json)
     if config_json:
         (workdir / "config.json").write_text(config_json)
     for flag in ([], ["--overwrite"], ["--resume"]):
-        fails_cleanly(["run", "--config", DEFAULT, "--workdir", str(workdir), *SMALL, *flag], capsys, "not empty and holds no jaxalign run", workdir)
+        fails_cleanly(["run", "--config", RED_PIXELS, "--workdir", str(workdir), *SMALL, *flag], capsys, "not empty and holds no jaxalign run", workdir)
 
 
 def test_resume_and_overwrite_exclude_each_other(tmp_path, capsys):
-    fails_cleanly(["run", "--config", DEFAULT, "--workdir", str(tmp_path / "new"), "--resume", "--overwrite"], capsys, "exclude each other", tmp_path / "new")
+    fails_cleanly(["run", "--config", RED_PIXELS, "--workdir", str(tmp_path / "new"), "--resume", "--overwrite"], capsys, "exclude each other", tmp_path / "new")
 
 
 @pytest.mark.parametrize("damage", ["metrics.jsonl is a directory", "images is a file", "config.json is not JSON"])
@@ -114,7 +116,7 @@ def test_resume_refuses_a_workdir_jaxalign_did_not_write(finished, tmp_path, cap
     else:
         (workdir / "config.json").write_bytes(b"\x00\xff not json")
         pattern = "config.json is not the JSON a run writes"
-    fails_cleanly(["run", "--config", DEFAULT, "--workdir", str(workdir), *SMALL, "--resume"], capsys, pattern, workdir)
+    fails_cleanly(["run", "--config", RED_PIXELS, "--workdir", str(workdir), *SMALL, "--resume"], capsys, pattern, workdir)
 
 
 # --- Numbers the model or the schedule cannot take -------------------------------------------------
@@ -137,7 +139,7 @@ NUMBERS = {
 def test_numbers_out_of_reach_are_one_line(case, tmp_path, capsys):
     overrides, pattern = NUMBERS[case]
     workdir = tmp_path / "out"
-    fails_cleanly(["run", "--config", DEFAULT, "--workdir", str(workdir), *SMALL, *overrides], capsys, pattern, workdir)
+    fails_cleanly(["run", "--config", RED_PIXELS, "--workdir", str(workdir), *SMALL, *overrides], capsys, pattern, workdir)
     assert not workdir.exists()
 
 
@@ -183,7 +185,7 @@ def test_damaged_model_files_are_named(tiny_sd, tmp_path, capsys, how):
     shutil.copytree(tiny_sd, model)
     pattern = _damage(model, how)
     workdir = tmp_path / "out"
-    fails_cleanly(["run", "--config", DEFAULT, f"--config.model={model}", "--workdir", str(workdir), *SMALL], capsys, pattern, workdir)
+    fails_cleanly(["run", "--config", RED_PIXELS, f"--config.model={model}", "--workdir", str(workdir), *SMALL], capsys, pattern, workdir)
     assert not workdir.exists()
 
 
@@ -194,7 +196,7 @@ def test_truncated_flax_msgpack_is_named(tmp_path, capsys):
     shutil.copytree(EMBEDDED_DIR, model)
     weights = next((model / "unet").glob("*.msgpack"))
     weights.write_bytes(weights.read_bytes()[:1000])
-    fails_cleanly(["run", "--config", DEFAULT, f"--config.model={model}", "--workdir", str(tmp_path / "out"), *SMALL], capsys, "cannot read weights .*msgpack: damaged", tmp_path / "out")
+    fails_cleanly(["run", "--config", RED_PIXELS, f"--config.model={model}", "--workdir", str(tmp_path / "out"), *SMALL], capsys, "cannot read weights .*msgpack: damaged", tmp_path / "out")
 
 
 def test_a_tokenizer_without_a_length_takes_the_text_encoders(tiny_sd, tmp_path):
@@ -238,8 +240,8 @@ def test_broken_config_files_are_one_line(case, tmp_path, capsys):
 def test_binary_and_directory_prompt_files(tmp_path, capsys):
     binary = tmp_path / "prompts.txt"
     binary.write_bytes(bytes(range(256)) * 4)
-    fails_cleanly(["run", "--config", DEFAULT, f"--config.prompt_file={binary}", "--workdir", str(tmp_path / "out")], capsys, "is not UTF-8 text", tmp_path / "out")
-    fails_cleanly(["run", "--config", DEFAULT, f"--config.prompt_file={tmp_path}", "--workdir", str(tmp_path / "out")], capsys, "is a directory", tmp_path / "out")
+    fails_cleanly(["run", "--config", RED_PIXELS, f"--config.prompt_file={binary}", "--workdir", str(tmp_path / "out")], capsys, "is not UTF-8 text", tmp_path / "out")
+    fails_cleanly(["run", "--config", RED_PIXELS, f"--config.prompt_file={tmp_path}", "--workdir", str(tmp_path / "out")], capsys, "is a directory", tmp_path / "out")
 
 
 def test_sweep_seeds_must_be_integers(tmp_path):
@@ -268,7 +270,7 @@ def test_loading_a_config_does_not_touch_sys_path(tmp_path):
 # --- Interrupts, as real signals -------------------------------------------------------------------
 
 
-INTERRUPTED = [sys.executable, "-m", "jaxalign", "run", "--config", DEFAULT, *SMALL, "--config.steps=12", "--config.checkpoint_every=1"]
+INTERRUPTED = [sys.executable, "-m", "jaxalign", "run", "--config", RED_PIXELS, *SMALL, "--config.steps=12", "--config.checkpoint_every=1"]
 
 
 @pytest.fixture(scope="module")
@@ -314,10 +316,10 @@ def test_interrupt_is_one_line_and_resume_is_exact(uninterrupted, interrupted_co
     assert (workdir / "images" / "step_0012.png").read_bytes() == (uninterrupted / "images" / "step_0012.png").read_bytes()
 
 
-def test_a_prompt_longer_than_the_text_encoder_is_a_warning(tmp_path, capsys):
+def test_a_prompt_longer_than_the_text_encoder_is_a_warning(embedded, capsys):
+    # build() is where a run checks its prompts, before anything is compiled.
     long_prompt = "a red circle " * 40
-    assert main(["run", "--config", DEFAULT, "--workdir", str(tmp_path / "out"), *SMALL, "--config.steps=1", f"--config.prompts=[{long_prompt!r}]"]) == 0
-    err = capsys.readouterr().err
-    assert "is longer than the text encoder's 77 tokens; the rest is ignored" in err
-    assert main(["run", "--config", DEFAULT, "--workdir", str(tmp_path / "short"), *SMALL, "--config.steps=1"]) == 0
+    build(small_config(prompts=[long_prompt]), embedded)
+    assert "is longer than the text encoder's 77 tokens; the rest is ignored" in capsys.readouterr().err
+    build(small_config(), embedded)
     assert "longer than" not in capsys.readouterr().err

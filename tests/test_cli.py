@@ -12,7 +12,7 @@ from PIL import Image
 from jaxalign.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT = str(ROOT / "configs" / "default.py")
+RED_PIXELS = str(ROOT / "configs" / "red_pixels.py")
 SHARED_PROMPTS = ROOT.parent / "shared" / "data" / "open_image_preferences_60.csv"
 SMALL = ["--config.height=32", "--config.width=32", "--config.num_inference_steps=2", "--config.popsize=6"]
 
@@ -21,7 +21,7 @@ def test_run_end_to_end(tmp_path, capsys):
     workdir = tmp_path / "run"
     # JPEG compressibility, so the saved PNG can be re-scored exactly.
     jpeg = "--config.rewards={'jpeg_compressibility': 1.0}"
-    code = main(["run", "--config", DEFAULT, "--workdir", str(workdir), "--no-progress", *SMALL, "--config.steps=4", jpeg])
+    code = main(["run", "--config", RED_PIXELS, "--workdir", str(workdir), "--no-progress", *SMALL, "--config.steps=4", jpeg])
     assert code == 0, capsys.readouterr().err
     lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [0, 1, 2, 3, 4]
@@ -66,7 +66,7 @@ def test_target_reward_and_several_prompts_from_csv(tmp_path, capsys):
         writer.writerows({"prompt": row["prompt"]} for row in rows)
     workdir = tmp_path / "multi"
     code = main(
-        ["run", "--config", DEFAULT, "--workdir", str(workdir), "--no-progress", *SMALL, "--config.steps=5",
+        ["run", "--config", RED_PIXELS, "--workdir", str(workdir), "--no-progress", *SMALL, "--config.steps=5",
          f"--config.prompt_file={prompts}", "--config.rewards={'brightness': 1.0}", "--config.target_reward=-1.0"]
     )  # fmt: skip
     assert code == 0, capsys.readouterr().err
@@ -116,7 +116,7 @@ BAD_INPUTS = {
 def test_bad_input_is_one_line_and_writes_nothing(case, tmp_path, capsys):
     overrides, message = BAD_INPUTS[case]
     workdir = tmp_path / "out"
-    code = main(["run", "--config", DEFAULT, "--workdir", str(workdir), *overrides])
+    code = main(["run", "--config", RED_PIXELS, "--workdir", str(workdir), *overrides])
     err = capsys.readouterr().err
     assert code == 2
     assert len(err.strip().splitlines()) == 1, err
@@ -130,7 +130,7 @@ def test_bad_input_is_one_line_and_writes_nothing(case, tmp_path, capsys):
 def test_unwritable_workdir(tmp_path, capsys):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
-    code = main(["run", "--config", DEFAULT, "--workdir", str(blocker / "out")])
+    code = main(["run", "--config", RED_PIXELS, "--workdir", str(blocker / "out")])
     err = capsys.readouterr().err
     assert code == 2 and "is not writable" in err and len(err.strip().splitlines()) == 1
 
@@ -144,7 +144,7 @@ def test_config_file_with_unknown_field(tmp_path, capsys):
 
 def test_module_entry_point_reports_without_traceback(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "jaxalign", "run", "--config", DEFAULT, "--workdir", str(tmp_path / "x"), "--config.space=spiral"],
+        [sys.executable, "-m", "jaxalign", "run", "--config", RED_PIXELS, "--workdir", str(tmp_path / "x"), "--config.space=spiral"],
         capture_output=True,
         text=True,
         timeout=300,

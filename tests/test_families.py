@@ -36,6 +36,19 @@ def pipelines(tmp_path_factory):
     return made
 
 
+@pytest.fixture(scope="module")
+def loaded(pipelines):
+    """load_model of each tiny pipeline, once per module (models and params are immutable)."""
+    cache = {}
+
+    def load(name):
+        if name not in cache:
+            cache[name] = load_model(str(pipelines[name][1]))
+        return cache[name]
+
+    return load
+
+
 def initial_latents(n=2, seed=0):
     return np.random.default_rng(seed).standard_normal((n, 4, 16, 16)).astype(np.float32)
 
@@ -55,9 +68,9 @@ def torch_sample(pipe, latents, steps, guidance_scale, **kwargs):
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
-def test_four_step_ddim_sample_matches_diffusers_pytorch(pipelines, name):
+def test_four_step_ddim_sample_matches_diffusers_pytorch(pipelines, loaded, name):
     pipe, path = pipelines[name]
-    model, params = load_model(str(path))
+    model, params = loaded(name)
     assert model.family is FAMILIES[name]
     latents = initial_latents()
     # A non-empty negative prompt: SDXL then encodes it (an empty one is zeros, tested below).
@@ -67,9 +80,9 @@ def test_four_step_ddim_sample_matches_diffusers_pytorch(pipelines, name):
     np.testing.assert_allclose(ours, expected, atol=IMAGE_ATOL)
 
 
-def test_sd_components_match_pytorch(pipelines):
+def test_sd_components_match_pytorch(pipelines, loaded):
     pipe, path = pipelines["sd"]
-    model, params = load_model(str(path))
+    model, params = loaded("sd")
     ids = model.tokenize([PROMPT])
     with torch.no_grad():
         expected = pipe.text_encoder(torch.tensor(ids, dtype=torch.long)).last_hidden_state.numpy()
@@ -89,10 +102,10 @@ def test_sd_components_match_pytorch(pipelines):
 
 @pytest.mark.parametrize("negative", ["", "green"])
 @pytest.mark.parametrize("name", sorted(FAMILIES))
-def test_conditioning_matches_the_pipelines_prompt_encoding(pipelines, name, negative):
+def test_conditioning_matches_the_pipelines_prompt_encoding(pipelines, loaded, name, negative):
     # Covers each family's tokenize, encode and unconditional branch (SDXL: an empty negative prompt is zeros).
     pipe, path = pipelines[name]
-    model, params = load_model(str(path))
+    model, params = loaded(name)
     ours = model.conditioning(params, PROMPT, negative)
     with torch.no_grad():
         expected = model.family.reference_conditioning(pipe, PROMPT, negative)
@@ -102,11 +115,11 @@ def test_conditioning_matches_the_pipelines_prompt_encoding(pipelines, name, neg
     assert np.asarray(jax.tree.leaves(ours[0])[0]).std() > 0.1  # the prompt's encoding is not trivially zero
 
 
-def test_lcm_sample_matches_diffusers_with_the_same_injected_noise(pipelines):
+def test_lcm_sample_matches_diffusers_with_the_same_injected_noise(pipelines, loaded):
     import diffusers.schedulers.scheduling_lcm as scheduling_lcm
 
     pipe, path = pipelines["lcm"]
-    model, params = load_model(str(path))
+    model, params = loaded("lcm")
     assert model.guidance_embedding_dim == 8
     latents = initial_latents()
     key = jax.random.key(LCM_NOISE_SEED)
@@ -118,24 +131,24 @@ def test_lcm_sample_matches_diffusers_with_the_same_injected_noise(pipelines):
     assert np.abs(jax_sample(model, params, "lcm", 4, latents, 2.0) - jax_sample(model, params, "lcm", 4, latents, 6.0)).max() > 1e-3
 
 
-def test_bfloat16_load_of_pytorch_weights(pipelines):
+def test_bfloat16_load_of_pytorch_weights(pipelines, loaded):
     _, path = pipelines["sdxl"]
     model, params = load_model(str(path), dtype="bfloat16")
     assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(jnp.bfloat16)}
-    reference, reference_params = load_model(str(path))
+    reference, reference_params = loaded("sdxl")
     latents = jnp.asarray(initial_latents(1))
     decoded, expected = model.decode(params, latents), reference.decode(reference_params, latents)
     assert decoded.dtype == jnp.float32 and 0 < float(jnp.abs(decoded - expected).max()) < 0.05
 
 
-def test_hub_repo_id_resolves_from_the_local_cache_offline(pipelines, tmp_path, monkeypatch):
+def test_hub_repo_id_resolves_from_the_local_cache_offline(pipelines, loaded, tmp_path, monkeypatch):
     _, path = pipelines["sd"]
     cache = tmp_path / "hub"
     fake_hf_cache(cache, "someone/tiny-sd", path)
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     model, params = load_model("someone/tiny-sd")
-    reference, reference_params = load_model(str(path))
+    reference, reference_params = loaded("sd")
     assert model.name == "someone/tiny-sd"
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(reference_params)))
     with pytest.raises(JaxalignError, match=r"'someone/absent' is not in the local Hugging Face cache \(looked in .*models--someone--absent\)"):
@@ -203,10 +216,10 @@ def test_cli_runs_the_sd15_config_on_a_tiny_pytorch_directory(pipelines, tmp_pat
 
 
 @pytest.mark.parametrize("name", [*sorted(FAMILIES), "lcm"])
-def test_converted_models_save_as_flax_and_load_back(pipelines, tmp_path, name):
+def test_converted_models_save_as_flax_and_load_back(loaded, tmp_path, name):
     from jaxalign.models import save_model
 
-    model, params = load_model(str(pipelines[name][1]))
+    model, params = loaded(name)
     save_model(model, params, tmp_path / "flax")
     again, again_params = load_model(str(tmp_path / "flax"))
     assert (again.family, again.family_options, again.guidance_embedding_dim) == (model.family, model.family_options, model.guidance_embedding_dim)

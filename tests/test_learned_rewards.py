@@ -296,3 +296,67 @@ def test_imagereward_glue_with_a_stand_in_package(tmp_path, monkeypatch):
     assert made[0].calls == PROMPTS  # one call per prompt, for all of its images
     with pytest.raises(JaxalignError, match=r"needs BLIP's med_config.json; not found at .*elsewhere"):
         parse_reward("imagereward", {"imagereward": {"path": str(tmp_path / "ImageReward.pt"), "med_config": str(tmp_path / "elsewhere" / "m.json")}})
+
+
+@pytest.fixture(scope="module")
+def tiny_dinov2(tmp_path_factory):
+    """A tiny random transformers Dinov2Model (safetensors) whose position embeddings are interpolated to the
+    crop, as the released models' 518-pixel tables are to 224, with its image processor's settings."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    from jaxalign.testing import perturb_norms_and_biases
+
+    torch.manual_seed(0)
+    model = perturb_norms_and_biases(Dinov2Model(Dinov2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, image_size=42, patch_size=7,
+    )), seed=6)  # fmt: skip
+    with torch.no_grad():  # layer scales start at 1 and the tokens at 0: make a wrong mapping visible
+        for name, parameter in model.named_parameters():
+            if "lambda" in name or "token" in name:
+                parameter.add_(0.1 * torch.randn(parameter.shape))
+    path = tmp_path_factory.mktemp("dinov2") / "tiny-dinov2"
+    model.save_pretrained(path, safe_serialization=True)
+    processor = {"size": {"shortest_edge": 32}, "crop_size": {"height": 28, "width": 28}, "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
+    (path / "preprocessor_config.json").write_text(json.dumps(processor))
+    return model, path
+
+
+def test_dinov2_preprocessing_matches_its_image_processor_to_one_8bit_level():
+    from transformers import BitImageProcessor
+
+    for height, width in ((64, 80), (300, 260)):
+        pixels = np.clip(np.round(np.asarray(images(2, (height, width))) * 255), 0, 255).astype(np.uint8)
+        processor = BitImageProcessor(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224}, do_convert_rgb=True,
+                                      image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])  # fmt: skip
+        expected = processor(images=list(pixels), return_tensors="np").pixel_values.transpose(0, 2, 3, 1)
+        ours = np.asarray(clip_preprocess(jnp.asarray(pixels / 255.0, jnp.float32), 224, processor.image_mean, processor.image_std, resize=256))
+        np.testing.assert_allclose(ours, expected, atol=0.02)  # one 8-bit level is 1 / 255 / 0.224 = 0.018
+        assert np.abs(ours - expected).mean() < 0.006
+
+
+def test_novelty_matches_pytorch_dinov2_features_and_the_knn_formula(tiny_dinov2):
+    model, path = tiny_dinov2
+    batch = images(5, (48, 40))
+    for top_k in (2, 15):
+        reward = parse_reward("novelty", {"novelty": {"path": str(path), "top_k": top_k}})
+        pixels = clip_preprocess(batch, 28, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), resize=32)
+        with torch.no_grad():
+            features = model(pixel_values=torch.tensor(np.asarray(pixels)).permute(0, 3, 1, 2)).pooler_output.double()
+        distances = torch.cdist(features, features)
+        distances.fill_diagonal_(float("inf"))
+        expected = distances.topk(min(top_k, 4), largest=False).values.mean(dim=1).numpy()
+        assert expected.std() > 0.01 * expected.mean()  # the images' novelties differ, so the order is checked
+        # 2e-4 apart (features of std ~1): transformers' Flax DINOv2 interpolates the position embeddings with
+        # jax.image's bicubic, PyTorch with torch's; without interpolation the features agree to 5e-7.
+        np.testing.assert_allclose(np.asarray(reward.score(batch, reward.params)), expected, atol=5e-4)
+    grad = jax.grad(lambda x: reward.score(x, reward.params).sum())(batch)
+    assert np.isfinite(np.asarray(grad)).all() and float(jnp.abs(grad).max()) > 0
+
+
+def test_knn_novelty_by_hand():
+    from jaxalign.rewards import knn_novelty
+
+    line = jnp.array([[0.0], [1.0], [3.0]])
+    np.testing.assert_allclose(knn_novelty(line, 1), [1.0, 1.0, 2.0], rtol=1e-6)
+    np.testing.assert_allclose(knn_novelty(line, 15), [2.0, 1.5, 2.5], rtol=1e-6)  # k is capped at N - 1
+    np.testing.assert_array_equal(knn_novelty(line[:1], 15), [0.0])  # alone (the baseline): 0, as the reference's first image

@@ -145,7 +145,7 @@ def test_without_the_datasets_library(cache, monkeypatch):
 )
 def test_command_line_reports_one_line_and_writes_nothing(source, message, cache, tmp_path, capsys):
     workdir = tmp_path / "out"
-    code = main(["run", "--config", str(ROOT / "configs" / "default.py"), f"--config.prompt_file={source}", "--workdir", str(workdir)])
+    code = main(["run", "--config", str(ROOT / "configs" / "red_pixels.py"), f"--config.prompt_file={source}", "--workdir", str(workdir)])
     err = capsys.readouterr().err
     assert code == 2, err
     lines = err.strip().splitlines()

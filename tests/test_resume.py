@@ -13,7 +13,7 @@ import pytest
 from jaxalign.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT = str(ROOT / "configs" / "default.py")
+RED_PIXELS = str(ROOT / "configs" / "red_pixels.py")
 SMALL = ["--config.height=32", "--config.width=32", "--config.num_inference_steps=2", "--config.popsize=6"]
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_DISABLE_MOST_OPTIMIZATIONS": "true"}
 # DNO's and DAS's generations differentiate through the UNet: optimised programs run them ten times faster.
@@ -23,7 +23,7 @@ TIMING = ("wall_s", "elapsed_s")
 
 def command(workdir, cache, *extra):
     # The processes of one test share a compilation cache: each compiles the same programs.
-    return [sys.executable, "-m", "jaxalign", "run", "--config", DEFAULT, "--workdir", str(workdir), "--no-progress",
+    return [sys.executable, "-m", "jaxalign", "run", "--config", RED_PIXELS, "--workdir", str(workdir), "--no-progress",
             *SMALL, "--config.steps=7", "--config.checkpoint_every=2", f"--config.compilation_cache_dir={cache}", *extra]  # fmt: skip
 
 
@@ -71,7 +71,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(uninterrupted, cache, tmp
 @pytest.mark.parametrize("method", ["dno", "das"])
 def test_sigkill_then_resume_is_exact_for_optimizer_and_smc_methods(tmp_path, cache, method):
     """DNO's state is optax's (AdamW moments and step count), DAS's lives inside each generation; both resume exactly."""
-    extra = [f"--config.method={method}", "--config.popsize=4"]
+    extra = [f"--config.method={method}", "--config.popsize=4", "--config.steps=5"]  # killed after generation 3, resumed at 2
     reference = tmp_path / "reference"
     subprocess.run(command(reference, cache, *extra), env=OPTIMISED, check=True, capture_output=True, timeout=600)
     workdir = tmp_path / "run"
@@ -90,7 +90,7 @@ def test_sigkill_then_resume_is_exact_for_optimizer_and_smc_methods(tmp_path, ca
 
 def test_resume_refuses_a_changed_config(tmp_path, capsys):
     workdir = tmp_path / "run"
-    args = ["run", "--config", DEFAULT, "--workdir", str(workdir), "--no-progress", *SMALL, "--config.steps=2"]
+    args = ["run", "--config", RED_PIXELS, "--workdir", str(workdir), "--no-progress", *SMALL, "--config.steps=2"]
     assert main(args) == 0
     capsys.readouterr()
     assert main([*args, "--config.popsize=8", "--config.seed=3", "--resume"]) == 2
@@ -100,7 +100,7 @@ def test_resume_refuses_a_changed_config(tmp_path, capsys):
 
 def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
     workdir = tmp_path / "run"
-    args = ["run", "--config", DEFAULT, "--workdir", str(workdir), "--no-progress", *SMALL, "--config.steps=3",
+    args = ["run", "--config", RED_PIXELS, "--workdir", str(workdir), "--no-progress", *SMALL, "--config.steps=3",
             "--config.checkpoint_every=1"]  # fmt: skip
     assert main(args) == 0
     complete = metrics(workdir)
@@ -117,7 +117,7 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
 
 def test_finished_prompts_are_skipped_on_resume(tmp_path, capsys):
     workdir = tmp_path / "run"
-    args = ["run", "--config", DEFAULT, "--workdir", str(workdir), "--no-progress", *SMALL, "--config.steps=2"]
+    args = ["run", "--config", RED_PIXELS, "--workdir", str(workdir), "--no-progress", *SMALL, "--config.steps=2"]
     assert main(args) == 0
     before = (workdir / "metrics.jsonl").read_text()
     assert main([*args, "--resume"]) == 0

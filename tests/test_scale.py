@@ -17,7 +17,7 @@ from jaxalign.run import make_problem
 from jaxalign.search import batched
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT = str(ROOT / "configs" / "default.py")
+RED_PIXELS = str(ROOT / "configs" / "red_pixels.py")
 SMALL = ["--config.height=32", "--config.width=32", "--config.num_inference_steps=2"]
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_DISABLE_MOST_OPTIMIZATIONS": "true"}
 PROMPTS = ["a red circle", "a blue square", "a green star"]
@@ -57,7 +57,7 @@ def assert_same_metrics(a, b, rel=1e-5):
 
 
 def test_cli_batch_prompts_matches_sequential(tmp_path, capsys):
-    common = ["run", "--config", DEFAULT, "--no-progress", *SMALL, "--config.popsize=6", "--config.steps=3",
+    common = ["run", "--config", RED_PIXELS, "--no-progress", *SMALL, "--config.popsize=6", "--config.steps=3",
               f"--config.prompts={PROMPTS[:2]!r}", "--config.rewards={'brightness': 1.0}"]  # fmt: skip
     assert main([*common, "--workdir", str(tmp_path / "seq")]) == 0
     assert main([*common, "--workdir", str(tmp_path / "batch"), "--config.batch_prompts=true"]) == 0
@@ -68,7 +68,7 @@ def test_cli_batch_prompts_matches_sequential(tmp_path, capsys):
 
 
 def run_cli(workdir, *extra, env=ENV):
-    args = [sys.executable, "-m", "jaxalign", "run", "--config", DEFAULT, "--workdir", str(workdir), "--no-progress", *SMALL, *extra]
+    args = [sys.executable, "-m", "jaxalign", "run", "--config", RED_PIXELS, "--workdir", str(workdir), "--no-progress", *SMALL, *extra]
     result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     return json.loads(Path(workdir, "summary.json").read_text())
@@ -76,7 +76,7 @@ def run_cli(workdir, *extra, env=ENV):
 
 def run_here(workdir, *extra):
     """The same command in this (one-device) test process, sparing a process start and model load."""
-    assert main(["run", "--config", DEFAULT, "--workdir", str(workdir), "--no-progress", *SMALL, *extra]) == 0
+    assert main(["run", "--config", RED_PIXELS, "--workdir", str(workdir), "--no-progress", *SMALL, *extra]) == 0
     return json.loads(Path(workdir, "summary.json").read_text())
 
 

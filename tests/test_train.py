@@ -1,5 +1,6 @@
 """Training the embedded model: short runs lower the loss, resume reproduces, the export loads."""
 
+import functools
 import shutil
 
 import jax
@@ -33,7 +34,7 @@ def test_autoencoder_training_lowers_the_loss(config_dir, tmp_path):
     batch = train.shapes_batch(model, 99, "held", 0, 16)
     before = _fixed_loss(loss_fn, {"vae": params["vae"]}, {}, batch)
     config = train.StageConfig(steps=40, batch_size=16, warmup_steps=5)
-    state = train.run_stage("autoencoder", model, loss_fn, {"vae": params["vae"]}, {}, config, tmp_path, 0, checkpoint_every=0, progress=False)
+    state = train.run_stage("autoencoder", functools.partial(train.shapes_batch, model, 0, "autoencoder"), loss_fn, {"vae": params["vae"]}, {}, config, tmp_path, 0, checkpoint_every=0, progress=False)
     after = _fixed_loss(loss_fn, state.params, {}, batch)
     assert after < 0.85 * before
     rows = train._read_csv(tmp_path / "autoencoder_loss.csv")
@@ -48,7 +49,7 @@ def test_denoiser_training_lowers_the_loss_and_resumes_exactly(config_dir, tmp_p
     batch = train.shapes_batch(model, 99, "held", 0, 16)
     before = _fixed_loss(loss_fn, trainable, frozen, batch)
     config = train.StageConfig(steps=12, batch_size=8, warmup_steps=2)
-    straight = train.run_stage("denoiser", model, loss_fn, trainable, frozen, config, tmp_path / "a", 0, checkpoint_every=6, progress=False)
+    straight = train.run_stage("denoiser", functools.partial(train.shapes_batch, model, 0, "denoiser"), loss_fn, trainable, frozen, config, tmp_path / "a", 0, checkpoint_every=6, progress=False)
     after = _fixed_loss(loss_fn, straight.params, frozen, batch)
     assert after < before
 
@@ -59,7 +60,7 @@ def test_denoiser_training_lowers_the_loss_and_resumes_exactly(config_dir, tmp_p
     manager = ocp.CheckpointManager((tmp_path / "b" / "checkpoints" / "denoiser").absolute())
     manager.delete(12)
     manager.close()
-    resumed = train.run_stage("denoiser", model, loss_fn, trainable, frozen, config, tmp_path / "b", 0, checkpoint_every=6, progress=False)
+    resumed = train.run_stage("denoiser", functools.partial(train.shapes_batch, model, 0, "denoiser"), loss_fn, trainable, frozen, config, tmp_path / "b", 0, checkpoint_every=6, progress=False)
     assert int(resumed.step) == 12
     for a, b in zip(jax.tree.leaves(straight.ema), jax.tree.leaves(resumed.ema)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

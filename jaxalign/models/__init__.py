@@ -1,6 +1,6 @@
 """Stable Diffusion models behind one small, pure interface; the only package of jaxalign that touches
 diffusers' and transformers' Flax classes (``FlaxUNet2DConditionModel``, ``FlaxAutoencoderKL``,
-``FlaxCLIPTextModel``, ``FlaxCLIPTextModelWithProjection``, ``FlaxCLIPModel``).
+``FlaxCLIPTextModel``, ``FlaxCLIPTextModelWithProjection``, ``FlaxCLIPModel``, ``FlaxDinov2Model``).
 
 One module per concept:
 
@@ -10,19 +10,20 @@ One module per concept:
 * :mod:`.weights`: weight files, readers, PyTorch -> Flax renaming, shape checks, seeded init;
 * :mod:`.text`: tokenizers;
 * :mod:`.loading`: loading, initialising and saving diffusion models;
-* :mod:`.clip`: CLIP models for the learned rewards.
+* :mod:`.clip`: CLIP models for the learned rewards;
+* :mod:`.dinov2`: DINOv2 image features for the novelty reward.
 """
 
-from jaxalign.models.clip import ClipModel, load_clip, load_open_clip, open_clip_to_transformers
+from jaxalign.models.clip import ClipModel, init_clip, load_clip, load_open_clip, open_clip_to_transformers
 from jaxalign.models.diffusion import ATTENTION, DTYPES, DiffusionModel, Params, guidance_scale_embedding, with_latent_scale
 from jaxalign.models.families import FAMILIES, ModelFamily, detect_family
-from jaxalign.models.hub import EMBEDDED, EMBEDDED_DIR, hf_cache_dir, resolve_model_dir
+from jaxalign.models.hub import EMBEDDED, EMBEDDED_CLIP_DIR, EMBEDDED_DIR, hf_cache_dir, resolve_model_dir
 from jaxalign.models.loading import init_model, load_model, save_model
 from jaxalign.models.weights import read_state_dict, read_weights, seeded_init
 
 __all__ = [
-    "ATTENTION", "DTYPES", "EMBEDDED", "EMBEDDED_DIR", "FAMILIES", "ClipModel", "DiffusionModel", "ModelFamily", "Params",
-    "detect_family", "guidance_scale_embedding", "hf_cache_dir", "init_model", "load_clip", "load_model", "load_open_clip",
+    "ATTENTION", "DTYPES", "EMBEDDED", "EMBEDDED_CLIP_DIR", "EMBEDDED_DIR", "FAMILIES", "ClipModel", "DiffusionModel", "ModelFamily", "Params",
+    "detect_family", "guidance_scale_embedding", "hf_cache_dir", "init_clip", "init_model", "load_clip", "load_model", "load_open_clip",
     "open_clip_to_transformers", "read_state_dict", "read_weights", "resolve_model_dir", "save_model", "seeded_init",
     "with_latent_scale",
 ]  # fmt: skip

@@ -14,7 +14,7 @@ import numpy as np
 
 from jaxalign.errors import JaxalignError
 from jaxalign.models.diffusion import DTYPES, Params
-from jaxalign.models.hub import resolve_model_dir
+from jaxalign.models.hub import EMBEDDED, EMBEDDED_CLIP_DIR, EMBEDDED_DIR, resolve_model_dir
 from jaxalign.models.text import clip_tokenizer
 from jaxalign.models.weights import checked_tree, flatten_shapes, read_json, read_state_dict, read_weights, torch_to_flax
 
@@ -52,7 +52,8 @@ _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 def load_clip(source: str, dtype: str = "float32") -> tuple[ClipModel, Params]:
-    """A CLIP model from a transformers-format directory (or a cached Hub repo id): ``config.json``,
+    """A CLIP model from a transformers-format directory (or a cached Hub repo id, or ``"embedded"``: the
+    tiny CLIP of the embedded shapes world, :mod:`jaxalign.tiny_clip`): ``config.json``,
     safetensors / ``.bin`` / Flax weights, tokenizer and ``preprocessor_config.json`` when present.
 
     PickScore and the CLIP towers of the aesthetic predictor are in this layout. Without tokenizer
@@ -61,7 +62,7 @@ def load_clip(source: str, dtype: str = "float32") -> tuple[ClipModel, Params]:
     """
     from transformers import CLIPConfig
 
-    path = _resolve_component(source, "CLIP model")
+    path = EMBEDDED_CLIP_DIR if source == EMBEDDED else _resolve_component(source, "CLIP model")
     if not (path / "config.json").is_file():
         raise JaxalignError(f"CLIP model directory {path} has no config.json (expected a transformers CLIPModel directory)")
     config = CLIPConfig.from_pretrained(path)
@@ -69,6 +70,15 @@ def load_clip(source: str, dtype: str = "float32") -> tuple[ClipModel, Params]:
         raise JaxalignError(f"{path}/config.json is a {getattr(config, 'model_type', '?')!r} model, expected a 'clip' CLIPModel")
     processor = read_json(path / "preprocessor_config.json") if (path / "preprocessor_config.json").is_file() else {}
     return _clip_from(config, lambda shapes: read_weights(path, shapes), clip_tokenizer(path), processor, DTYPES[dtype])
+
+def init_clip(config, seed: int = 0, mean: Sequence[float] = _CLIP_MEAN, std: Sequence[float] = _CLIP_STD) -> tuple[ClipModel, Params]:
+    """A CLIP model of ``config`` (a transformers ``CLIPConfig``) with seeded random weights, for training;
+    CLIP's BPE tokenizer (the embedded model's), images at the vision tower's size normalised by ``mean``/``std``."""
+    from transformers import FlaxCLIPModel
+
+    params = FlaxCLIPModel(config, seed=seed).params
+    processor = {"image_mean": list(mean), "image_std": list(std)}
+    return _clip_from(config, lambda shapes: params, clip_tokenizer(EMBEDDED_DIR / "tokenizer"), processor, jnp.float32)
 
 def load_open_clip(checkpoint: str, architecture: dict, dtype: str = "float32") -> tuple[ClipModel, Params]:
     """A CLIP model from an open_clip checkpoint (HPSv2's ``HPS_v2*_compressed.pt``), mapped to the

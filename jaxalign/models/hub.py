@@ -12,6 +12,7 @@ from jaxalign.errors import JaxalignError
 
 EMBEDDED = "embedded"
 EMBEDDED_DIR = Path(__file__).parent.parent / "embedded"
+EMBEDDED_CLIP_DIR = Path(__file__).parent.parent / "embedded_clip"  # the tiny CLIP of the embedded world (jaxalign.tiny_clip)
 
 
 def resolve_model_dir(source: str) -> Path:

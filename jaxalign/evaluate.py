@@ -1,0 +1,180 @@
+"""``jaxalign eval``: re-score finished runs, as the reference's evaluation does (pjjajal/diffusion-trajectory
+``wandb_evals.py`` re-scores each prompt's baseline and best image with rewards other than the one optimised).
+
+For every run under a directory (one run, or a sweep's many), the baseline and best images are scored with
+other rewards (cross-reward generalisation); runs of the same prompt and method (different seeds) give the
+diversity of their best images, as the mean pairwise distance of CLIP image embeddings (1 - cosine) and of
+pixels (RMS); and for the embedded shapes model, :func:`jaxalign.shapes.describe` judges, independently of
+any reward, which attributes named in the prompt each image shows. Nothing is written unless all of it
+succeeds: ``eval.json`` (per run, per prompt, overall means), ``eval.csv`` (per run) and ``eval.png``
+(baselines above best images).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxalign import shapes
+from jaxalign.errors import JaxalignError
+from jaxalign.files import write_csv, write_json
+
+# Cross-rewards every evaluation adds to the run's own: the paper's weight-free rewards.
+CROSS_REWARDS = ("brightness", "contrast", "saturation")
+
+
+def find_runs(workdir: Path) -> list[Path]:
+    """Directories under ``workdir`` (itself included) holding one prompt's finished run."""
+    if not workdir.is_dir():
+        raise JaxalignError(f"eval: {workdir} is not a directory")
+    found = [p.parent for p in sorted(workdir.rglob("summary.json")) if "prompt" in _read(p)]
+    if not found:
+        raise JaxalignError(f"eval: {workdir} holds no finished jaxalign run (no summary.json of a prompt)")
+    return found
+
+
+def load_image(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    if not path.is_file():
+        raise JaxalignError(f"eval: image missing: {path}")
+    return np.asarray(Image.open(path).convert("RGB"), np.float32) / 255.0
+
+
+def evaluate(workdir: str | Path, rewards: Sequence[str] | None = None, reward_paths: Mapping[str, Any] | None = None, clip: str | None = None) -> dict:
+    """Evaluate every run under ``workdir`` and write ``eval.json``, ``eval.csv`` and ``eval.png`` there.
+
+    ``rewards``: reward names to score with (default: each run's own rewards, ``clip`` for the embedded
+    model, and :data:`CROSS_REWARDS`); ``reward_paths`` adds to (and overrides) each run's own paths;
+    ``clip`` is the CLIP model (path, repo id or ``"embedded"``) for embedding diversity (default: the
+    tiny CLIP for the embedded model; none otherwise, then only pixel diversity is measured).
+    """
+    from jaxalign.models import EMBEDDED
+    from jaxalign.rewards import REWARDS
+
+    workdir = Path(workdir)
+    runs = find_runs(workdir)
+    for name in rewards or ():
+        REWARDS[name.partition(":")[0]]  # unknown names fail before any work
+    summaries = [_read(run / "summary.json") for run in runs]
+    images = [(load_image(run / "images" / "baseline.png"), load_image(run / s.get("best_image", "images/best.png"))) for run, s in zip(runs, summaries)]
+    scorers: dict[tuple, Any] = {}
+    rows = []
+    for run, summary, (baseline, best) in zip(runs, summaries, images):
+        config = summary.get("config", {})
+        paths = {**config.get("reward_paths", {}), **(reward_paths or {})}
+        embedded = summary.get("model") == EMBEDDED
+        if embedded:
+            paths.setdefault("clip", EMBEDDED)
+        names = list(rewards) if rewards else list(dict.fromkeys([*summary.get("rewards", {}), *(["clip"] if embedded else []), *CROSS_REWARDS]))
+        row = {
+            "run": str(run.relative_to(workdir)) or ".", "prompt": summary["prompt"], "method": summary.get("method"),
+            "strategy": summary.get("strategy"), "seed": config.get("seed"), "nfe": summary.get("nfe"),
+            "search_s": summary.get("search_s"),
+        }  # fmt: skip
+        for name in names:
+            score = _scorer(scorers, name, paths)
+            values = np.asarray(score(np.stack([baseline, best]), summary["prompt"]))
+            row[f"baseline:{name}"], row[f"best:{name}"] = float(values[0]), float(values[1])
+        named = shapes.parse_caption(summary["prompt"]) if embedded else None
+        if named:
+            for which, image in (("baseline", baseline), ("best", best)):
+                read = shapes.describe(image)
+                for field, value in named.items():
+                    row[f"judge_{which}:{field}"] = float(read is not None and getattr(read, field) == value)
+                row[f"judge_{which}:all_named"] = float(all(row[f"judge_{which}:{f}"] for f in named))
+        rows.append(row)
+
+    clip_source = clip if clip is not None else (EMBEDDED if all(s.get("model") == EMBEDDED for s in summaries) else None)
+    embed = _clip_embedder(clip_source) if clip_source else None
+    groups = []
+    def kind(i):  # runs of one prompt and one method differ only in their seeds
+        return rows[i]["prompt"], str(rows[i]["method"]), str(rows[i]["strategy"])
+
+    for (prompt, method, strategy), members in itertools.groupby(sorted(range(len(runs)), key=kind), key=kind):
+        members = list(members)
+        if len(members) < 2:
+            continue
+        group = {"prompt": prompt, "method": method, "strategy": strategy, "runs": len(members)}
+        for which, slot in (("baseline", 0), ("best", 1)):
+            stack = np.stack([images[i][slot] for i in members])
+            group[f"{which}_pixel_diversity"] = pairwise_mean(stack.reshape(len(members), -1), rms_distance)
+            if embed is not None:
+                group[f"{which}_clip_diversity"] = pairwise_mean(embed(stack), cosine_distance)
+        groups.append(group)
+
+    result = {"workdir": str(workdir), "runs": rows, "diversity": groups, "clip_for_diversity": clip_source, "means": _means(rows, groups)}
+    write_json(workdir / "eval.json", result)
+    write_csv(workdir / "eval.csv", rows)
+    _save_grid(images[:16], workdir / "eval.png")
+    return result
+
+
+def rms_distance(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.sqrt(np.mean((a - b) ** 2)))
+
+
+def cosine_distance(a: np.ndarray, b: np.ndarray) -> float:
+    return float(1.0 - a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def pairwise_mean(items: np.ndarray, distance) -> float:
+    """Mean of ``distance`` over all unordered pairs of ``items`` (at least two)."""
+    return float(np.mean([distance(items[i], items[j]) for i, j in itertools.combinations(range(len(items)), 2)]))
+
+
+def _scorer(cache: dict, name: str, paths: Mapping[str, Any]):
+    from jaxalign.rewards import parse_reward
+
+    key = (name, json.dumps(paths.get(name.partition(":")[0]), sort_keys=True, default=str))
+    if key not in cache:
+        reward = parse_reward(name, paths)
+
+        def score(images, prompt, reward=reward):
+            prepared = reward.prepare(prompt) if reward.prepare is not None else None
+            return reward.score(jnp.asarray(images), reward.params, prepared)
+
+        cache[key] = score
+    return cache[key]
+
+
+def _clip_embedder(source: str):
+    from jaxalign.models import load_clip
+    from jaxalign.rewards import clip_preprocess
+
+    clip, params = load_clip(source)
+
+    @jax.jit
+    def embed(images):
+        return clip.image_features(params, clip_preprocess(images, clip.crop_size, clip.mean, clip.std))
+
+    return lambda images: np.asarray(embed(jnp.asarray(images)))
+
+
+def _means(rows: list[dict], groups: list[dict]) -> dict:
+    columns = [k for k in dict.fromkeys(k for r in rows for k in r) if k.startswith(("baseline:", "best:", "judge_"))]
+    means = {k: float(np.mean([r[k] for r in rows if k in r])) for k in columns}
+    for k in dict.fromkeys(k for g in groups for k in g if k.endswith("diversity")):
+        means[k] = float(np.mean([g[k] for g in groups]))
+    return means
+
+
+def _save_grid(pairs: list[tuple[np.ndarray, np.ndarray]], path: Path) -> None:
+    from jaxalign.train import save_grid
+
+    save_grid(np.stack([p[0] for p in pairs] + [p[1] for p in pairs]), path, columns=len(pairs))
+
+
+def _read(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise JaxalignError(f"eval: cannot read {path}: {error}") from None
+    return data if isinstance(data, dict) else {}

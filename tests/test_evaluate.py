@@ -1,0 +1,109 @@
+"""``jaxalign eval``: cross-reward scores, the shapes judge and diversity on run directories whose images are
+known, and its bad input."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxalign import shapes
+from jaxalign.cli import main
+from jaxalign.evaluate import load_image
+from jaxalign.models import load_clip
+from jaxalign.rewards import clip_preprocess, parse_reward
+
+PROMPT = "a large red circle on a blue background, top left"
+RIGHT = shapes.Attributes("circle", "red", "blue", "large", "top left")
+WRONG = RIGHT._replace(position="bottom right", background="green")
+
+
+def _fake_run(directory, seed, baseline, best):
+    """A run directory as ``jaxalign run`` leaves it, with rendered images of known attributes."""
+    (directory / "images").mkdir(parents=True)
+    for name, attributes in (("baseline", baseline), ("step_0003", best)):
+        image = shapes.render(attributes, np.random.default_rng(seed))
+        Image.fromarray((image * 255).round().astype(np.uint8)).save(directory / "images" / f"{name}.png")
+    summary = {
+        "prompt": PROMPT, "model": "embedded", "method": "evolution", "strategy": "CoSyNE", "rewards": {"color_fraction:red": 1.0},
+        "best_image": "images/step_0003.png", "nfe": 640, "config": {"seed": seed, "reward_paths": {}},
+    }  # fmt: skip
+    (directory / "summary.json").write_text(json.dumps(summary))
+
+
+@pytest.fixture()
+def sweep(tmp_path):
+    for seed in range(3):
+        _fake_run(tmp_path / "sweep" / f"seed_{seed}", seed, WRONG, RIGHT)
+    return tmp_path / "sweep"
+
+
+def test_eval_scores_judges_and_measures_diversity(sweep, capsys):
+    assert main(["eval", "--workdir", str(sweep)]) == 0, capsys.readouterr().err
+    result = json.loads((sweep / "eval.json").read_text())
+    assert len(result["runs"]) == 3 and (sweep / "eval.csv").is_file() and (sweep / "eval.png").is_file()
+    run = next(r for r in result["runs"] if r["run"] == "seed_1")
+    baseline, best = load_image(sweep / "seed_1" / "images" / "baseline.png"), load_image(sweep / "seed_1" / "images" / "step_0003.png")
+    # Every reward's value is the reward itself on the saved image: the run's own, clip (tiny CLIP) and the cross-rewards.
+    assert {k for k in run if k.startswith("best:")} == {"best:color_fraction:red", "best:clip", "best:brightness", "best:contrast", "best:saturation"}
+    for name in ("color_fraction:red", "clip", "saturation"):
+        reward = parse_reward(name, {"clip": "embedded"})
+        prepared = reward.prepare(PROMPT) if reward.prepare else None
+        expected = np.asarray(reward.score(np.stack([baseline, best]), reward.params, prepared))
+        np.testing.assert_allclose([run[f"baseline:{name}"], run[f"best:{name}"]], expected, rtol=1e-5)
+    # The judge: the baseline has the wrong background and position, the best image everything named.
+    assert run["judge_baseline:colour"] == 1 and run["judge_baseline:background"] == 0 and run["judge_baseline:position"] == 0
+    assert all(run[f"judge_best:{f}"] == 1 for f in ("shape", "colour", "background", "size", "position", "all_named"))
+    # Diversity over the three seeds' best images: mean pairwise RMS pixel distance and CLIP cosine distance.
+    bests = [load_image(sweep / f"seed_{s}" / "images" / "step_0003.png") for s in range(3)]
+    pairs = [(0, 1), (0, 2), (1, 2)]
+    (group,) = result["diversity"]
+    assert group["best_pixel_diversity"] == pytest.approx(np.mean([np.sqrt(np.mean((bests[i] - bests[j]) ** 2)) for i, j in pairs]), rel=1e-6)
+    clip, params = load_clip("embedded")
+    features = np.asarray(clip.image_features(params, clip_preprocess(np.stack(bests), clip.crop_size, clip.mean, clip.std)))
+    features = features / np.linalg.norm(features, axis=1, keepdims=True)
+    assert group["best_clip_diversity"] == pytest.approx(np.mean([1 - features[i] @ features[j] for i, j in pairs]), rel=1e-4)
+    assert result["means"]["judge_best:all_named"] == 1.0 and result["means"]["judge_baseline:all_named"] == 0.0
+
+
+@pytest.mark.parametrize(
+    "case, args, message",
+    [
+        ("empty", [], "holds no finished jaxalign run"),
+        ("missing image", [], "image missing: .*step_0003.png"),
+        ("unknown reward", ["--rewards", "brightness,sparkle"], "unknown reward 'sparkle'"),
+        ("bad reward path", ["--reward-path", "clip"], "--reward-path takes NAME=SOURCE"),
+    ],
+)
+def test_eval_bad_input_is_one_line_and_writes_nothing(sweep, tmp_path, capsys, case, args, message):
+    workdir = sweep
+    if case == "empty":
+        workdir = tmp_path / "empty"
+        workdir.mkdir()
+    if case == "missing image":
+        (sweep / "seed_2" / "images" / "step_0003.png").unlink()
+    before = sorted(p.name for p in workdir.rglob("*"))
+    assert main(["eval", "--workdir", str(workdir), *args]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1
+    import re
+
+    assert re.search(message, error), error
+    assert sorted(p.name for p in workdir.rglob("*")) == before
+    shutil.rmtree(tmp_path / "empty", ignore_errors=True)
+
+
+def test_the_default_job_makes_its_image_read_closer_to_the_prompt(tmp_path, capsys):
+    # README's main command, then eval: the judge, which knows nothing of the reward, finds more of the prompt's
+    # attributes in the best image than in the baseline.
+    from pathlib import Path
+
+    config = Path(__file__).resolve().parent.parent / "configs" / "default.py"
+    assert main(["run", "--config", str(config), "--workdir", str(tmp_path / "default"), "--no-progress"]) == 0, capsys.readouterr().err
+    assert main(["eval", "--workdir", str(tmp_path / "default")]) == 0, capsys.readouterr().err
+    (run,) = json.loads((tmp_path / "default" / "eval.json").read_text())["runs"]
+    named = [k.split(":")[1] for k in run if k.startswith("judge_best:") and k != "judge_best:all_named"]
+    assert len(named) == 5
+    assert sum(run[f"judge_best:{f}"] for f in named) > sum(run[f"judge_baseline:{f}"] for f in named)
+    assert run["best:clip"] > run["baseline:clip"]
