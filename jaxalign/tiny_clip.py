@@ -45,15 +45,18 @@ def init_tiny_clip(seed: int = 0) -> tuple[ClipModel, Params]:
     return init_clip(tiny_clip_config(), seed, MEAN, STD)
 
 
+# The values each attribute takes, in caption order.
+ATTRIBUTE_VALUES = {
+    "shape": shapes.SHAPES, "colour": tuple(shapes.COLOURS), "background": tuple(shapes.COLOURS),
+    "size": shapes.SIZES, "position": tuple(shapes.POSITIONS),
+}  # fmt: skip
+
+
 def _sibling(a: shapes.Attributes, rng: np.random.Generator) -> shapes.Attributes:
     """``a`` with one attribute changed, staying a training combination (colour != background)."""
-    choices = {
-        "shape": shapes.SHAPES, "colour": tuple(shapes.COLOURS), "background": tuple(shapes.COLOURS),
-        "size": shapes.SIZES, "position": tuple(shapes.POSITIONS),
-    }  # fmt: skip
     while True:
         field = shapes.Attributes._fields[rng.integers(5)]
-        value = choices[field][rng.integers(len(choices[field]))]
+        value = ATTRIBUTE_VALUES[field][rng.integers(len(ATTRIBUTE_VALUES[field]))]
         b = a._replace(**{field: value})
         if b != a and b.colour != b.background and (b.shape, b.colour, b.background) not in shapes.HELD_OUT:
             return b
@@ -115,10 +118,6 @@ def save_tiny_clip(clip: ClipModel, params: Params, path: Path) -> None:
     (path / "preprocessor_config.json").write_text(json.dumps(processor, indent=2) + "\n")
 
 
-ATTRIBUTE_VALUES = {
-    "shape": shapes.SHAPES, "colour": tuple(shapes.COLOURS), "background": tuple(shapes.COLOURS),
-    "size": shapes.SIZES, "position": tuple(shapes.POSITIONS),
-}  # fmt: skip
 
 
 def zero_shot_read(clip: ClipModel, params: Params, images: np.ndarray, reference: list[shapes.Attributes]) -> list[shapes.Attributes]:
@@ -130,17 +129,18 @@ def zero_shot_read(clip: ClipModel, params: Params, images: np.ndarray, referenc
     pixels = clip_preprocess(jnp.asarray(images), clip.crop_size, clip.mean, clip.std)
     image = np.asarray(jax.jit(clip.image_features)(params, pixels))
     image = image / np.linalg.norm(image, axis=-1, keepdims=True)
-    encode = jax.jit(clip.text_features)
+    candidates = [
+        {field: [v for v in options if v != {"colour": ref.background, "background": ref.colour}.get(field)] for field, options in ATTRIBUTE_VALUES.items()}
+        for ref in reference
+    ]
+    # Every candidate caption, encoded once in one batch.
+    captions = sorted({shapes.caption(ref._replace(**{f: v})) for ref, c in zip(reference, candidates) for f, vs in c.items() for v in vs})
+    text = np.asarray(jax.jit(clip.text_features)(params, jnp.asarray(clip.tokenize(captions))))
+    row = dict(zip(captions, text / np.linalg.norm(text, axis=-1, keepdims=True)))
     read = []
-    for features, ref in zip(image, reference):
-        values = {}
-        for field, options in ATTRIBUTE_VALUES.items():
-            blocked = {"colour": ref.background, "background": ref.colour}.get(field)
-            options = [v for v in options if v != blocked]
-            text = np.asarray(encode(params, jnp.asarray(clip.tokenize([shapes.caption(ref._replace(**{field: v})) for v in options]))))
-            text = text / np.linalg.norm(text, axis=-1, keepdims=True)
-            values[field] = options[int(np.argmax(text @ features))]
-        read.append(shapes.Attributes(**values))
+    for features, ref, options in zip(image, reference, candidates):
+        scores = {f: [row[shapes.caption(ref._replace(**{f: v}))] @ features for v in vs] for f, vs in options.items()}
+        read.append(shapes.Attributes(**{f: options[f][int(np.argmax(scores[f]))] for f in options}))
     return read
 
 

@@ -13,10 +13,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from jaxalign import shapes  # noqa: E402
+from jaxalign.evaluate import load_image  # noqa: E402
 
 
 def judged(path: Path, prompt: str) -> str:
@@ -24,7 +24,7 @@ def judged(path: Path, prompt: str) -> str:
     named = shapes.parse_caption(prompt)
     if not named:
         return ""
-    read = shapes.describe(np.asarray(Image.open(path).convert("RGB"), np.float32) / 255.0)
+    read = shapes.describe(load_image(path))
     if read is None:
         return "\njudge: no shape"
     words = [getattr(read, f) if getattr(read, f) == v else f"{getattr(read, f)} (not {v})" for f, v in named.items()]

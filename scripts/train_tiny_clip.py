@@ -30,8 +30,8 @@ def evaluate(clip_dir: Path, count: int, seed: int) -> dict:
     data = shapes.make_batch(seed + 7, count, held_out=True)
     rendered = attribute_accuracy(zero_shot_read(clip, params, data.images, data.attributes), data.attributes)
     model, model_params = load_model("embedded")
-    _, images, _ = train.caption_following(model, model_params, held_out=True, count=count, seed=seed)
-    truth = list(shapes.make_batch(seed + 104729, count, held_out=True).attributes)  # caption_following's captions
+    _, images, captions = train.caption_following(model, model_params, held_out=True, count=count, seed=seed)
+    truth = [shapes.Attributes(**shapes.parse_caption(c)) for c in captions]
     judge = [shapes.describe(image) for image in images]
     clip_read = zero_shot_read(clip, params, images, truth)
     readable = [i for i, j in enumerate(judge) if j is not None]

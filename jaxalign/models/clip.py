@@ -14,7 +14,7 @@ import numpy as np
 
 from jaxalign.errors import JaxalignError
 from jaxalign.models.diffusion import DTYPES, Params
-from jaxalign.models.hub import EMBEDDED, EMBEDDED_CLIP_DIR, EMBEDDED_DIR, resolve_model_dir
+from jaxalign.models.hub import EMBEDDED, EMBEDDED_CLIP_DIR, EMBEDDED_DIR, resolve_component
 from jaxalign.models.text import clip_tokenizer
 from jaxalign.models.weights import checked_tree, flatten_shapes, read_json, read_state_dict, read_weights, torch_to_flax
 
@@ -62,7 +62,7 @@ def load_clip(source: str, dtype: str = "float32") -> tuple[ClipModel, Params]:
     """
     from transformers import CLIPConfig
 
-    path = EMBEDDED_CLIP_DIR if source == EMBEDDED else _resolve_component(source, "CLIP model")
+    path = EMBEDDED_CLIP_DIR if source == EMBEDDED else resolve_component(source, "CLIP model")
     if not (path / "config.json").is_file():
         raise JaxalignError(f"CLIP model directory {path} has no config.json (expected a transformers CLIPModel directory)")
     config = CLIPConfig.from_pretrained(path)
@@ -163,12 +163,3 @@ def _clip_from(config, read, tokenizer, processor: dict, dtype) -> tuple[ClipMod
         mean=tuple(processor.get("image_mean", _CLIP_MEAN)), std=tuple(processor.get("image_std", _CLIP_STD)),
     )  # fmt: skip
     return model, params
-
-def _resolve_component(source: str, what: str) -> Path:
-    path = Path(source).expanduser()
-    if path.is_dir():
-        return path
-    try:
-        return resolve_model_dir(source)
-    except JaxalignError:
-        raise JaxalignError(f"{what} not found: {path} (expected a local directory or a Hub repo id in the local cache)") from None

@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxalign.errors import JaxalignError
-from jaxalign.models.clip import _resolve_component
 from jaxalign.models.diffusion import DTYPES, Params
+from jaxalign.models.hub import resolve_component
 from jaxalign.models.weights import read_json, read_weights
 
 # BitImageProcessor's defaults, which DINOv2's preprocessor configs use.
@@ -39,7 +39,7 @@ def load_dinov2(source: str, dtype: str = "float32") -> tuple[Dinov2, Params]:
     (safetensors / ``.bin`` / Flax) and ``preprocessor_config.json`` when present."""
     from transformers import Dinov2Config, FlaxDinov2Model
 
-    path = _resolve_component(source, "DINOv2 model")
+    path = resolve_component(source, "DINOv2 model")
     if not (path / "config.json").is_file():
         raise JaxalignError(f"DINOv2 model directory {path} has no config.json (expected a transformers Dinov2Model directory)")
     config = Dinov2Config.from_pretrained(path)

@@ -37,6 +37,17 @@ def resolve_model_dir(source: str) -> Path:
         ) from None
 
 
+def resolve_component(source: str, what: str) -> Path:
+    """A reward model's directory (``what`` names it in the error): a local path, or a Hub repo id in the cache."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path
+    try:
+        return resolve_model_dir(source)
+    except JaxalignError:
+        raise JaxalignError(f"{what} not found: {path} (expected a local directory or a Hub repo id in the local cache)") from None
+
+
 def hf_cache_dir() -> Path:
     """The Hugging Face Hub cache directory, read from the environment at call time (huggingface_hub reads
     it once, at import, so a process that sets ``HF_HUB_CACHE`` later would otherwise not be heard)."""
