@@ -2,12 +2,12 @@
 ``wandb_evals.py`` re-scores each prompt's baseline and best image with rewards other than the one optimised).
 
 For every run under a directory (one run, or a sweep's many), the baseline and best images are scored with
-other rewards (cross-reward generalisation); runs of the same prompt and method (different seeds) give the
-diversity of their best images, as the mean pairwise distance of CLIP image embeddings (1 - cosine) and of
-pixels (RMS); and for the embedded shapes model, :func:`jaxalign.shapes.describe` judges, independently of
-any reward, which attributes named in the prompt each image shows. Nothing is written unless all of it
-succeeds: ``eval.json`` (per run, per prompt, overall means), ``eval.csv`` (per run) and ``eval.png``
-(baselines above best images).
+other rewards (cross-reward generalisation); diversity is the mean pairwise distance of CLIP image embeddings
+(1 - cosine) and of pixels (RMS), over the best images of runs of the same prompt and method (different seeds)
+and over each run's final population; and for the embedded shapes model, :func:`jaxalign.shapes.describe`
+judges, independently of any reward, which attributes named in the prompt each image shows. Nothing is
+written unless all of it succeeds: ``eval.json`` (per run, per prompt, overall means), ``eval.csv`` (per run)
+and ``eval.png`` (baselines above best images); in a sweep's workdir, ``runs.csv`` gains the per-run columns.
 """
 
 from __future__ import annotations
@@ -65,6 +65,8 @@ def evaluate(workdir: str | Path, rewards: Sequence[str] | None = None, reward_p
         REWARDS[name.partition(":")[0]]  # unknown names fail before any work
     summaries = [_read(run / "summary.json") for run in runs]
     images = [(load_image(run / "images" / "baseline.png"), load_image(run / s.get("best_image", "images/best.png"))) for run, s in zip(runs, summaries)]
+    clip_source = clip if clip is not None else (EMBEDDED if all(s.get("model") == EMBEDDED for s in summaries) else None)
+    embed = _clip_embedder(clip_source) if clip_source else None
     scorers: dict[tuple, Any] = {}
     rows = []
     for run, summary, (baseline, best) in zip(runs, summaries, images):
@@ -90,10 +92,9 @@ def evaluate(workdir: str | Path, rewards: Sequence[str] | None = None, reward_p
                 for field, value in named.items():
                     row[f"judge_{which}:{field}"] = float(read is not None and getattr(read, field) == value)
                 row[f"judge_{which}:all_named"] = float(all(row[f"judge_{which}:{f}"] for f in named))
+        row.update(_population_diversity(run / "images" / "final_population.npy", embed))
         rows.append(row)
 
-    clip_source = clip if clip is not None else (EMBEDDED if all(s.get("model") == EMBEDDED for s in summaries) else None)
-    embed = _clip_embedder(clip_source) if clip_source else None
     groups = []
     def kind(i):  # runs of one prompt and one method differ only in their seeds
         return rows[i]["prompt"], str(rows[i]["method"]), str(rows[i]["strategy"])
@@ -114,7 +115,22 @@ def evaluate(workdir: str | Path, rewards: Sequence[str] | None = None, reward_p
     write_json(workdir / "eval.json", result)
     write_csv(workdir / "eval.csv", rows)
     _save_grid(images[:16], workdir / "eval.png")
+    if (workdir / "sweep_config.json").is_file():
+        from jaxalign.sweep import aggregate, finished_jobs
+
+        aggregate(workdir, finished_jobs(workdir))
     return result
+
+
+def _population_diversity(path: Path, embed) -> dict[str, float]:
+    """Diversity of a run's final population (none for runs from before it was saved, or of one image)."""
+    population = np.load(path).astype(np.float32) / 255.0 if path.is_file() else np.zeros((0,))
+    if len(population) < 2:  # methods that return one image per generation (DAS, DSearch's final beam of one)
+        return {}
+    diversity = {"population_pixel_diversity": pairwise_mean(population.reshape(len(population), -1), rms_distance)}
+    if embed is not None:
+        diversity["population_clip_diversity"] = pairwise_mean(embed(population), cosine_distance)
+    return diversity
 
 
 def rms_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -161,6 +177,8 @@ def _clip_embedder(source: str):
 def _means(rows: list[dict], groups: list[dict]) -> dict:
     columns = [k for k in dict.fromkeys(k for r in rows for k in r) if k.startswith(("baseline:", "best:", "judge_"))]
     means = {k: float(np.mean([r[k] for r in rows if k in r])) for k in columns}
+    for k in dict.fromkeys(k for r in rows for k in r if k.startswith("population_")):
+        means[k] = float(np.mean([r[k] for r in rows if k in r]))
     for k in dict.fromkeys(k for g in groups for k in g if k.endswith("diversity")):
         means[k] = float(np.mean([g[k] for g in groups]))
     return means

@@ -9,6 +9,8 @@ each prompt with the same compiled generation step and writes, per prompt:
   component of the best image so far and its population mean, images and NFE used so far;
 * ``images/baseline.png`` and ``images/step_NNNN.png`` (the best image so far, taken from the
   generation's own outputs);
+* ``images/final_population.npy``: the images of the last generation, uint8 [P, H, W, 3] (for
+  ``jaxalign eval``'s population diversity);
 * ``summary.json``, ``fitness.png``, and ``best_solution.npy`` / ``best_latent.npy``.
 """
 
@@ -206,6 +208,7 @@ def _search_prompts(job: Job, workdir: Path, outs: list[Path], progress: bool, r
 
     init, start, step = batched(job.search, job.mesh)
     compiled: dict[int, Any] = {}
+    memory: dict[int, int | None] = {}
     summaries: dict[int, dict] = {}
     for members, checkpoints in groups:
         if resume and all((outs[i] / "summary.json").is_file() for i in members):
@@ -221,16 +224,28 @@ def _search_prompts(job: Job, workdir: Path, outs: list[Path], progress: bool, r
             later = step.lower(*arguments).compile()
             first = later if start is step else start.lower(*arguments).compile()
             compiled[len(members)] = (first, later)
+            memory[len(members)] = step_memory_bytes(later)
             compile_s, from_cache = time.perf_counter() - began, cache_hits() > hits
         recorders = [Recorder(job, job.prompts[i], outs[i]) for i in members]
         for recorder, summary in zip(recorders, search_group(job, compiled[len(members)], problem, state, recorders, checkpoints, progress, resume)):
             summary["compile_s"] = round(compile_s, 3)
             summary["prompts_per_step"] = len(members)
+            summary["step_memory_bytes"] = memory[len(members)]
             # JAX does not cache programs with host callbacks (jpeg_compressibility), so this can stay False.
             summary["step_from_compilation_cache"] = from_cache if config.compilation_cache_dir else None
             write_json(recorder.out / "summary.json", summary)
         summaries.update({i: json.loads((outs[i] / "summary.json").read_text()) for i in members})
     return summaries
+
+
+def step_memory_bytes(compiled) -> int | None:
+    """What XLA plans to hold while a compiled step runs: its arguments, outputs and temporaries (aliased
+    buffers once); a per-job figure, where the process's peak memory mixes every job a sweep runs."""
+    analysis = compiled.memory_analysis()
+    if analysis is None:
+        return None
+    held = analysis.argument_size_in_bytes + analysis.output_size_in_bytes + analysis.temp_size_in_bytes
+    return int(held - analysis.alias_size_in_bytes)
 
 
 def check_same_config(saved: dict, current: dict) -> None:
@@ -314,6 +329,11 @@ class Recorder:
         os.fsync(self._file.fileno())
         self.lines.append(line)
         self.stopped_because = _stop_reason(config, line, generation)
+
+    def save_population(self, images) -> None:
+        buffer = io.BytesIO()
+        np.save(buffer, _to_uint8(images))
+        replace_atomically(self.out / "images" / "final_population.npy", buffer.getvalue())
 
     def close(self) -> None:
         if getattr(self, "_file", None) is not None:
@@ -401,12 +421,15 @@ def _search_generations(job: Job, steps, problem: Problem, state, recorders: lis
         compiled = step if generation else first
         state = jax.device_put(state, compiled.input_shardings[0][3])  # where it expects it (a no-op once placed)
         state, reports = compiled(job.model_params, problem, job.search_params, state)
+        population, reports = reports.images, reports.replace(images=None)  # only a prompt's last population is fetched
         host_state, reports = jax.device_get((_reported_state(state, generation), reports))
         seconds = time.perf_counter() - start
         elapsed = time.perf_counter() - search_start
         for j, recorder in enumerate(recorders):
             if not recorder.stopped_because:
                 recorder.record(generation, _member(host_state, j), _member(reports, j), seconds, elapsed)
+                if recorder.stopped_because:
+                    recorder.save_population(jax.device_get(population[j]))
         if generation:
             bar.update(1)
             bar.set_postfix(best=_fmt_best(recorders))
@@ -506,9 +529,13 @@ def _nanstat(fn, values) -> float | None:
     return _num(fn(values)) if np.isfinite(values).any() else None
 
 
+def _to_uint8(images) -> np.ndarray:
+    return np.clip(np.round(np.asarray(images) * 255.0), 0, 255).astype(np.uint8)
+
+
 def _save_image(image, path: Path) -> None:
     buffer = io.BytesIO()
-    Image.fromarray(np.clip(np.round(np.asarray(image) * 255.0), 0, 255).astype(np.uint8)).save(buffer, format="PNG")
+    Image.fromarray(_to_uint8(image)).save(buffer, format="PNG")
     replace_atomically(path, buffer.getvalue())
 
 

@@ -87,6 +87,7 @@ class Generation:
     best_components: dict[str, jax.Array]
     best_image: jax.Array
     spent: dict[str, jax.Array]  # the cumulative budget after this generation
+    images: jax.Array  # [P, H, W, 3], the generation's own images (the runner fetches only the last generation's)
 
 
 class Direction(NamedTuple):
@@ -212,6 +213,7 @@ def record(state: SearchState, key, method_state, solutions, total, components, 
         best_components=state.best_components,
         best_image=state.best_image,
         spent=state.spent,
+        images=images,
     )
     return state, report
 

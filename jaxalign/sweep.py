@@ -7,8 +7,13 @@ and the prompts of a job reuse one compiled generation step (with ``base.compila
 set, jobs whose programs are identical also skip compilation across processes). Each job writes a
 normal run workdir (one subfolder per prompt); re-running the sweep resumes unfinished jobs from
 their checkpoints and skips finished ones. The aggregate is ``runs.csv`` (one row per run: final
-fitness, NFE, wall time), ``steps.csv`` (best fitness per step of every run) and one plot per
+fitness, popsize, NFE and backward NFE, wall and compile time, the compiled step's memory; after ``jaxalign eval``,
+its re-scores, judge readings and population diversity), ``steps.csv`` (best fitness per step of every run) and one plot per
 reward set of the median and interquartile range of best fitness against NFE for each strategy.
+
+With ``nfe_budget`` set, every run gets the same budget of counted UNet evaluations (generation 0 included;
+backward passes are counted apart, as ``vjp_nfe``): each job runs the most generations whose planned NFE fit,
+at the largest popsize up to ``base.popsize`` that fits ``min_generations`` of them (:func:`fit_to_budget`).
 
 Several hosts split one sweep with ``shard=(i, n)``: shard i runs the jobs whose index in :func:`expand`'s
 order is i modulo n, all sharing one workdir and nothing else. Each shard aggregates every run that has
@@ -45,6 +50,8 @@ def default_sweep_config() -> ml_collections.ConfigDict:
     c.spaces = [{"name": "noise", "params": {}}]  # each: {"name": ..., "params": {...}}
     c.seeds = [0]
     c.reward_sets = [{"jpeg_compressibility": 1.0}]  # each: reward name -> weight
+    c.nfe_budget = 0  # > 0: every job's steps (and popsize if need be) fitted to this many NFE; 0: base.steps
+    c.min_generations = 1  # with nfe_budget: the generations a job's popsize must leave room for
     return c
 
 
@@ -59,7 +66,7 @@ def load_sweep_config(path: str | Path, overrides: Sequence[str] = ()) -> ml_col
 def check_sweep(config: ml_collections.ConfigDict) -> None:
     unknown = sorted(set(config.keys()) - set(default_sweep_config().keys()))
     if unknown:
-        raise JaxalignError(f"sweep config field(s) {', '.join(unknown)} do not exist; valid: base, {', '.join(AXES)}")
+        raise JaxalignError(f"sweep config field(s) {', '.join(unknown)} do not exist; valid: {', '.join(default_sweep_config().keys())}")
     check_fields(config.base)
     for axis in AXES:
         if len(config[axis]) == 0:
@@ -67,6 +74,10 @@ def check_sweep(config: ml_collections.ConfigDict) -> None:
     bad_seeds = [s for s in config.seeds if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < 2**63]
     if bad_seeds:
         raise JaxalignError(f"sweep seeds must be integers in [0, 2**63), got {bad_seeds}")
+    for field, least in (("nfe_budget", 0), ("min_generations", 1)):
+        value = config[field]
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise JaxalignError(f"sweep {field} must be an integer >= {least}, got {value!r}")
     read_prompts(config.base)
 
 
@@ -128,6 +139,8 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path, progress: 
     jobs = expand(config)
     loaded = load_model(config.base.model, dtype=config.base.dtype, family=config.base.model_family)
     # Every shard builds every job, so all bad input fails here, before output, on every host alike.
+    if config.nfe_budget:
+        jobs = [(name, fit_to_budget(run_config, loaded, config.nfe_budget, config.min_generations)) for name, run_config in jobs]
     built = [(name, build(run_config, loaded)) for name, run_config in jobs]
     workdir.mkdir(parents=True, exist_ok=True)
     # What makes it a sweep workdir; every shard writes the same file, so one finishing write wins whole.
@@ -146,9 +159,37 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path, progress: 
             "runs": len(rows), "wall_s": round(wall_s, 2), "steps_rows": len(steps)}  # fmt: skip
 
 
+def fit_to_budget(config: ml_collections.ConfigDict, loaded, budget: int, min_generations: int = 1) -> ml_collections.ConfigDict:
+    """A copy of run ``config`` whose planned NFE (generation 0 included) fit ``budget``: the largest popsize up
+    to ``config.popsize`` that fits ``min_generations`` (methods whose generation costs more than popsize images,
+    SVDD's candidates and DSearch's beams, may need fewer members), then as many generations as fit."""
+    from jaxalign.run import build
+
+    config, largest = copy.deepcopy(config), config.popsize
+    refusals = []
+    for popsize in range(largest, 1, -1):
+        config.popsize = popsize
+        try:
+            search = build(config, loaded).search
+        except JaxalignError as error:  # e.g. DSearch's popsize must be a multiple of its oversampling
+            refusals.append(error)
+            continue
+        if search.budget(min_generations)["nfe"] <= budget:
+            generations = min_generations
+            while search.budget(generations + 1)["nfe"] <= budget:
+                generations += 1
+            config.steps = generations
+            return config
+    if len(refusals) == largest - 1:  # no popsize builds: the config itself is wrong, whatever the budget
+        raise refusals[0]
+    name = config.strategy if "strategy" in METHODS[config.method].reads else config.method
+    raise JaxalignError(f"{name}: no popsize up to {largest} fits {min_generations} generation(s) in {budget} NFE")
+
+
 def aggregate(workdir: Path, names: list[str]) -> tuple[list[dict], list[dict]]:
     """Rows of every run of jobs ``names`` that has finished (has its summary.json) in ``workdir``, and their steps."""
     rows, steps = [], []
+    evaluated = eval_columns(workdir)
     for name in names:
         job_dir = workdir / name
         for summary_path in sorted(job_dir.glob("**/summary.json")):
@@ -166,11 +207,16 @@ def aggregate(workdir: Path, names: list[str]) -> tuple[list[dict], list[dict]]:
                     "prompt": summary["prompt"],
                     "baseline_fitness": summary["baseline_fitness"],
                     "best_fitness": summary["best_fitness"],
+                    "popsize": summary["config"]["popsize"],
                     "generations": summary["generations"],
                     "nfe": summary["nfe"],
+                    "vjp_nfe": summary["vjp_nfe"],
                     "images": summary["images"],
                     "search_s": summary["search_s"],
                     "seconds_per_generation": summary["seconds_per_generation"],
+                    "compile_s": summary.get("compile_s"),
+                    "step_memory_bytes": summary.get("step_memory_bytes"),
+                    **evaluated.get(run_id, {}),
                 }
             )
             for line in (summary_path.parent / "metrics.jsonl").read_text().splitlines():
@@ -183,6 +229,21 @@ def aggregate(workdir: Path, names: list[str]) -> tuple[list[dict], list[dict]]:
     return rows, steps
 
 
+def finished_jobs(workdir: Path) -> list[str]:
+    """Names of the jobs of the sweep in ``workdir`` that have finished, in the sweep's order."""
+    config = ml_collections.ConfigDict(json.loads((workdir / "sweep_config.json").read_text()))
+    return [name for name, _ in expand(config) if (workdir / name / "summary.json").is_file()]
+
+
+def eval_columns(workdir: Path) -> dict[str, dict]:
+    """Per run id, the re-scores and judge readings of ``jaxalign eval`` on this sweep (none before it has run)."""
+    path = workdir / "eval.json"
+    if not path.is_file():
+        return {}
+    keep = ("baseline:", "best:", "judge_", "population_")
+    return {row["run"]: {k: v for k, v in row.items() if k.startswith(keep)} for row in json.loads(path.read_text())["runs"]}
+
+
 def plot_sweep(steps: list[dict], workdir: Path) -> None:
     """Per reward set: median and interquartile range of best fitness against NFE, one curve per strategy."""
     from matplotlib.figure import Figure  # not pyplot: a library call must not switch the user's backend
@@ -190,16 +251,20 @@ def plot_sweep(steps: list[dict], workdir: Path) -> None:
     for rewards in sorted({s["rewards"] for s in steps}):
         fig = Figure(figsize=(6, 4))
         ax = fig.subplots()
-        for strategy in sorted({s["strategy"] for s in steps if s["rewards"] == rewards}):
-            runs: dict[str, dict[int, float]] = {}
+        strategies = sorted({s["strategy"] for s in steps if s["rewards"] == rewards})
+        for i, strategy in enumerate(strategies):
+            runs: dict[str, dict[int, tuple[int, float]]] = {}  # run -> step -> (NFE, best fitness)
             for s in steps:
                 if s["rewards"] == rewards and s["strategy"] == strategy and s["best_fitness"] is not None:
-                    runs.setdefault(s["run"], {})[s["nfe"]] = s["best_fitness"]
-            nfes = sorted(set.intersection(*(set(r) for r in runs.values())))
-            values = np.array([[r[n] for n in nfes] for r in runs.values()])
+                    runs.setdefault(s["run"], {})[s["step"]] = (s["nfe"], s["best_fitness"])
+            # By step, at the runs' median NFE: methods with random costs (DSearch) spend different NFE per run.
+            common = sorted(set.intersection(*(set(r) for r in runs.values())))
+            nfes = np.median([[r[k][0] for k in common] for r in runs.values()], axis=0)
+            values = np.array([[r[k][1] for k in common] for r in runs.values()])
             q25, median, q75 = np.percentile(values, [25, 50, 75], axis=0)
-            ax.plot(nfes, median, "-o", markersize=3, label=f"{strategy} (n={len(runs)})")
-            ax.fill_between(nfes, q25, q75, alpha=0.2)
+            style = "-o" if i < 10 else "--s"  # the default colour cycle repeats after 10
+            ax.plot(nfes, median, style, markersize=3, label=f"{strategy} (n={len(runs)})")
+            ax.fill_between(nfes, q25, q75, alpha=0.15)
         ax.set_xlabel("NFE (denoising steps)")
         ax.set_ylabel(f"best fitness ({rewards})")
         ax.legend(fontsize=8)

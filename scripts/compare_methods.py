@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import platform
 import time
 from pathlib import Path
@@ -23,9 +22,11 @@ from pathlib import Path
 import jax
 
 from jaxalign.config import load_config
+from jaxalign.errors import JaxalignError
 from jaxalign.methods import METHODS
 from jaxalign.models import load_model
 from jaxalign.run import build, run
+from jaxalign.sweep import fit_to_budget
 
 
 def main() -> None:
@@ -43,15 +44,13 @@ def main() -> None:
     for method in args.methods.split(","):
         config = load_config(args.config, overrides)
         config.method = method
-        if METHODS[method].needs_gradient and not _differentiable(config):
-            print(f"{method}: skipped ({dict(config.rewards)} is not differentiable)")
-            continue
-        probe = _fitting_search(config, loaded, args.budget, args.min_generations)
-        if probe is None:
-            print(f"{method}: skipped (no popsize fits {args.min_generations} generations in {args.budget} NFE)")
+        try:
+            config = fit_to_budget(config, loaded, args.budget, args.min_generations)
+        except JaxalignError as error:
+            print(f"{method}: skipped ({error})")
             continue
         # One generation more than planned: methods with random costs (DSearch) may fit it; the table keeps what fits.
-        config.steps = max(1, math.ceil((args.budget - probe.initial_nfe) / probe.nfe_per_generation)) + 1
+        config.steps += 1
         job = build(config, loaded)
         start = time.perf_counter()
         (summary,) = run(job, args.workdir / method, progress=False, overwrite=True)  # a re-run replaces the last one
@@ -75,27 +74,6 @@ def main() -> None:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-
-
-def _fitting_search(config, loaded, budget: int, generations: int):
-    """The search at the largest popsize <= config.popsize whose planned budget fits; sets config.popsize."""
-    from jaxalign.errors import JaxalignError
-
-    for popsize in range(config.popsize, 1, -1):
-        config.popsize = popsize
-        try:
-            search = build(config, loaded).search
-        except JaxalignError:  # e.g. DSearch's popsize must be a multiple of its oversampling
-            continue
-        if search.budget(generations)["nfe"] <= budget:
-            return search
-    return None
-
-
-def _differentiable(config) -> bool:
-    from jaxalign.rewards import weighted_sum
-
-    return weighted_sum(dict(config.rewards)).differentiable
 
 
 if __name__ == "__main__":

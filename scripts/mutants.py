@@ -104,6 +104,15 @@ MUTANTS = [
     Mutant("saturation without the division by max", "jaxalign/rewards.py",
            "exact = _per_image_mean(((255 * (top - bottom)) // jnp.maximum(top, 1)).astype(jnp.float32)) / 255.0",
            "exact = _per_image_mean((top - bottom).astype(jnp.float32)) / 255.0", ("tests/test_rewards.py",)),
+    Mutant("an NFE budget that stops one generation short", "jaxalign/sweep.py",
+           "while search.budget(generations + 1)[\"nfe\"] <= budget:", "while search.budget(generations + 2)[\"nfe\"] <= budget:",
+           ("tests/test_sweep.py", "-k", "nfe_budget")),
+    Mutant("an NFE budget that keeps the popsize that does not fit", "jaxalign/sweep.py",
+           "if search.budget(min_generations)[\"nfe\"] <= budget:", "if search.budget(min_generations - 1)[\"nfe\"] <= budget:",
+           ("tests/test_sweep.py", "-k", "nfe_budget")),
+    Mutant("bootstrap resamples of half the sample size", "jaxalign/comparison.py",
+           "draws = np.random.default_rng(seed).integers(0, values.size, size=(resamples, values.size))",
+           "draws = np.random.default_rng(seed).integers(0, values.size, size=(resamples, values.size // 2))", ("tests/test_comparison.py",)),
 ]  # fmt: skip
 
 

@@ -26,6 +26,8 @@ def _fake_run(directory, seed, baseline, best):
     for name, attributes in (("baseline", baseline), ("step_0003", best)):
         image = shapes.render(attributes, np.random.default_rng(seed))
         Image.fromarray((image * 255).round().astype(np.uint8)).save(directory / "images" / f"{name}.png")
+    population = [shapes.render(a, np.random.default_rng(seed)) for a in (best, baseline, best._replace(colour="green"))]
+    np.save(directory / "images" / "final_population.npy", (np.stack(population) * 255).round().astype(np.uint8))
     summary = {
         "prompt": PROMPT, "model": "embedded", "method": "evolution", "strategy": "CoSyNE", "rewards": {"color_fraction:red": 1.0},
         "best_image": "images/step_0003.png", "nfe": 640, "config": {"seed": seed, "reward_paths": {}},
@@ -66,6 +68,12 @@ def test_eval_scores_judges_and_measures_diversity(sweep, capsys):
     features = features / np.linalg.norm(features, axis=1, keepdims=True)
     assert group["best_clip_diversity"] == pytest.approx(np.mean([1 - features[i] @ features[j] for i, j in pairs]), rel=1e-4)
     assert result["means"]["judge_best:all_named"] == 1.0 and result["means"]["judge_baseline:all_named"] == 0.0
+    # Diversity within the run's final population.
+    population = np.load(sweep / "seed_1" / "images" / "final_population.npy").astype(np.float32) / 255
+    assert run["population_pixel_diversity"] == pytest.approx(np.mean([np.sqrt(np.mean((population[i] - population[j]) ** 2)) for i, j in pairs]), rel=1e-6)
+    features = np.asarray(clip.image_features(params, clip_preprocess(population, clip.crop_size, clip.mean, clip.std)))
+    features = features / np.linalg.norm(features, axis=1, keepdims=True)
+    assert run["population_clip_diversity"] == pytest.approx(np.mean([1 - features[i] @ features[j] for i, j in pairs]), rel=1e-4)
 
 
 @pytest.mark.parametrize(

@@ -1,13 +1,16 @@
 """Sweeps: the product of the axes, the aggregate, skipping finished runs, bad sweep configs."""
 
+import copy
 import csv
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from jaxalign.errors import JaxalignError
+from jaxalign.evaluate import evaluate
 from jaxalign.sweep import load_sweep_config, run_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,6 +121,20 @@ def test_two_shards_run_each_job_once_and_aggregate_every_finished_run(tmp_path)
     again = run_sweep(config, workdir, shard=(0, 2))
     assert again == {**again, "ran": 0, "skipped": 1, "runs": 2}
 
+    # Each run kept its last generation's images (popsize 4, 32 x 32), and XLA's plan of its step's memory.
+    population = np.load(workdir / names[0] / "images" / "final_population.npy")
+    assert population.shape == (4, 32, 32, 3) and population.dtype == np.uint8 and population.std() > 0
+    assert all(int(r["step_memory_bytes"]) > 0 for r in rows)
+    # `jaxalign eval` on the sweep: runs.csv gains eval.csv's columns, run by run.
+    evaluate(workdir)
+    evaluated = {r["run"]: r for r in read_csv(workdir / "eval.csv")}
+    merged = read_csv(workdir / "runs.csv")
+    assert len(merged) == 2
+    for row in merged:
+        added = {k: v for k, v in row.items() if k.startswith(("best:", "baseline:", "population_"))}
+        assert {"best:brightness", "best:clip", "population_pixel_diversity", "population_clip_diversity"} <= set(added)
+        assert added == {k: evaluated[row["run"]][k] for k in added}
+
 
 def test_shards_take_every_nth_job_in_expand_order():
     from jaxalign.sweep import expand, parse_shard, shard_of
@@ -165,3 +182,37 @@ def test_run_sweep_refuses_a_shard_out_of_range_before_writing(tmp_path):
     with pytest.raises(JaxalignError, match="shard 0/0: the number of shards n must be at least 1"):
         run_sweep(config, tmp_path / "bad", shard=(0, 0))
     assert not (tmp_path / "bad").exists()
+
+
+def test_an_nfe_budget_gives_every_method_the_most_generations_that_fit():
+    from jaxalign.methods import METHODS
+    from jaxalign.models import load_model
+    from jaxalign.run import build
+    from jaxalign.sweep import expand, fit_to_budget
+
+    config = load_sweep_config(SWEEP, [*TINY, "--config.base.popsize=8", "--config.seeds=[0]", "--config.reward_sets=[{'brightness': 1.0}]"])
+    config.strategies = ["CoSyNE", "SNES", *METHODS]
+    loaded = load_model(config.base.model, dtype=config.base.dtype)
+    budget = 400
+    for name, run_config in expand(config):
+        fitted = fit_to_budget(run_config, loaded, budget)
+        search = build(fitted, loaded).search
+        # The most generations whose planned NFE fit, at the largest popsize that fits one generation.
+        assert search.budget(fitted.steps)["nfe"] <= budget < search.budget(fitted.steps + 1)["nfe"], name
+        for popsize in range(fitted.popsize + 1, 9):  # every larger popsize fails to build or to fit
+            larger = copy.deepcopy(fitted)
+            larger.popsize = popsize
+            try:
+                assert build(larger, loaded).search.budget(1)["nfe"] > budget, name
+            except JaxalignError:
+                pass
+        if name.startswith("CoSyNE"):  # popsize x 2 denoising steps per generation, generation 0 included
+            assert (fitted.popsize, fitted.steps) == (8, (budget - 16) // 16)
+    svdd = next(run for name, run in expand(config) if name.startswith("svdd"))
+    with pytest.raises(JaxalignError, match="svdd: no popsize up to 8 fits 1 generation"):
+        fit_to_budget(svdd, loaded, 20)
+    # A config that no popsize can fix is refused as itself.
+    dno = next(run for name, run in expand(config) if name.startswith("dno__"))
+    dno.rewards = {"jpeg_compressibility": 1.0}
+    with pytest.raises(JaxalignError, match="'dno' needs a differentiable reward"):
+        fit_to_budget(dno, loaded, budget)
