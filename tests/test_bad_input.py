@@ -80,7 +80,7 @@ def test_overwrite_replaces_the_run_and_leaves_nothing_stale(finished, tmp_path,
     shutil.copytree(finished, workdir)
     assert main(["run", "--config", RED_PIXELS, "--workdir", str(workdir), *SMALL, "--config.steps=1", "--overwrite"]) == 0
     images = sorted(p.name for p in (workdir / "images").iterdir())
-    assert images == ["baseline.png", "step_0001.png"]  # step_0002.png of the old run is gone
+    assert images == ["baseline.png", "final_population.npy", "step_0001.png"]  # step_0002.png of the old run is gone
     assert len((workdir / "metrics.jsonl").read_text().splitlines()) == 2
 
 

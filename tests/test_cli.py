@@ -37,8 +37,10 @@ def test_run_end_to_end(tmp_path, capsys):
     assert bests == sorted(bests) and bests[-1] >= lines[0]["best_fitness"]
 
     images = workdir / "images"
-    assert sorted(p.name for p in images.iterdir()) == ["baseline.png"] + [f"step_{i:04d}.png" for i in range(1, 5)]
+    assert sorted(p.name for p in images.iterdir()) == ["baseline.png", "final_population.npy"] + [f"step_{i:04d}.png" for i in range(1, 5)]
     final = np.asarray(Image.open(images / "step_0004.png"))
+    population = np.load(images / "final_population.npy")  # generation 4's six images, quantised as the PNGs are
+    assert population.shape == (6, *final.shape) and population.dtype == np.uint8
     assert final.shape == (32, 32, 3)
     # The saved best image is the one whose score is logged: re-score it from the PNG.
     from jaxalign.rewards import jpeg_size_kb
