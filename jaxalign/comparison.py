@@ -46,6 +46,7 @@ def method_table(workdir: str | Path, cross_reward: str = "saturation") -> list[
         number = lambda key: np.array([float(r[key]) for r in mine if r.get(key, "") != ""])  # noqa: E731
         jobs = {r["run"].split("/")[0]: r for r in mine}.values()  # a job's prompts share one batch and its timing
         seed_diversity = [g["best_clip_diversity"] for g in groups if method in (g["method"], g["strategy"]) and "best_clip_diversity" in g]
+        population_diversity = number("population_clip_diversity")  # none for methods that return one image
         table.append({
             "method": method,
             "runs": len(mine),
@@ -60,7 +61,7 @@ def method_table(workdir: str | Path, cross_reward: str = "saturation") -> list[
             "cross_reward": cross_reward,
             "cross_change": float(np.median(number(f"best:{cross_reward}") - number(f"baseline:{cross_reward}"))),
             "seed_diversity": float(np.mean(seed_diversity)) if seed_diversity else float("nan"),
-            "population_diversity": float(np.mean(number("population_clip_diversity"))) if len(number("population_clip_diversity")) else float("nan"),
+            "population_diversity": float(np.mean(population_diversity)) if population_diversity.size else float("nan"),
             "job_seconds": float(np.median([float(j["search_s"]) for j in jobs])),
             "compile_seconds": max(float(j["compile_s"]) for j in jobs),  # the first job's; later seeds hit the cache
             "step_memory_mib": float(np.median([float(j["step_memory_bytes"]) for j in jobs])) / 2**20,

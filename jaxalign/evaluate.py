@@ -21,6 +21,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy.spatial.distance import pdist  # pairwise distances without a Python loop over pairs
 
 from jaxalign import shapes
 from jaxalign.errors import JaxalignError
@@ -106,9 +107,9 @@ def evaluate(workdir: str | Path, rewards: Sequence[str] | None = None, reward_p
         group = {"prompt": prompt, "method": method, "strategy": strategy, "runs": len(members)}
         for which, slot in (("baseline", 0), ("best", 1)):
             stack = np.stack([images[i][slot] for i in members])
-            group[f"{which}_pixel_diversity"] = pairwise_mean(stack.reshape(len(members), -1), rms_distance)
+            group[f"{which}_pixel_diversity"] = pixel_diversity(stack)
             if embed is not None:
-                group[f"{which}_clip_diversity"] = pairwise_mean(embed(stack), cosine_distance)
+                group[f"{which}_clip_diversity"] = embedding_diversity(embed(stack))
         groups.append(group)
 
     result = {"workdir": str(workdir), "runs": rows, "diversity": groups, "clip_for_diversity": clip_source, "means": _means(rows, groups)}
@@ -124,26 +125,26 @@ def evaluate(workdir: str | Path, rewards: Sequence[str] | None = None, reward_p
 
 def _population_diversity(path: Path, embed) -> dict[str, float]:
     """Diversity of a run's final population (none for runs from before it was saved, or of one image)."""
-    population = np.load(path).astype(np.float32) / 255.0 if path.is_file() else np.zeros((0,))
+    if not path.is_file():
+        return {}
+    population = np.load(path).astype(np.float32) / 255.0
     if len(population) < 2:  # methods that return one image per generation (DAS, DSearch's final beam of one)
         return {}
-    diversity = {"population_pixel_diversity": pairwise_mean(population.reshape(len(population), -1), rms_distance)}
+    diversity = {"population_pixel_diversity": pixel_diversity(population)}
     if embed is not None:
-        diversity["population_clip_diversity"] = pairwise_mean(embed(population), cosine_distance)
+        diversity["population_clip_diversity"] = embedding_diversity(embed(population))
     return diversity
 
 
-def rms_distance(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.sqrt(np.mean((a - b) ** 2)))
+def pixel_diversity(images: np.ndarray) -> float:
+    """Mean RMS pixel distance over all unordered pairs of images (at least two)."""
+    flat = images.reshape(len(images), -1).astype(np.float64)
+    return float(np.mean(pdist(flat, "euclidean")) / np.sqrt(flat.shape[1]))
 
 
-def cosine_distance(a: np.ndarray, b: np.ndarray) -> float:
-    return float(1.0 - a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
-
-
-def pairwise_mean(items: np.ndarray, distance) -> float:
-    """Mean of ``distance`` over all unordered pairs of ``items`` (at least two)."""
-    return float(np.mean([distance(items[i], items[j]) for i, j in itertools.combinations(range(len(items)), 2)]))
+def embedding_diversity(features: np.ndarray) -> float:
+    """Mean 1 - cosine similarity over all unordered pairs of embeddings (at least two)."""
+    return float(np.mean(pdist(np.asarray(features, np.float64), "cosine")))
 
 
 def _scorer(cache: dict, name: str, paths: Mapping[str, Any]):
@@ -175,10 +176,8 @@ def _clip_embedder(source: str):
 
 
 def _means(rows: list[dict], groups: list[dict]) -> dict:
-    columns = [k for k in dict.fromkeys(k for r in rows for k in r) if k.startswith(("baseline:", "best:", "judge_"))]
+    columns = [k for k in dict.fromkeys(k for r in rows for k in r) if k.startswith(("baseline:", "best:", "judge_", "population_"))]
     means = {k: float(np.mean([r[k] for r in rows if k in r])) for k in columns}
-    for k in dict.fromkeys(k for r in rows for k in r if k.startswith("population_")):
-        means[k] = float(np.mean([r[k] for r in rows if k in r]))
     for k in dict.fromkeys(k for g in groups for k in g if k.endswith("diversity")):
         means[k] = float(np.mean([g[k] for g in groups]))
     return means

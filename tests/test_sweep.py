@@ -2,15 +2,19 @@
 
 import copy
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
 from jaxalign.errors import JaxalignError
 from jaxalign.evaluate import evaluate
+from jaxalign.models import load_model
+from jaxalign.rewards import parse_reward
 from jaxalign.sweep import load_sweep_config, run_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,10 +125,16 @@ def test_two_shards_run_each_job_once_and_aggregate_every_finished_run(tmp_path)
     again = run_sweep(config, workdir, shard=(0, 2))
     assert again == {**again, "ran": 0, "skipped": 1, "runs": 2}
 
-    # Each run kept its last generation's images (popsize 4, 32 x 32), and XLA's plan of its step's memory.
+    # Each run kept its last generation's images (popsize 4, 32 x 32): re-scored, they give that generation's mean
+    # fitness, to the 8-bit quantisation of the saved pixels.
     population = np.load(workdir / names[0] / "images" / "final_population.npy")
-    assert population.shape == (4, 32, 32, 3) and population.dtype == np.uint8 and population.std() > 0
-    assert all(int(r["step_memory_bytes"]) > 0 for r in rows)
+    assert population.shape == (4, 32, 32, 3) and population.dtype == np.uint8
+    brightness = parse_reward("brightness", {})
+    last = json.loads((workdir / names[0] / "metrics.jsonl").read_text().splitlines()[-1])
+    assert float(np.mean(brightness.score(population / 255.0, brightness.params, None))) == pytest.approx(last["mean_fitness"], abs=1 / 255)
+    # XLA's plan of each step's memory holds at least its arguments' model weights.
+    _, params = load_model(config.base.model, dtype=config.base.dtype)
+    assert all(int(r["step_memory_bytes"]) >= sum(x.nbytes for x in jax.tree.leaves(params)) for r in rows)
     # `jaxalign eval` on the sweep: runs.csv gains eval.csv's columns, run by run.
     evaluate(workdir)
     evaluated = {r["run"]: r for r in read_csv(workdir / "eval.csv")}
@@ -186,7 +196,6 @@ def test_run_sweep_refuses_a_shard_out_of_range_before_writing(tmp_path):
 
 def test_an_nfe_budget_gives_every_method_the_most_generations_that_fit():
     from jaxalign.methods import METHODS
-    from jaxalign.models import load_model
     from jaxalign.run import build
     from jaxalign.sweep import expand, fit_to_budget
 
