@@ -46,7 +46,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.model = "embedded"  # "embedded", a local diffusers-format directory, or a Hub repo id in the local HF cache
     c.model_family = "auto"  # auto, or a name in jaxalign.models.FAMILIES (sd, sdxl); a config for one family refuses another family's weights
     c.dtype = "float32"  # float32 | bfloat16
-    c.scheduler = "ddim"  # ddim | pndm | dpmsolver++ | lcm
+    c.scheduler = "auto"  # auto (the model's own scheduler_config.json) | ddim | pndm | dpmsolver++ | lcm | flow_euler
     c.num_inference_steps = 10
     c.height = 32  # the embedded model's size; 512 for SD 1.x
     c.width = 32
@@ -239,7 +239,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     from jaxalign.methods.base import method_fields
     from jaxalign.models import ATTENTION, FAMILIES
     from jaxalign.rewards import needs_path, parse_reward
-    from jaxalign.schedulers import SCHEDULERS
+    from jaxalign.schedulers import AUTO, SCHEDULERS
     from jaxalign.spaces import SPACES
     from jaxalign.strategies import STRATEGIES
 
@@ -278,7 +278,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
             )
     if method.stochastic_steps and config.num_inference_steps < 2:
         raise JaxalignError(f"method {config.method!r} needs num_inference_steps >= 2, got {config.num_inference_steps}")
-    SCHEDULERS[config.scheduler]
+    if config.scheduler != AUTO:
+        SCHEDULERS[config.scheduler]
     if config.model_family != "auto":
         FAMILIES[config.model_family]
     if not config.rewards:

@@ -3,8 +3,9 @@
 ``sample(params, latents [N, c, h, w], context, uncond_context, guidance_scale) -> images
 [N, H, W, 3] in [0, 1]``, where a context is one prompt's conditioning (hidden states
 [tokens, dim], or SDXL's dict of hidden states and pooled embedding). The timestep loop is a ``lax.scan`` over the
-scheduler's coefficient rows, classifier-free guidance evaluates the conditional and
-unconditional branches as one batch of 2N (Ho & Salimans 2022, arXiv 2207.12598), and the
+scheduler's coefficient rows, whatever the noise process; classifier-free guidance evaluates the conditional and
+unconditional branches as one batch of 2N (Ho & Salimans 2022, arXiv 2207.12598), or, for networks that embed
+the guidance scale (LCM), one conditional pass; and the
 population is decoded in one VAE call, or ``decode_batch`` images at a time (the VAE's activations
 at full resolution dominate memory at 512x512). Everything static (model, scheduler, number of
 steps) is closed over; everything numeric is an argument, so the guidance scale can be traced.
@@ -19,9 +20,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxalign.models import DiffusionModel, Params
 from jaxalign.errors import JaxalignError
-from jaxalign.schedulers import SCHEDULERS, Schedule, get_scheduler
+from jaxalign.models import DiffusionModel, Params
+from jaxalign.schedulers import AUTO, NoiseProcess, Schedule, checked_schedule, resolve_scheduler, stochastic_schedulers
 
 
 class Denoiser(NamedTuple):
@@ -48,8 +49,8 @@ class Sampler(NamedTuple):
     num_steps: int  # model calls per image (the schedule's rows), what NFE budgets count
     guided_output: Callable[..., jax.Array]  # (params, x [N,c,h,w], i, context, uncond_context, guidance_scale) -> model output
     decode: Callable[..., jax.Array]  # (params, latents) -> images
-    prediction_type: str
-    scheduler: str
+    process: NoiseProcess  # the noise process the schedule samples
+    scheduler: str  # the scheduler's name ("auto" resolved)
     stochastic: bool = False  # whether the scheduler has a stochastic transition (see ``bind``)
     remat: bool = False  # backward passes recompute each step's forward pass (budgets count it)
     bind: Callable[..., Denoiser] | None = None  # (params, context, uncond_context, guidance_scale) -> Denoiser
@@ -57,15 +58,18 @@ class Sampler(NamedTuple):
 
 def make_sampler(
     model: DiffusionModel,
-    scheduler: str = "ddim",
+    scheduler: str = AUTO,
     num_inference_steps: int = 50,
     remat: bool = False,
     decode_batch: int = 0,
+    image_tokens: int | None = None,
 ) -> Sampler:
-    """Build ``sample`` for a model; ``remat`` recomputes each step's activations in backward passes;
-    ``decode_batch`` > 0 decodes that many latents at a time (0: all in one call)."""
-    solver = get_scheduler(scheduler, model.noise_schedule.prediction_type)
-    schedule = solver.make_schedule(model.noise_schedule, num_inference_steps)
+    """Build ``sample`` for a model; ``scheduler`` is a name in :data:`~jaxalign.schedulers.SCHEDULERS` or
+    ``"auto"``, the model's own (read from its scheduler config either way); ``remat`` recomputes each step's
+    activations in backward passes; ``decode_batch`` > 0 decodes that many latents at a time (0: all in one
+    call); ``image_tokens`` (tokens per latent) sets dynamic timestep shifting where the scheduler uses it."""
+    solver = resolve_scheduler(scheduler, model.scheduler_config, model.noise_process, source=f"model {model.name!r}")
+    schedule = checked_schedule(solver, num_inference_steps, image_tokens)
     num_calls = schedule.timesteps.shape[0]  # model calls: num_inference_steps, or one more for pndm
 
     def pair(context, uncond_context, n):
@@ -78,10 +82,10 @@ def make_sampler(
 
     def guided_output(params, x, i, context, uncond_context, guidance_scale):
         n, t = x.shape[0], schedule.timesteps[i]
-        if model.guidance_embedding_dim is not None:  # guidance-distilled (LCM): one conditional pass
+        if model.embeds_guidance:  # guidance-distilled (LCM): one conditional pass
             batch_context = jax.tree.map(lambda c: jnp.broadcast_to(c, (n, *c.shape)), context)
-            return model.predict_noise(params, x, t, batch_context, guidance_scale=guidance_scale)
-        out_uncond, out_cond = jnp.split(model.predict_noise(params, jnp.concatenate([x, x]), t, pair(context, uncond_context, n)), 2)
+            return model.predict(params, x, t, batch_context, guidance_scale=guidance_scale)
+        out_uncond, out_cond = jnp.split(model.predict(params, jnp.concatenate([x, x]), t, pair(context, uncond_context, n)), 2)
         return out_uncond + guidance_scale * (out_cond - out_uncond)
 
     def denoise_step(params, context, uncond_context, guidance_scale, carry, i):
@@ -111,7 +115,7 @@ def make_sampler(
 
     def bind(params: Params, context, uncond_context, guidance_scale) -> Denoiser:
         if solver.transition is None:
-            raise JaxalignError(f"scheduler {scheduler!r} has no stochastic step; use {', '.join(stochastic_schedulers())}")
+            raise JaxalignError(f"scheduler {solver.name!r} has no stochastic step; use {', '.join(stochastic_schedulers(model.noise_process))}")
         return Denoiser(
             output=lambda x, i: guided_output(params, x, i, context, uncond_context, guidance_scale),
             transition=lambda x, out, i, eta: solver.transition(x, out, i, schedule, eta),
@@ -127,14 +131,10 @@ def make_sampler(
         num_steps=num_calls,
         guided_output=guided_output,
         decode=decode,
-        prediction_type=model.noise_schedule.prediction_type,
-        scheduler=scheduler,
-        stochastic=solver.transition is not None,
+        process=solver.process,
+        scheduler=solver.name,
+        stochastic=solver.stochastic,
         remat=remat,
         bind=bind,
     )
 
-
-def stochastic_schedulers() -> list[str]:
-    """Schedulers whose steps can be stochastic (what SVDD, DSearch and DAS need)."""
-    return [name for name in SCHEDULERS if get_scheduler(name, "epsilon").transition is not None]

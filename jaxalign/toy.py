@@ -1,8 +1,10 @@
-"""Toy diffusion problems with known answers: a Gaussian mixture whose noise prediction is exact.
+"""Toy diffusion problems with known answers: a Gaussian mixture whose network output is exact, in
+variance-preserving form (noise prediction) and in rectified-flow form (velocity prediction).
 
 For data x0 ~ sum_k w_k N(mu_k, v_k I), the noised marginal at x_t = a x0 + s eps is
-sum_k w_k N(a mu_k, (a^2 v_k + s^2) I), so the ideal noise prediction -s * grad log p_t(x_t) is
-available in closed form. With the linear reward r(x) = b.x the reward-tilted target
+sum_k w_k N(a mu_k, (a^2 v_k + s^2) I), so the posterior means E[x0 | x_t] and E[eps | x_t] are available
+in closed form, and with them the ideal output of every parameterisation: eps (VP, a = sqrt(alpha_bar),
+s = sqrt(1 - alpha_bar)) or the velocity eps - x0 (rectified flow, a = 1 - sigma, s = sigma). With the linear reward r(x) = b.x the reward-tilted target
 p(x) exp(r(x) / alpha) is again a Gaussian mixture: component k moves to mu_k + v_k b / alpha and
 its weight becomes proportional to w_k exp(b.mu_k / alpha + v_k |b|^2 / (2 alpha^2)). DAS
 (Kim et al. 2025, arXiv 2501.05803) checks its sampler on such 2-D mixtures; the tests and
@@ -14,28 +16,50 @@ its weight becomes proportional to w_k exp(b.mu_k / alpha + v_k |b|^2 / (2 alpha
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxalign.rewards import Objective
-from jaxalign.schedulers import NoiseSchedule
+from jaxalign.schedulers import SCHEDULERS, NoiseProcess
 from jaxalign.search import Problem
 
 # DDPM's linear schedule: alpha_bar at the last training step is 4e-5, so x_T is N(0, I) to within it.
-TOY_NOISE_SCHEDULE = NoiseSchedule(beta_start=1e-4, beta_end=0.02, beta_schedule="linear", set_alpha_to_one=True)
+TOY_VP_SCHEDULER = {
+    "_class_name": "DDIMScheduler", "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear", "set_alpha_to_one": True,
+    "clip_sample": False, "steps_offset": 1, "timestep_spacing": "leading",
+}  # fmt: skip
+# Rectified flow without a timestep shift: sigma runs linearly from 1 to 1 / steps.
+TOY_FLOW_SCHEDULER = {"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 1.0}
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class GaussianMixture:
-    """An exact "denoiser" for a mixture of isotropic Gaussians in ``dim`` dimensions (latent shape [dim, 1, 1])."""
+    """An exact "denoiser" for a mixture of isotropic Gaussians in ``dim`` dimensions (latent shape [dim, 1, 1]),
+    trained, as it were, with the noise process of ``scheduler_config`` (:data:`TOY_VP_SCHEDULER` or
+    :data:`TOY_FLOW_SCHEDULER`, a diffusers scheduler config like a real model's)."""
 
     means: tuple[tuple[float, ...], ...]
     variances: tuple[float, ...]
     weights: tuple[float, ...]
-    noise_schedule: NoiseSchedule = TOY_NOISE_SCHEDULE
-    guidance_embedding_dim = None  # classifier-free guidance applies (both branches are equal here)
+    scheduler_config: dict = dataclasses.field(default_factory=lambda: dict(TOY_VP_SCHEDULER))
+    name = "toy"
+    embeds_guidance = False  # classifier-free guidance applies (both branches are equal here)
+
+    @functools.cached_property
+    def process(self) -> NoiseProcess:
+        kind = next(k for k in SCHEDULERS.values() if k.diffusers_class == self.scheduler_config["_class_name"])
+        return kind.from_config("toy", self.scheduler_config).process
+
+    @property
+    def noise_process(self) -> type:
+        return type(self.process)
+
+    def as_flow(self) -> GaussianMixture:
+        """The same data under a rectified flow (velocity prediction)."""
+        return dataclasses.replace(self, scheduler_config=dict(TOY_FLOW_SCHEDULER))
 
     @property
     def dim(self) -> int:
@@ -49,17 +73,23 @@ class GaussianMixture:
     def image_shape(self) -> tuple[int, int, int]:
         return (1, 1, self.dim)
 
-    def predict_noise(self, params, latents, timestep, context, guidance_scale=None):
-        alpha_bar = jnp.asarray(self.noise_schedule.alphas_cumprod(), jnp.float32)[timestep]
-        a, s = jnp.sqrt(alpha_bar), jnp.sqrt(1.0 - alpha_bar)
+    def predict(self, params, latents, timestep, context, guidance_scale=None):
+        """The exact output of the process's parameterisation at time input ``timestep``."""
+        a, s = self.process.signal_and_noise(timestep)
         x = latents.reshape(latents.shape[0], -1)
         means, variances = jnp.asarray(self.means, jnp.float32), jnp.asarray(self.variances, jnp.float32)
         total_var = a**2 * variances + s**2  # [K]
         diff = x[:, None, :] - a * means[None]  # [N, K, d]
         log_resp = jnp.log(jnp.asarray(self.weights, jnp.float32)) - 0.5 * jnp.sum(diff**2, -1) / total_var - 0.5 * self.dim * jnp.log(total_var)
-        resp = jax.nn.softmax(log_resp, axis=1)
-        score = -jnp.sum(resp[..., None] * diff / total_var[None, :, None], axis=1)
-        return (-s * score).reshape(latents.shape)
+        resp = jax.nn.softmax(log_resp, axis=1)[..., None]
+        # E[eps | x] = s * sum_k r_k (x - a mu_k) / (a^2 v_k + s^2) = -s * score; E[x0 | x] per component by Gaussian conditioning.
+        eps = s * jnp.sum(resp * diff / total_var[None, :, None], axis=1)
+        x0 = jnp.sum(resp * (means[None] + (a * variances / total_var)[None, :, None] * diff), axis=1)
+        outputs = {"epsilon": eps, "v_prediction": a * eps - s * x0, "flow": eps - x0}
+        return outputs[self.process.prediction_type].reshape(latents.shape)
+
+    def image_tokens(self, latent_shape) -> int:
+        return 1
 
     def decode(self, params, latents, clip: bool = True):
         return latents.reshape(latents.shape[0], *self.image_shape)

@@ -39,6 +39,7 @@ from jaxalign.checkpoint import Checkpointer
 from jaxalign.errors import JaxalignError
 from jaxalign.files import write_csv
 from jaxalign.models import DiffusionModel, Params, init_model, save_model, with_latent_scale
+from jaxalign.schedulers import AUTO, resolve_scheduler
 
 CAPTION_DROPOUT = 0.1
 
@@ -90,7 +91,7 @@ def make_update(loss_fn: Callable, optimizer: optax.GradientTransformation, ema_
 
 def autoencoder_loss(model: DiffusionModel, kl_weight: float = 1e-4) -> Callable:
     """Reconstruction (L1 + squared error) of a posterior sample, plus ``kl_weight`` x KL to N(0, I) per element."""
-    scale = model.vae.scaling_factor
+    scale = model.autoencoder.scaling_factor
 
     def loss_fn(params, frozen, batch, key):
         mean, logvar = model.encode(params, batch["images"])
@@ -105,8 +106,10 @@ def autoencoder_loss(model: DiffusionModel, kl_weight: float = 1e-4) -> Callable
 
 
 def denoiser_loss(model: DiffusionModel) -> Callable:
-    """Epsilon-prediction MSE at uniform timesteps; latents are VAE posterior samples of the batch images."""
-    alphas_cumprod = jnp.asarray(model.noise_schedule.alphas_cumprod(), jnp.float32)
+    """Epsilon-prediction MSE at uniform timesteps of the model's own (variance-preserving) noise process; latents
+    are VAE posterior samples of the batch images."""
+    process = resolve_scheduler(AUTO, model.scheduler_config, model.noise_process).process
+    alphas_cumprod = jnp.asarray(process.alphas_cumprod(), jnp.float32)
 
     def loss_fn(params, frozen, batch, key):
         latent_key, time_key, noise_key = jax.random.split(key, 3)
@@ -117,7 +120,7 @@ def denoiser_loss(model: DiffusionModel) -> Callable:
         alpha_bar = alphas_cumprod[t][:, None, None, None]
         noisy = jnp.sqrt(alpha_bar) * clean + jnp.sqrt(1.0 - alpha_bar) * noise
         context = model.encode_tokens(params, batch["token_ids"])
-        loss = jnp.mean((model.predict_noise(params, noisy, t, context) - noise) ** 2)
+        loss = jnp.mean((model.predict(params, noisy, t, context) - noise) ** 2)
         return loss, {}
 
     return loss_fn
@@ -185,7 +188,7 @@ def latent_scale(model: DiffusionModel, vae_params: Params, data_seed: int, num_
     """1 / std of unscaled posterior means over ``num_images`` shapes images (SD's scaling_factor)."""
     images = jnp.asarray(shapes.make_batch(data_seed + 7919, num_images).images)
     mean, _ = jax.jit(model.encode)({"vae": vae_params}, images)
-    return float(model.vae.scaling_factor / jnp.std(mean))
+    return float(model.autoencoder.scaling_factor / jnp.std(mean))
 
 
 def train_tiny(
@@ -207,7 +210,8 @@ def train_tiny(
     )  # fmt: skip
     vae = state.ema["vae"]
     model = with_latent_scale(model, latent_scale(model, vae, data_seed))
-    trainable = {"text_encoder": params["text_encoder"], "unet": params["unet"]}
+    folder = model.family.denoiser_folder
+    trainable = {"text_encoder": params["text_encoder"], folder: params[folder]}
     state = run_stage(
         "denoiser", functools.partial(shapes_batch, model, data_seed, "denoiser"), denoiser_loss(model), trainable, {"vae": vae}, denoiser,
         workdir, data_seed, checkpoint_every, progress,

@@ -5,7 +5,7 @@
 
 Answers whether a memory knob costs time at a given size: diffusers' chunked attention splits each
 attention's queries into up to 64 chunks taken one after another, which is cheap against a
-4096-token score matrix and expensive at a few dozen tokens. One jitted ``predict_noise`` per
+4096-token score matrix and expensive at a few dozen tokens. One jitted ``predict`` per
 attention, compiled apart, timed after a warm-up with ``block_until_ready`` (median of
 ``--repeats``); XLA's buffer assignment gives the temporary (working) memory. Random weights for
 ``sd15`` (see ``benchmark_speed.py``), the trained embedded model otherwise.
@@ -28,8 +28,8 @@ from jaxalign.models import ATTENTION
 def time_attention(model, params, attention: str, batch: int, repeats: int) -> dict:
     model = model.with_attention(attention)
     latents = jnp.zeros((batch, *model.latent_shape(model.default_size, model.default_size)))
-    context = jnp.zeros((batch, model.max_prompt_tokens, model.unet.cross_attention_dim))
-    step = jax.jit(lambda p, x, c: model.predict_noise(p, x, jnp.asarray(500), c))
+    context = jnp.zeros((batch, model.max_prompt_tokens, model.network.module.cross_attention_dim))
+    step = jax.jit(lambda p, x, c: model.predict(p, x, jnp.float32(500), c))
     start = time.perf_counter()
     compiled = step.lower(params, latents, context).compile()
     compile_s = time.perf_counter() - start

@@ -122,8 +122,8 @@ def test_resume_refuses_a_workdir_jaxalign_did_not_write(finished, tmp_path, cap
 # --- Numbers the model or the schedule cannot take -------------------------------------------------
 
 NUMBERS = {
-    "steps >= training timesteps": (["--config.num_inference_steps=1000"], "num_inference_steps must be below the model's 1000 training timesteps"),
-    "ten thousand steps": (["--config.num_inference_steps=10000"], "must be below the model's 1000 training timesteps"),
+    "steps >= training timesteps": (["--config.num_inference_steps=1000"], "num_inference_steps must be at most 999 \\(the model's noise process has 1000 training timesteps\\)"),
+    "ten thousand steps": (["--config.num_inference_steps=10000"], "must be at most 999"),
     "dpm-solver with repeated timesteps": (["--config.scheduler=dpmsolver++", "--config.num_inference_steps=999"], "more than scheduler 'dpmsolver\\+\\+' can take"),
     "image size the UNet cannot halve": (["--config.height=36", "--config.width=36"], "multiples of 8 .* got 36x36"),
     "huge popsize": (["--config.popsize=1000000000"], r"popsize must be in \[2, 65536\]"),
@@ -132,6 +132,8 @@ NUMBERS = {
     "non-numeric strategy knob": (["--config.strategy_params.mutation_stdev=abc"], "mutation_stdev must be a number, got 'abc'"),
     "mutation disabled the evotorch way": (["--config.strategy_params.mutation_stdev=None"], "mutation_stdev=0 disables mutation"),
     "None for a number": (["--config.popsize=none"], "config field 'popsize' cannot be None; it expects int"),
+    "flow scheduler on a VP model": (["--config.scheduler=flow_euler"], "scheduler 'flow_euler' samples rectified-flow models, but model 'embedded' is a variance-preserving model"),
+    "stochastic method on a deterministic scheduler": (["--config.scheduler=pndm", "--config.method=svdd"], "method 'svdd' takes stochastic denoising steps; set scheduler to one of ddim, lcm"),
 }
 
 
@@ -174,12 +176,22 @@ def _damage(path: Path, how: str) -> str:
     if how == "missing tokenizer":
         shutil.rmtree(path / "tokenizer")
         return "tokenizer folder not found: .*tokenizer"
+    config = path / "scheduler" / "scheduler_config.json"
+    if how == "unimplemented scheduler class":
+        config.write_text(json.dumps({**json.loads(config.read_text()), "_class_name": "HeunDiscreteScheduler"}))
+        return "scheduler_config.json names 'HeunDiscreteScheduler', which jaxalign does not implement"
+    if how == "scheduler key jaxalign cannot honour":
+        config.write_text(json.dumps({**json.loads(config.read_text()), "rescale_betas_zero_snr": True}))
+        return "DDIMScheduler: rescale_betas_zero_snr=True is not supported by jaxalign's 'ddim' scheduler"
     raise AssertionError(how)
 
 
 @pytest.mark.parametrize(
-    "how", ["corrupt model_index.json", "model_index.json is a list", "corrupt unet config", "truncated safetensors", "random-byte safetensors", "missing tokenizer"]
-)
+    "how", [
+        "corrupt model_index.json", "model_index.json is a list", "corrupt unet config", "truncated safetensors", "random-byte safetensors",
+        "missing tokenizer", "unimplemented scheduler class", "scheduler key jaxalign cannot honour",
+    ],
+)  # fmt: skip
 def test_damaged_model_files_are_named(tiny_sd, tmp_path, capsys, how):
     model = tmp_path / "model"
     shutil.copytree(tiny_sd, model)

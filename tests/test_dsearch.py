@@ -94,18 +94,22 @@ def test_replace_worst_drops_the_lowest_and_appends_softmax_draws():
     assert counts[1] == counts[3] == 0
 
 
-def _toy_search(name, popsize, options, steps=20):
-    model = two_modes()
-    context = Context(make_sampler(model, "ddim", steps), linear_reward([1.0, 0.0]), model.image_shape, model.latent_shape, popsize, True)
+def _toy_search(name, popsize, options, steps=20, process="vp"):
+    model = two_modes().as_flow() if process == "flow" else two_modes()
+    context = Context(make_sampler(model, "auto", steps), linear_reward([1.0, 0.0]), model.image_shape, model.latent_shape, popsize, True)
     return model, build_method(name, context, {"method_params": options})
 
 
 @pytest.mark.parametrize(
-    "name,popsize,options",
-    [("svdd", 8, {"num_candidates": 4}), ("dsearch", 20, {}), ("dsearch", 8, {"oversampling": 1, "drop_schedule": "none", "replace_rate": 0.25})],
-)
-def test_beam_methods_raise_the_reward_and_count_their_budget(name, popsize, options):
-    model, search = _toy_search(name, popsize, options)
+    "name,popsize,options,process",
+    [
+        ("svdd", 8, {"num_candidates": 4}, "vp"), ("dsearch", 20, {}, "vp"),
+        ("dsearch", 8, {"oversampling": 1, "drop_schedule": "none", "replace_rate": 0.25}, "vp"),
+        ("svdd", 8, {"num_candidates": 4}, "flow"), ("dsearch", 20, {}, "flow"),  # through the flow's DDIM(eta) transition
+    ],
+)  # fmt: skip
+def test_beam_methods_raise_the_reward_and_count_their_budget(name, popsize, options, process):
+    model, search = _toy_search(name, popsize, options, process=process)
     params, problem = search.default_params(), model.problem()
     state = search.init(jax.random.key(0), problem, params)
     state, plain = search.start({}, problem, params, state)

@@ -11,7 +11,7 @@ import pytest
 
 from jaxalign.methods import METHODS, Context, build_method
 from jaxalign.sampler import make_sampler
-from jaxalign.toy import GaussianMixture, linear_reward, two_modes
+from jaxalign.toy import TOY_FLOW_SCHEDULER, TOY_VP_SCHEDULER, GaussianMixture, linear_reward, two_modes
 
 COUNTS: Counter = Counter()
 
@@ -47,12 +47,12 @@ def _backward(_, g):
 _counted.defvjp(_forward, _backward)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class CountingMixture(GaussianMixture):
     """The exact toy denoiser, counting every evaluation it serves."""
 
-    def predict_noise(self, params, latents, timestep, context, guidance_scale=None):
-        return super().predict_noise(params, _counted(latents), timestep, context, guidance_scale)
+    def predict(self, params, latents, timestep, context, guidance_scale=None):
+        return super().predict(params, _counted(latents), timestep, context, guidance_scale)
 
     def decode(self, params, latents, clip: bool = True):
         _count("images", latents.shape[0], latents)
@@ -62,10 +62,12 @@ class CountingMixture(GaussianMixture):
 SMALL = {"svdd": {"num_candidates": 3}, "dsearch": {"num_candidates": 2, "oversampling": 2, "width": 2.0}}
 
 
+@pytest.mark.parametrize("process", [TOY_VP_SCHEDULER, TOY_FLOW_SCHEDULER], ids=["vp", "flow"])
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_reported_budget_equals_counted_model_calls(method):
+def test_reported_budget_equals_counted_model_calls(method, process):
+    # Every method runs on both noise processes (flow: Euler steps, and DDIM(eta) on the flow for stochastic ones).
     base = two_modes()
-    model, search, params = _build(method, model=CountingMixture(base.means, base.variances, base.weights), guidance_scale=2.0)
+    model, search, params = _build(method, model=CountingMixture(base.means, base.variances, base.weights, dict(process)), guidance_scale=2.0)
     problem = model.problem()
     state = search.init(jax.random.key(0), problem, params)
     COUNTS.clear()
@@ -79,7 +81,7 @@ def test_reported_budget_equals_counted_model_calls(method):
 
 def _build(method, popsize=4, model=None, guidance_scale=7.5, options=None):
     model = model or two_modes()
-    sampler = make_sampler(model, "ddim", 5, remat=METHODS[method].differentiates_sampler)
+    sampler = make_sampler(model, "auto", 5, remat=METHODS[method].differentiates_sampler)
     context = Context(sampler, linear_reward([1.0, 0.0]), model.image_shape, model.latent_shape, popsize, True)
     options = SMALL.get(method) if options is None else options
     search = build_method(method, context, {"method_params": options} if options else {})

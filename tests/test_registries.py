@@ -12,7 +12,7 @@ import pytest
 
 from jaxalign.rewards import REWARDS, needs_path, parse_reward
 from jaxalign.sampler import make_sampler
-from jaxalign.schedulers import SCHEDULERS
+from jaxalign.schedulers import SCHEDULERS, RectifiedFlow
 from jaxalign.toy import GaussianMixture
 
 # Rewards whose constructor takes an argument (``name:argument`` in a config): one example each.
@@ -58,6 +58,7 @@ def test_a_scheduler_brings_noise_to_the_data_of_an_exact_denoiser(name):
     # scheduler, deterministic or stochastic, ends at m from any noise.
     m = (1.5, -0.5)
     model = GaussianMixture(means=(m,), variances=(1e-6,), weights=(1.0,))
+    model = model.as_flow() if SCHEDULERS[name].process is RectifiedFlow else model
     sampler = make_sampler(model, name, 8)
     problem = model.problem()
     noise = jax.random.normal(jax.random.key(2), (64, *model.latent_shape))

@@ -32,21 +32,13 @@ def test_sampler_matches_a_python_loop_over_diffusers_scheduler(inputs, name, re
     sampler = make_sampler(model, name, STEPS)
     images = np.asarray(jax.jit(sampler.sample)(params, latents, context, uncond, 5.0))
 
-    schedule = model.noise_schedule
-    scheduler = reference(
-        dict(
-            beta_start=schedule.beta_start,
-            beta_end=schedule.beta_end,
-            beta_schedule=schedule.beta_schedule,
-            steps_offset=schedule.steps_offset,
-            timestep_spacing=schedule.timestep_spacing,
-        )
-    )
+    own = model.scheduler_config
+    scheduler = reference({k: own[k] for k in ("beta_start", "beta_end", "beta_schedule", "steps_offset", "timestep_spacing")})
     scheduler.set_timesteps(STEPS)
     x = torch.tensor(np.asarray(latents))
     pair = jnp.stack([uncond, context]).repeat(2, axis=0)  # [uncond, uncond, cond, cond]
     for t in scheduler.timesteps:
-        eps = np.asarray(model.predict_noise(params, jnp.concatenate([jnp.asarray(x.numpy())] * 2), jnp.int32(int(t)), pair))
+        eps = np.asarray(model.predict(params, jnp.concatenate([jnp.asarray(x.numpy())] * 2), jnp.float32(t), pair))
         eps_uncond, eps_cond = eps[:2], eps[2:]
         guided = torch.tensor(eps_uncond + 5.0 * (eps_cond - eps_uncond))
         x = scheduler.step(guided, t, x).prev_sample

@@ -20,7 +20,8 @@ import jax.numpy as jnp
 from jaxalign.errors import JaxalignError, check_known
 from jaxalign.registry import Registry
 from jaxalign.rewards import Objective
-from jaxalign.sampler import Denoiser, Sampler, stochastic_schedulers
+from jaxalign.sampler import Denoiser, Sampler
+from jaxalign.schedulers import stochastic_schedulers
 from jaxalign.search import (
     Direction,
     Problem,
@@ -88,7 +89,7 @@ def build_method(name: str, context: Context, settings: Mapping[str, Any] | None
     if spec.needs_gradient and not context.objective.differentiable:
         raise JaxalignError(f"method {name!r} needs a differentiable reward; {', '.join(context.objective.default_weights)} is black-box (try dno_hybrid or a gradient-free method)")
     if spec.stochastic_steps and not context.sampler.stochastic:
-        raise JaxalignError(f"method {name!r} takes stochastic denoising steps; set scheduler to one of {', '.join(stochastic_schedulers())} (got {context.sampler.scheduler!r})")
+        raise JaxalignError(f"method {name!r} takes stochastic denoising steps; set scheduler to one of {', '.join(stochastic_schedulers(type(context.sampler.process)))} (got {context.sampler.scheduler!r})")
     return (spec.configure or configure_from_method_params)(name, spec, context, settings)
 
 

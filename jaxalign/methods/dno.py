@@ -38,6 +38,7 @@ import optax
 
 from jaxalign.errors import JaxalignError
 from jaxalign.methods.base import METHODS, Context, MethodSpec, noise_method, signed_scores
+from jaxalign.schedulers import stochastic_schedulers
 from jaxalign.search import score, sharding_helpers
 
 _OPTIMIZER_KNOBS = ("learning_rate", "max_grad_norm", "weight_decay")
@@ -222,7 +223,7 @@ def _check(name: str):
         if mode not in _MODES:
             raise JaxalignError(f"method {name!r}: unknown method_params.mode {mode!r}; valid: {', '.join(_MODES)}")
         if mode == "sde" and not context.sampler.stochastic:
-            raise JaxalignError(f"method {name!r} in sde mode takes stochastic steps; set scheduler='ddim' (got {context.sampler.scheduler!r})")
+            raise JaxalignError(f"method {name!r} in sde mode takes stochastic steps; set scheduler to one of {', '.join(stochastic_schedulers(type(context.sampler.process)))} (got {context.sampler.scheduler!r})")
         length = _chain_length(context, mode)
         if numeric["gamma"] and length % 4:
             raise JaxalignError(f"method {name!r}: the probability regulariser (gamma > 0) needs a noise size divisible by 4, got {length}")

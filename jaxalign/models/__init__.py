@@ -1,11 +1,13 @@
-"""Stable Diffusion models behind one small, pure interface; the only package of jaxalign that touches
-diffusers' and transformers' Flax classes (``FlaxUNet2DConditionModel``, ``FlaxAutoencoderKL``,
+"""Text-to-image diffusion models behind one small, pure interface; the only package of jaxalign that touches
+diffusers' and transformers' Flax classes (``FlaxUNet2DConditionModel``, diffusers' Flax VAE encoder and decoder,
 ``FlaxCLIPTextModel``, ``FlaxCLIPTextModelWithProjection``, ``FlaxCLIPModel``, ``FlaxDinov2Model``).
 
 One module per concept:
 
-* :mod:`.diffusion`: the :class:`DiffusionModel` interface, attention choices, LCM guidance embedding;
+* :mod:`.diffusion`: the :class:`DiffusionModel` interface;
 * :mod:`.families`: model families as plug-ins (one module each), their registry and family detection;
+* :mod:`.unet`: the UNet denoiser, its attention choices and the LCM guidance embedding;
+* :mod:`.autoencoder`: the KL autoencoder (scaling and shift factors, optional quant convs);
 * :mod:`.hub`: where files are (embedded model, local directories, the Hugging Face cache, offline);
 * :mod:`.weights`: weight files, readers, PyTorch -> Flax renaming, shape checks, seeded init;
 * :mod:`.text`: tokenizers;
@@ -15,10 +17,11 @@ One module per concept:
 """
 
 from jaxalign.models.clip import ClipModel, init_clip, load_clip, load_open_clip, open_clip_to_transformers
-from jaxalign.models.diffusion import ATTENTION, DTYPES, DiffusionModel, Params, guidance_scale_embedding, with_latent_scale
+from jaxalign.models.diffusion import DTYPES, DiffusionModel, Params, with_latent_scale
 from jaxalign.models.families import FAMILIES, ModelFamily, detect_family
 from jaxalign.models.hub import EMBEDDED, EMBEDDED_CLIP_DIR, EMBEDDED_DIR, hf_cache_dir, resolve_model_dir
 from jaxalign.models.loading import init_model, load_model, save_model
+from jaxalign.models.unet import ATTENTION, guidance_scale_embedding
 from jaxalign.models.weights import read_state_dict, read_weights, seeded_init
 
 __all__ = [

@@ -6,8 +6,9 @@ Sources:
 * ``"embedded"``: a tiny SD-architecture model (32x32 images) trained on procedural shapes by
   ``scripts/train_tiny.py`` (MODEL.md) and shipped in ``jaxalign/embedded`` in diffusers' layout
   with Flax weights and Stable Diffusion's CLIP tokenizer, so the whole pipeline runs with no downloads.
-* a local diffusers-format directory (``model_index.json``, ``unet/``, ``vae/``, ``text_encoder/``,
-  ``tokenizer/``, ``scheduler/``, and whatever else its family reads, e.g. ``text_encoder_2/``, ``tokenizer_2/`` for SDXL).
+* a local diffusers-format directory (``model_index.json``, the denoiser's folder (``unet/``), ``vae/``,
+  ``text_encoder/``, ``tokenizer/``, ``scheduler/``, and whatever else its family reads, e.g. ``text_encoder_2/``,
+  ``tokenizer_2/`` for SDXL).
 * a Hub repo id (``"org/name"``) already in the local Hugging Face cache.
 """
 
@@ -29,7 +30,6 @@ from jaxalign.models.families import FAMILIES, ModelFamily, detect_family
 from jaxalign.models.hub import EMBEDDED, EMBEDDED_DIR, resolve_model_dir
 from jaxalign.models.text import load_tokenizer
 from jaxalign.models.weights import read_json, read_weights, seeded_init
-from jaxalign.schedulers import NoiseSchedule
 
 
 def load_model(source: str = EMBEDDED, dtype: str = "float32", family: str = "auto") -> tuple[DiffusionModel, Params]:
@@ -63,34 +63,28 @@ def init_model(config_dir: str | os.PathLike, seed: int = 0, dtype: str = "float
     return _load(path, str(path), DTYPES[dtype], detect_family(path), seed=seed)
 
 def _load(path: Path, name: str, dtype, family: ModelFamily, seed: int | None = None) -> tuple[DiffusionModel, Params]:
-    """Modules from ``path``'s configs; weights from its files, or seeded random ones when ``seed`` is given.
+    """Modules from ``path``'s configs (the family builds them); weights from its files, or seeded random ones
+    when ``seed`` is given.
 
     Each leaf goes to the device on its own and is cast there, so the host never holds a second
     full copy (safetensors are memory-mapped).
     """
-    from diffusers import FlaxAutoencoderKL, FlaxUNet2DConditionModel
-
-    unet_config = read_json(path / "unet" / "config.json")
-    _check_unet_config(unet_config, path / "unet" / "config.json")
-    unet = FlaxUNet2DConditionModel.from_config(unet_config, dtype=dtype)
-    vae = FlaxAutoencoderKL.from_config(read_json(path / "vae" / "config.json"), dtype=dtype)
+    folder = family.denoiser_folder
+    network = family.denoiser(read_json(path / folder / "config.json"), dtype, str(path / folder / "config.json"))
+    autoencoder = family.autoencoder(read_json(path / "vae" / "config.json"), dtype, str(path / "vae" / "config.json"))
     text_encoders = family.text_encoders(path, dtype)
-    schedule = NoiseSchedule.from_config(read_json(path / "scheduler" / "scheduler_config.json"))
+    scheduler_config = read_json(path / "scheduler" / "scheduler_config.json")
     shapes = {
-        "unet": jax.eval_shape(unet.init_weights, jax.random.key(0)),
-        "vae": jax.eval_shape(vae.init_weights, jax.random.key(0)),
-        **{folder: encoder.params_shape_tree for folder, encoder in text_encoders.items()},
+        folder: network.param_shapes(),
+        "vae": autoencoder.param_shapes(),
+        **{encoder_folder: encoder.params_shape_tree for encoder_folder, encoder in text_encoders.items()},
     }
-    unet_extra = {"time_cond_proj_dim": unet_config["time_cond_proj_dim"]} if unet_config.get("time_cond_proj_dim") else {}
-    if unet_extra:  # the guidance embedding's projection (no bias), applied by _added_time_condition
-        cond_proj = jax.ShapeDtypeStruct((unet_extra["time_cond_proj_dim"], unet.block_out_channels[0]), jnp.float32)
-        shapes["unet"] = {**shapes["unet"], "time_embedding": {**shapes["unet"]["time_embedding"], "cond_proj": {"kernel": cond_proj}}}
     if seed is not None:
         params = {c: seeded_init(tree, seed=seed + i) for i, (c, tree) in enumerate(shapes.items())}
     else:
         params = {c: read_weights(path / c, tree) for c, tree in shapes.items()}
     max_length = next(iter(text_encoders.values())).config.max_position_embeddings
-    tokenizers = tuple(load_tokenizer(path / folder, max_length) for _, folder in family.text_folders)
+    tokenizers = tuple(load_tokenizer(path / tokenizer_folder, max_length) for _, tokenizer_folder in family.text_folders)
     index = path / "model_index.json"
     options = family.options(read_json(index) if index.is_file() else {})
 
@@ -100,53 +94,29 @@ def _load(path: Path, name: str, dtype, family: ModelFamily, seed: int | None = 
 
     params = jax.tree.map(to_device, params)
     model = DiffusionModel(
-        name=name, family=family, unet=unet, vae=vae, text_encoders=text_encoders, tokenizers=tokenizers, noise_schedule=schedule,
-        dtype=dtype, family_options=options, unet_extra=unet_extra,
+        name=name, family=family, network=network, autoencoder=autoencoder, text_encoders=text_encoders, tokenizers=tokenizers,
+        scheduler_config=scheduler_config, dtype=dtype, family_options=options,
     )  # fmt: skip
     return model, params
 
-# UNet config fields that change the architecture in ways diffusers' Flax UNet does not implement,
-# with the values it does implement (its group norms always have 32 groups, for instance).
-_FLAX_UNET_SUPPORTS = {
-    "norm_num_groups": (32,), "norm_eps": (1e-5,), "act_fn": ("silu",), "class_embed_type": (None,),
-    "num_class_embeds": (None,), "encoder_hid_dim": (None,), "encoder_hid_dim_type": (None,),
-    "time_embedding_type": ("positional",), "time_embedding_dim": (None,), "time_embedding_act_fn": (None,),
-    "timestep_post_act": (None,), "resnet_time_scale_shift": ("default",), "resnet_skip_time_act": (False,),
-    "resnet_out_scale_factor": (1.0,), "conv_in_kernel": (3,), "conv_out_kernel": (3,), "dual_cross_attention": (False,),
-    "attention_type": ("default",), "cross_attention_norm": (None,), "class_embeddings_concat": (False,),
-    "mid_block_only_cross_attention": (None, False), "addition_embed_type": (None, "text_time"),
-    "center_input_sample": (False,), "downsample_padding": (1,), "mid_block_scale_factor": (1,),
-}  # fmt: skip
-
-def _check_unet_config(config: dict, path: Path) -> None:
-    for name, supported in _FLAX_UNET_SUPPORTS.items():
-        value = config.get(name, supported[0])
-        if value not in supported:
-            valid = " or ".join(repr(v) for v in supported)
-            raise JaxalignError(f"{path}: {name}={value!r} is not supported (the Flax UNet implements {name}={valid})")
-
 def save_model(model: DiffusionModel, params: Params, path: str | os.PathLike) -> None:
-    """Write model and params as a diffusers-format directory with Flax weights."""
-    from diffusers import FlaxAutoencoderKL, FlaxUNet2DConditionModel
+    """Write model and params as a diffusers-format directory with Flax weights (configs name the PyTorch
+    classes, as diffusers directories on the Hub do, so either framework reads it)."""
+    from flax.serialization import to_bytes
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     host = jax.device_get(params)
-    for component, cls in (("unet", FlaxUNet2DConditionModel), ("vae", FlaxAutoencoderKL)):
-        module = getattr(model, component)
-        cls.from_config(module.config).save_pretrained(path / component, params=host[component])
-        # Name the PyTorch class, as diffusers directories on the Hub do, so either framework reads it.
-        config_file = path / component / "config.json"
-        config = json.loads(config_file.read_text())
-        config["_class_name"] = config["_class_name"].removeprefix("Flax")
-        if component == "unet":
-            config.update(model.unet_extra)
-        config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    for folder, module in ((model.family.denoiser_folder, model.network), ("vae", model.autoencoder)):
+        (path / folder).mkdir(exist_ok=True)
+        config = {**module.config, "_class_name": module.config["_class_name"].removeprefix("Flax")}
+        (path / folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        (path / folder / "diffusion_flax_model.msgpack").write_bytes(to_bytes(host[folder]))
     for (folder, tokenizer_folder), tokenizer in zip(model.family.text_folders, model.tokenizers):
         model.text_encoders[folder].save_pretrained(path / folder, params=host[folder])
         tokenizer.save_pretrained(path / tokenizer_folder)
     (path / "scheduler").mkdir(exist_ok=True)
-    (path / "scheduler" / "scheduler_config.json").write_text(json.dumps(model.noise_schedule.to_config(), indent=2))
+    (path / "scheduler" / "scheduler_config.json").write_text(json.dumps(model.scheduler_config, indent=2) + "\n")
     (path / "model_index.json").write_text(json.dumps(model.family.index(model), indent=2) + "\n")
 
 class _DropFlaxDeprecationNotice(logging.Filter):

@@ -1,10 +1,25 @@
 """What a model family is: the plug-in interface that :class:`~jaxalign.models.diffusion.DiffusionModel`,
-loading, saving and the tests call, so that nothing else asks which family a model belongs to.
+loading, saving, the sampler and the tests call, so that nothing else asks which family a model belongs to.
 
-A family knows its diffusers pipelines and component folders, builds its Flax text encoders, tokenizes,
-encodes prompts into its conditioning pytree, turns that pytree into the UNet's inputs, writes its
-``model_index.json`` entries, and (for tests) builds a tiny random PyTorch pipeline of its layout and reads
-that pipeline's own prompt encoding back for parity.
+A family owns everything that differs between model families:
+
+* its **conditioner**: text encoders and tokenizers (:meth:`~ModelFamily.text_encoders`, :meth:`~ModelFamily.tokenize`,
+  ``text_folders``), the conditioning pytree (:meth:`~ModelFamily.encode`) and the unconditional branch
+  (:meth:`~ModelFamily.unconditional`);
+* its **denoiser**: the network (:meth:`~ModelFamily.denoiser`; a diffusers Flax class where one exists, a Flax
+  module of jaxalign's otherwise) in the folder ``denoiser_folder``, and what it takes
+  (:meth:`~ModelFamily.denoiser_inputs`); the network says whether guidance enters through classifier-free
+  guidance (two branches) or an embedding (one pass: LCM), its latent size multiple and its time input;
+* its **autoencoder** (:meth:`~ModelFamily.autoencoder`: channels, scaling and shift factors, quant convs);
+* its **noise process** (``noise_process``: :class:`~jaxalign.schedulers.VariancePreserving` or
+  :class:`~jaxalign.schedulers.RectifiedFlow`), which the schedulers it can be sampled with must fit;
+* its **loading and saving**: pipeline class names, component folders, ``model_index.json`` entries
+  (:meth:`~ModelFamily.index`, :meth:`~ModelFamily.options`);
+* two **test hooks**: a tiny random PyTorch pipeline of its layout and that pipeline's own prompt encoding.
+
+The worked example is :mod:`.sd` (Stable Diffusion 1.x/2.x and LCM): one CLIP text encoder whose last hidden
+states are the conditioning, the diffusers Flax UNet as denoiser (its defaults here), the KL autoencoder,
+the variance-preserving process. :mod:`.sdxl` changes the conditioner and the UNet inputs only.
 """
 
 from __future__ import annotations
@@ -15,18 +30,22 @@ from typing import Any
 
 import numpy as np
 
+from jaxalign.schedulers import VariancePreserving
+
 
 class ModelFamily:
-    """One family of diffusers pipelines that share a text-conditioning scheme (subclass per family)."""
+    """One family of diffusers pipelines that share a model layout (subclass per family)."""
 
     name: str
     pipelines: tuple[str, ...]  # model_index.json "_class_name" values; the first is the one saved
     text_folders: tuple[tuple[str, str], ...]  # (text encoder folder, its tokenizer folder), in encoding order
+    denoiser_folder: str = "unet"  # also the denoiser's key in the params pytree
+    noise_process: type = VariancePreserving
 
     @property
     def components(self) -> tuple[str, ...]:
         """Subdirectories with weights; their names are also the params pytree's top-level keys."""
-        return ("unet", "vae", *(encoder for encoder, _ in self.text_folders))
+        return (self.denoiser_folder, "vae", *(encoder for encoder, _ in self.text_folders))
 
     @property
     def directories(self) -> tuple[str, ...]:
@@ -36,6 +55,18 @@ class ModelFamily:
         return f"<model family {self.name!r}>"
 
     # Loading and saving.
+
+    def denoiser(self, config: dict, dtype, where: str) -> Any:
+        """The denoising network (static, called with its params) from its ``config.json``; options it does not
+        implement are refused naming ``where``."""
+        from jaxalign.models.unet import UNet
+
+        return UNet.from_config(config, dtype, where)
+
+    def autoencoder(self, config: dict, dtype, where: str) -> Any:
+        from jaxalign.models.autoencoder import AutoencoderKL
+
+        return AutoencoderKL.from_config(config, dtype, where)
 
     def text_encoders(self, path: Path, dtype) -> dict[str, Any]:
         """Flax text encoder modules (built without weights), keyed by folder, from ``path``'s configs."""
@@ -50,14 +81,15 @@ class ModelFamily:
         import diffusers
 
         entries = {"_class_name": self.pipelines[0], "_diffusers_version": diffusers.__version__, **model.family_options}
-        entries["scheduler"] = ["diffusers", model.noise_schedule.to_config()["_class_name"]]
-        entries["unet"], entries["vae"] = ["diffusers", "UNet2DConditionModel"], ["diffusers", "AutoencoderKL"]
-        for encoder, tokenizer in self.text_folders:
+        entries["scheduler"] = ["diffusers", model.scheduler_config["_class_name"]]
+        entries[self.denoiser_folder] = ["diffusers", model.network.config["_class_name"]]
+        entries["vae"] = ["diffusers", model.autoencoder.config["_class_name"]]
+        for (encoder, tokenizer_folder), tokenizer in zip(self.text_folders, model.tokenizers):
             entries[encoder] = ["transformers", type(model.text_encoders[encoder]).__name__.removeprefix("Flax")]
-            entries[tokenizer] = ["transformers", "CLIPTokenizer"]
+            entries[tokenizer_folder] = ["transformers", type(tokenizer).__name__]
         return entries
 
-    # Conditioning (all pure; ``encode`` and ``unet_inputs`` run under jit).
+    # Conditioning (all pure; ``encode`` and ``denoiser_inputs`` run under jit).
 
     def tokenize(self, tokenizers: Sequence[Any], prompts: Sequence[str], max_length: int) -> np.ndarray:
         """Token ids, padded and truncated as diffusers' pipelines do: [len(prompts), max_length] for one
@@ -76,9 +108,9 @@ class ModelFamily:
         """The unconditional branch's conditioning, given the encoded negative prompt (unbatched)."""
         return uncond
 
-    def unet_inputs(self, context: Any, image_size: tuple[int, int], dtype) -> tuple[Any, dict | None]:
-        """(encoder hidden states, ``added_cond_kwargs``) for the Flax UNet from a batched conditioning pytree."""
-        return context.astype(dtype), None
+    def denoiser_inputs(self, context: Any, image_size: tuple[int, int], dtype) -> dict:
+        """The network's conditioning inputs from a batched conditioning pytree (UNet: ``encoder_hidden_states``)."""
+        return {"encoder_hidden_states": context.astype(dtype)}
 
     # Test hooks (need torch).
 

@@ -37,12 +37,13 @@ class StableDiffusionXL(ModelFamily):
             return {name: jnp.zeros_like(x) for name, x in uncond.items()}
         return uncond
 
-    def unet_inputs(self, context, image_size, dtype):
+    def denoiser_inputs(self, context, image_size, dtype):
         # Micro-conditioning: original size, crop top-left (0, 0), target size, all the output size.
         height, width = image_size
         batch = context["hidden_states"].shape[0]
         time_ids = jnp.broadcast_to(jnp.array([height, width, 0, 0, height, width], dtype), (batch, 6))
-        return context["hidden_states"].astype(dtype), {"text_embeds": context["text_embeds"].astype(dtype), "time_ids": time_ids}
+        added = {"text_embeds": context["text_embeds"].astype(dtype), "time_ids": time_ids}
+        return {"encoder_hidden_states": context["hidden_states"].astype(dtype), "added_cond_kwargs": added}
 
     def tiny_pytorch_pipeline(self, path, seed, scheduler):
         from diffusers import DDIMScheduler, StableDiffusionXLPipeline
