@@ -71,8 +71,10 @@ def build(config, loaded: tuple[DiffusionModel, Any] | None = None) -> Job:
     model, model_params = loaded if loaded is not None else load_model(config.model, dtype=config.dtype, family=config.model_family)
     model = model.with_attention(config.attention)
     for prompt in prompts:
-        if model.truncates(prompt):
-            print(f"jaxalign: warning: prompt {prompt[:40]!r}... is longer than the text encoder's {model.max_prompt_tokens} tokens; the rest is ignored", file=sys.stderr)
+        limits = model.truncated_at(prompt)
+        if limits:
+            which = "the text encoder's" if len(model.tokenizers) == 1 else "a text encoder's"
+            print(f"jaxalign: warning: prompt {prompt[:40]!r}... is longer than {which} {' / '.join(map(str, limits))} tokens; the rest is ignored there", file=sys.stderr)
     latent_shape = model.latent_shape(config.height, config.width)
     spec = METHODS[config.method]
     objective = weighted_sum(dict(config.rewards), config.reward_paths.to_dict())

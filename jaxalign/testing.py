@@ -14,6 +14,13 @@ from jaxalign.models import EMBEDDED_DIR, FAMILIES
 
 _TOKENS = {"bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 49407}  # SD's CLIP tokenizer
 
+# Layouts beyond a family's default: name -> (family, options of its tiny pipeline hook).
+TINY_VARIANTS = {
+    "lcm": ("sd", {"lcm": True}),  # SD's LCM-distilled layout (guidance embedding, LCMScheduler)
+    "sd35": ("sd3", {"qk_norm": "rms_norm", "dual_attention": True}),  # SD 3.5: RMS-normed q/k, MMDiT-X blocks
+    "sd35_without_t5": ("sd3", {"qk_norm": "rms_norm", "dual_attention": True, "t5": False}),  # text_encoder_3 left out
+}
+
 
 def tiny_text_config(projection_dim: int = 32):
     from transformers import CLIPTextConfig
@@ -30,6 +37,23 @@ def tiny_scheduler_config(**changes) -> dict:
         "beta_schedule": "scaled_linear", "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1,
         "prediction_type": "epsilon", "timestep_spacing": "leading", **changes,
     }  # fmt: skip
+
+
+def tiny_t5_tokenizer(max_length: int = 256):
+    """A small T5-style tokenizer (pad 0, end-of-sequence 1 appended, unknown 2), built with the ``tokenizers``
+    library over the shapes world's words: real T5 vocabularies cannot be downloaded here."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import T5TokenizerFast
+
+    from jaxalign import shapes
+
+    words = sorted({*shapes.SHAPES, *shapes.SIZES, *shapes.COLOURS, *(w for p in shapes.POSITIONS for w in p.split()), "a", "an", "on", "the", "of", "in", "background", "with", ","})
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(words)}}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return T5TokenizerFast(tokenizer_object=tokenizer, eos_token="</s>", pad_token="<pad>", unk_token="<unk>", extra_ids=0, model_max_length=max_length)
 
 
 def perturb_norms_and_biases(module, seed: int):

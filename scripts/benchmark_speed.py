@@ -2,6 +2,7 @@
 
     python scripts/benchmark_speed.py --size embedded                      # CPU, the tiny model
     python scripts/benchmark_speed.py --size sd15 --dtype bfloat16         # GPU, SD1.5-size random weights
+    python scripts/benchmark_speed.py --size sd35_medium --dtype bfloat16 --compile-only   # the step's XLA memory at SD 3.5-medium size
 
 jaxalign: one compiled generation (CoSyNE, JPEG compressibility as in the reference), timed after a
 warm-up with ``block_until_ready``, median of ``--generations``; compile time apart; model FLOPs
@@ -17,7 +18,8 @@ Each part runs in a fresh process, so its peak memory is its own: ``peak_bytes_i
 runtime, the libraries and compilation). XLA's buffer assignment of the compiled step gives a
 second, backend-specific figure for the jaxalign parts: its temporary buffers (the step's working
 memory, beside its arguments: weights, search state). ``--compile-only`` stops there, which is how
-the SD1.5-size step can be sized on a machine too slow to run it.
+the SD1.5-size step can be sized on a machine too slow to run it; it lowers with abstract weights and prompt
+encodings (shapes only), so a model larger than the host's memory (SD 3.5-medium with its T5-XXL) can be sized too.
 Prints the hardware and one JSON line per part; BENCHMARKS.md records the results.
 """
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import dataclasses
 import importlib.util
 import json
 import os
@@ -75,26 +78,61 @@ SD15 = {
 }  # fmt: skip
 
 
-def sd15_config_dir() -> Path:
-    """A diffusers directory with SD1.5's configs, the embedded scheduler and CLIP tokenizer, no weights."""
-    path = Path(tempfile.mkdtemp(prefix="jaxalign-sd15-"))
+_CLIP_TEXT = {"model_type": "clip_text_model", "vocab_size": 49408, "max_position_embeddings": 77, "bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 1}
+# Stable Diffusion 3.5 medium's architecture (transformer with MMDiT-X blocks, CLIP-L, CLIP-G, T5-XXL, 16-channel VAE).
+SD35_MEDIUM = {
+    "transformer": {
+        "_class_name": "SD3Transformer2DModel", "sample_size": 128, "patch_size": 2, "in_channels": 16, "num_layers": 24,
+        "attention_head_dim": 64, "num_attention_heads": 24, "joint_attention_dim": 4096, "caption_projection_dim": 1536,
+        "pooled_projection_dim": 2048, "out_channels": 16, "pos_embed_max_size": 384, "dual_attention_layers": list(range(13)), "qk_norm": "rms_norm",
+    },
+    "vae": {
+        "_class_name": "AutoencoderKL", "sample_size": 1024, "in_channels": 3, "out_channels": 3, "latent_channels": 16, "layers_per_block": 2,
+        "block_out_channels": [128, 256, 512, 512], "scaling_factor": 1.5305, "shift_factor": 0.0609, "use_quant_conv": False,
+        "use_post_quant_conv": False, "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
+    },
+    "text_encoder": {**_CLIP_TEXT, "architectures": ["CLIPTextModelWithProjection"], "hidden_size": 768, "intermediate_size": 3072,
+                     "num_hidden_layers": 12, "num_attention_heads": 12, "projection_dim": 768, "hidden_act": "quick_gelu"},
+    "text_encoder_2": {**_CLIP_TEXT, "architectures": ["CLIPTextModelWithProjection"], "hidden_size": 1280, "intermediate_size": 5120,
+                       "num_hidden_layers": 32, "num_attention_heads": 20, "projection_dim": 1280, "hidden_act": "gelu"},
+    "text_encoder_3": {"architectures": ["T5EncoderModel"], "model_type": "t5", "vocab_size": 32128, "d_model": 4096, "d_kv": 64, "d_ff": 10240,
+                       "num_layers": 24, "num_heads": 64, "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128,
+                       "feed_forward_proj": "gated-gelu", "layer_norm_epsilon": 1e-6, "is_encoder_decoder": False},
+    "scheduler": {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 3.0},
+}  # fmt: skip
+
+
+def config_dir(size: str) -> Path:
+    """A diffusers directory with a size's configs and tokenizers (CLIP's shipped one; a small T5 one), no weights."""
+    path = Path(tempfile.mkdtemp(prefix=f"jaxalign-{size}-"))
     atexit.register(shutil.rmtree, path, True)
-    for component, config in SD15.items():
+    configs = {"sd15": SD15, "sd35_medium": SD35_MEDIUM}[size]
+    for component, config in configs.items():
         (path / component).mkdir()
-        (path / component / "config.json").write_text(json.dumps(config))
-    for item in ("scheduler", "tokenizer"):
-        shutil.copytree(EMBEDDED_DIR / item, path / item)
-    shutil.copy(EMBEDDED_DIR / "model_index.json", path / "model_index.json")
+        name = "scheduler_config.json" if component == "scheduler" else "config.json"
+        (path / component / name).write_text(json.dumps(config))
+    if size == "sd15":
+        shutil.copytree(EMBEDDED_DIR / "scheduler", path / "scheduler")
+        shutil.copy(EMBEDDED_DIR / "model_index.json", path / "model_index.json")
+        shutil.copytree(EMBEDDED_DIR / "tokenizer", path / "tokenizer")
+    else:
+        from jaxalign.testing import tiny_t5_tokenizer
+
+        (path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusion3Pipeline"}))
+        for folder in ("tokenizer", "tokenizer_2"):
+            shutil.copytree(EMBEDDED_DIR / "tokenizer", path / folder)
+        tiny_t5_tokenizer().save_pretrained(path / "tokenizer_3")
     return path
 
 
 def model_dir_for(size: str) -> Path:
-    return sd15_config_dir() if size == "sd15" else EMBEDDED_DIR
+    return EMBEDDED_DIR if size == "embedded" else config_dir(size)
 
 
-def load_benchmark_model(model_dir: Path, dtype: str):
-    """(model, params): the trained embedded model, or seeded random weights for a config-only directory."""
-    return load_model("embedded", dtype=dtype) if model_dir == EMBEDDED_DIR else init_model(model_dir, dtype=dtype)
+def load_benchmark_model(model_dir: Path, dtype: str, abstract: bool = False):
+    """(model, params): the trained embedded model, or seeded random (``abstract``: shapes only) weights for a
+    config-only directory."""
+    return load_model("embedded", dtype=dtype) if model_dir == EMBEDDED_DIR else init_model(model_dir, dtype=dtype, abstract=abstract)
 
 
 def peak_memory_bytes() -> int:
@@ -132,8 +170,12 @@ def time_jaxalign(config, loaded, generations: int, peak_tflops: float | None, c
     """One generation of the job ``config`` describes. DNO's model FLOPs count its backward pass as
     twice the forward (the usual convention; the recomputation of checkpointed steps is not counted)."""
     job = build(config, loaded)
-    problem, key = make_problem(job, job.prompts[0], 0)
-    state = job.search.init(key, problem, job.search_params)
+    if compile_only:  # shapes are enough: the weights may be abstract (see load_benchmark_model)
+        problem, key = jax.eval_shape(lambda params: make_problem(dataclasses.replace(job, model_params=params), job.prompts[0], 0), job.model_params)
+        state = jax.eval_shape(job.search.init, key, problem, job.search_params)
+    else:
+        problem, key = make_problem(job, job.prompts[0], 0)
+        state = job.search.init(key, problem, job.search_params)
     start = time.perf_counter()
     compiled = job.search.step.lower(job.model_params, problem, job.search_params, state).compile()
     compile_s = time.perf_counter() - start
@@ -320,6 +362,10 @@ def job_config(args):
     if args.size == "sd15":
         config.height = config.width = 512
         config.num_inference_steps = args.num_inference_steps or 50
+    elif args.size == "sd35_medium":  # the reference's configs/sd3.yaml
+        config.height = config.width = 512
+        config.num_inference_steps = args.num_inference_steps or 28
+        config.guidance_scale = 4.5
     else:
         config.num_inference_steps = args.num_inference_steps or config.num_inference_steps
     if args.part in (EA_BRIGHTNESS, DNO):
@@ -335,7 +381,7 @@ def measure(args) -> dict:
     if args.part == REFERENCE:
         result = time_reference(model_dir, config, args.generations, args.reference_batch, args.reference_searcher)
     else:
-        result = time_jaxalign(config, load_benchmark_model(model_dir, args.dtype), args.generations, args.peak_tflops, args.compile_only)
+        result = time_jaxalign(config, load_benchmark_model(model_dir, args.dtype, abstract=args.compile_only), args.generations, args.peak_tflops, args.compile_only)
         result |= {"device": jax.devices()[0].device_kind}
     return result | {"reward": next(iter(config.rewards))}
 
@@ -385,7 +431,7 @@ def summarise(results: dict[str, dict], popsize: int, on_gpu: bool, peak_tflops:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=("embedded", "sd15"), default="embedded")
+    parser.add_argument("--size", choices=("embedded", "sd15", "sd35_medium"), default="embedded")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--popsize", type=int, default=16)
     parser.add_argument("--num-inference-steps", type=int)

@@ -14,30 +14,32 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from jaxalign.models import load_clip, load_model
+from jaxalign.models import FAMILIES, load_clip, load_model
 from jaxalign.sampler import make_sampler
 from jaxalign.schedulers import LCM_NOISE_SEED, lcm_noise
-from jaxalign.testing import perturb_norms_and_biases, tiny_pytorch_pipeline
+from jaxalign.testing import TINY_VARIANTS, perturb_norms_and_biases, tiny_pytorch_pipeline
 
 PROMPT = "a red circle on a blue background"
 
 
-def sample_error(root: Path, family: str, lcm: bool, steps: int = 4, guidance: float = 5.0) -> dict:
+def sample_error(root: Path, layout: str, steps: int = 4, guidance: float = 5.0) -> dict:
+    """A ``steps``-step sample of the tiny ``layout`` (a family, or a variant in TINY_VARIANTS) with the model's own
+    scheduler, against its PyTorch pipeline from the same initial latents (LCM: the same re-noising noise)."""
     import diffusers.schedulers.scheduling_lcm as scheduling_lcm
 
-    name = "lcm" if lcm else family
-    pipe = tiny_pytorch_pipeline(family, root / name, **({"lcm": True} if lcm else {}))
-    model, params = load_model(str(root / name))
-    latents = np.random.default_rng(0).standard_normal((2, 4, 16, 16)).astype(np.float32)
+    family, options = TINY_VARIANTS.get(layout, (layout, {}))
+    pipe = tiny_pytorch_pipeline(family, root / layout, **options)
+    model, params = load_model(str(root / layout))
+    latents = np.random.default_rng(0).standard_normal((2, model.latent_channels, 16, 16)).astype(np.float32)
     key = jax.random.key(LCM_NOISE_SEED)
     noises = iter([np.broadcast_to(np.asarray(lcm_noise(key, i, latents.shape[1:])), latents.shape).copy() for i in range(steps)])
     with mock.patch.object(scheduling_lcm, "randn_tensor", lambda *a, **k: torch.tensor(next(noises))), torch.no_grad():
         expected = pipe([PROMPT] * 2, latents=torch.tensor(latents), num_inference_steps=steps, guidance_scale=guidance,
                         output_type="np", height=32, width=32).images  # fmt: skip
     context, uncond = model.conditioning(params, PROMPT)
-    sampler = make_sampler(model, "lcm" if lcm else "ddim", steps)
+    sampler = make_sampler(model, "auto", steps, image_tokens=model.image_tokens(latents.shape[1:]))
     ours = np.asarray(jax.jit(sampler.sample)(params, jnp.asarray(latents), context, uncond, guidance))
-    return {"part": f"{name}: {steps}-step {'LCM' if lcm else 'DDIM'} sample, {'guidance' if lcm else 'CFG'} {guidance}", "max_abs_error": float(np.abs(ours - expected).max()),
+    return {"part": f"{layout}: {steps}-step {sampler.scheduler} sample, guidance {guidance}", "max_abs_error": float(np.abs(ours - expected).max()),
             "image_std": float(expected.std())}  # fmt: skip
 
 
@@ -71,8 +73,9 @@ def main() -> None:
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}; torch {torch.__version__}")
     with tempfile.TemporaryDirectory() as directory:
         root = Path(directory)
-        for result in (sample_error(root, "sd", False), sample_error(root, "sdxl", False), sample_error(root, "sd", True, guidance=6.0), clip_error(root)):
-            print(json.dumps(result))
+        for layout in (*FAMILIES, *TINY_VARIANTS):
+            print(json.dumps(sample_error(root, layout, guidance=6.0 if layout == "lcm" else 5.0)), flush=True)
+        print(json.dumps(clip_error(root)))
 
 
 if __name__ == "__main__":

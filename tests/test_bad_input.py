@@ -332,6 +332,6 @@ def test_a_prompt_longer_than_the_text_encoder_is_a_warning(embedded, capsys):
     # build() is where a run checks its prompts, before anything is compiled.
     long_prompt = "a red circle " * 40
     build(small_config(prompts=[long_prompt]), embedded)
-    assert "is longer than the text encoder's 77 tokens; the rest is ignored" in capsys.readouterr().err
+    assert "is longer than the text encoder's 77 tokens; the rest is ignored there" in capsys.readouterr().err
     build(small_config(), embedded)
     assert "longer than" not in capsys.readouterr().err

@@ -17,7 +17,8 @@ from jaxalign.cli import main
 from jaxalign.errors import JaxalignError
 from jaxalign.models import FAMILIES, load_model
 from jaxalign.sampler import make_sampler
-from jaxalign.schedulers import LCM_NOISE_SEED, lcm_noise
+from jaxalign.schedulers import LCM_NOISE_SEED, RectifiedFlow, lcm_noise
+from jaxalign.testing import TINY_VARIANTS as VARIANTS
 from jaxalign.testing import fake_hf_cache, tiny_pytorch_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,13 +27,16 @@ PROMPT = "a red circle on a blue background"
 IMAGE_ATOL = 1e-4
 
 
+LAYOUTS = [*sorted(FAMILIES), *VARIANTS]
+
+
 @pytest.fixture(scope="module")
 def pipelines(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipelines")
     made = {}
-    for name in FAMILIES:
-        made[name] = (tiny_pytorch_pipeline(name, root / name, seed=len(made)), root / name)
-    made["lcm"] = (tiny_pytorch_pipeline("sd", root / "lcm", seed=len(made), lcm=True), root / "lcm")
+    for name in LAYOUTS:
+        family, options = VARIANTS.get(name, (name, {}))
+        made[name] = (tiny_pytorch_pipeline(family, root / name, seed=len(made), **options), root / name)
     return made
 
 
@@ -49,13 +53,13 @@ def loaded(pipelines):
     return load
 
 
-def initial_latents(n=2, seed=0):
-    return np.random.default_rng(seed).standard_normal((n, 4, 16, 16)).astype(np.float32)
+def initial_latents(n=2, seed=0, channels=4):
+    return np.random.default_rng(seed).standard_normal((n, channels, 16, 16)).astype(np.float32)
 
 
 def jax_sample(model, params, scheduler, steps, latents, guidance_scale, negative=""):
     context, uncond = model.conditioning(params, PROMPT, negative)
-    sample = jax.jit(make_sampler(model, scheduler, steps).sample)
+    sample = jax.jit(make_sampler(model, scheduler, steps, image_tokens=model.image_tokens(latents.shape[1:])).sample)
     return np.asarray(sample(params, jnp.asarray(latents), context, uncond, guidance_scale))
 
 
@@ -67,15 +71,17 @@ def torch_sample(pipe, latents, steps, guidance_scale, **kwargs):
         ).images  # fmt: skip
 
 
-@pytest.mark.parametrize("name", sorted(FAMILIES))
-def test_four_step_ddim_sample_matches_diffusers_pytorch(pipelines, loaded, name):
+@pytest.mark.parametrize("name", [n for n in LAYOUTS if n != "lcm"])
+def test_four_step_sample_matches_diffusers_pytorch(pipelines, loaded, name):
+    """The same initial latents through jaxalign and the PyTorch pipeline, each with the model's own scheduler
+    (DDIM for the VP families, flow-matching Euler with shift 3 for SD3)."""
     pipe, path = pipelines[name]
     model, params = loaded(name)
-    assert model.family is FAMILIES[name]
-    latents = initial_latents()
+    assert model.family is FAMILIES[VARIANTS.get(name, (name,))[0]]
+    latents = initial_latents(channels=model.latent_channels)
     # A non-empty negative prompt: SDXL then encodes it (an empty one is zeros, tested below).
     expected = torch_sample(pipe, latents, 4, 5.0, negative_prompt=["green"] * len(latents))
-    ours = jax_sample(model, params, "ddim", 4, latents, 5.0, negative="green")
+    ours = jax_sample(model, params, "auto", 4, latents, 5.0, negative="green")
     assert expected.std() > 0.05  # the tiny model draws something, so agreement is informative
     np.testing.assert_allclose(ours, expected, atol=IMAGE_ATOL)
 
@@ -100,8 +106,56 @@ def test_sd_components_match_pytorch(pipelines, loaded):
     np.testing.assert_allclose(np.asarray(jax.jit(model.decode)(params, jnp.asarray(latents))), expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["sd3", "sd35"])
+def test_sd3_components_match_pytorch(pipelines, loaded, name):
+    """SD3's pieces one by one: T5 alone, one transformer call at a time input between steps (joint attention,
+    AdaLN-Zero, the cropped position table; SD 3.5: q/k RMS norms and MMDiT-X blocks), and the decode with the
+    autoencoder's shift factor."""
+    pipe, path = pipelines[name]
+    model, params = loaded(name)
+    assert model.family.noise_process is RectifiedFlow and make_sampler(model, "auto", 4).scheduler == "flow_euler"
+    ids = model.tokenize([PROMPT])["text_encoder_3"]
+    with torch.no_grad():
+        expected = pipe.text_encoder_3(torch.tensor(ids, dtype=torch.long))[0].numpy()
+    ours = model.text_encoders["text_encoder_3"](jnp.asarray(ids), params=params["text_encoder_3"])[0]
+    np.testing.assert_allclose(np.asarray(ours), expected, atol=1e-5)
+
+    rng = np.random.default_rng(3)
+    latents = initial_latents(channels=16)
+    hidden, pooled = rng.standard_normal((2, 77 + 256, 80)).astype(np.float32), rng.standard_normal((2, 64)).astype(np.float32)
+    with torch.no_grad():
+        expected = pipe.transformer(
+            hidden_states=torch.tensor(latents), encoder_hidden_states=torch.tensor(hidden), pooled_projections=torch.tensor(pooled),
+            timestep=torch.tensor([433.5, 433.5]),
+        ).sample.numpy()  # fmt: skip
+    ours = jax.jit(model.predict)(params, jnp.asarray(latents), jnp.float32(433.5), {"hidden_states": jnp.asarray(hidden), "pooled": jnp.asarray(pooled)})
+    assert expected.std() > 0.1
+    np.testing.assert_allclose(np.asarray(ours), expected, atol=1e-5)
+
+    assert model.autoencoder.shift_factor == 0.1 and "quant_conv" not in params["vae"]
+    with torch.no_grad():
+        decoded = pipe.vae.decode(torch.tensor(latents) / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor).sample
+    expected = (decoded / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_allclose(np.asarray(jax.jit(model.decode)(params, jnp.asarray(latents))), expected, atol=1e-5)
+
+
+def test_sd3_options_jaxalign_does_not_implement_are_refused(pipelines, tmp_path):
+    _, sd3 = pipelines["sd3"]
+    odd = tmp_path / "odd"
+    shutil.copytree(sd3, odd)
+    config = json.loads((odd / "transformer" / "config.json").read_text())
+    (odd / "transformer" / "config.json").write_text(json.dumps({**config, "qk_norm": "layer_norm"}))
+    with pytest.raises(JaxalignError, match=r"transformer/config.json: qk_norm='layer_norm' is not supported"):
+        load_model(str(odd))
+    model, _ = load_model(str(sd3))
+    with pytest.raises(JaxalignError, match=r"multiples of 4 .* got 30x30"):  # autoencoder 2 x patch 2
+        model.latent_shape(30, 30)
+    with pytest.raises(JaxalignError, match=r"at most 48 .* position table"):  # pos_embed_max_size 12 x patch 2 x autoencoder 2
+        model.latent_shape(64, 64)
+
+
 @pytest.mark.parametrize("negative", ["", "green"])
-@pytest.mark.parametrize("name", sorted(FAMILIES))
+@pytest.mark.parametrize("name", [n for n in LAYOUTS if n != "lcm"])
 def test_conditioning_matches_the_pipelines_prompt_encoding(pipelines, loaded, name, negative):
     # Covers each family's tokenize, encode and unconditional branch (SDXL: an empty negative prompt is zeros).
     pipe, path = pipelines[name]
@@ -161,7 +215,7 @@ def test_wrong_family_and_partial_directory_are_clear_errors(pipelines, name, tm
     for other in set(FAMILIES) - {name}:
         with pytest.raises(JaxalignError, match=rf"expects '{other}' .* holds a '{name}' model"):
             load_model(str(path), family=other)
-    for component in FAMILIES[name].components:
+    for component in FAMILIES[name].directories:
         partial = tmp_path / component
         shutil.copytree(path, partial)
         shutil.rmtree(partial / component)
@@ -215,7 +269,7 @@ def test_cli_runs_the_sd15_config_on_a_tiny_pytorch_directory(pipelines, tmp_pat
     assert len(error.splitlines()) == 1 and "expects 'sd'" in error
 
 
-@pytest.mark.parametrize("name", [*sorted(FAMILIES), "lcm"])
+@pytest.mark.parametrize("name", LAYOUTS)
 def test_converted_models_save_as_flax_and_load_back(loaded, tmp_path, name):
     from jaxalign.models import save_model
 
@@ -225,4 +279,5 @@ def test_converted_models_save_as_flax_and_load_back(loaded, tmp_path, name):
     assert (again.family, again.family_options, again.embeds_guidance, again.scheduler_config) == (model.family, model.family_options, model.embeds_guidance, model.scheduler_config)
     assert jax.tree.structure(again_params) == jax.tree.structure(params)
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(again_params)))
-    np.testing.assert_array_equal(again.tokenize([PROMPT]), model.tokenize([PROMPT]))
+    for a, b in zip(jax.tree.leaves(again.tokenize([PROMPT])), jax.tree.leaves(model.tokenize([PROMPT]))):
+        np.testing.assert_array_equal(a, b)

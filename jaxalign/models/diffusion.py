@@ -16,7 +16,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxalign.errors import JaxalignError
 from jaxalign.models.families import ModelFamily
@@ -35,7 +34,7 @@ class DiffusionModel:
     network: Any  # the denoiser (models.unet.UNet, or a family's own), called with params[family.denoiser_folder]
     autoencoder: Any  # models.autoencoder.AutoencoderKL
     text_encoders: dict[str, Any]  # folder (and params key) -> Flax text encoder, in the family's order
-    tokenizers: tuple[Any, ...]  # one per text encoder
+    tokenizers: dict[str, Any]  # text encoder folder -> its tokenizer
     scheduler_config: dict  # the model's scheduler_config.json; schedulers read their settings from it
     dtype: Any
     family_options: dict = dataclasses.field(default_factory=dict)  # see ModelFamily.options
@@ -47,7 +46,7 @@ class DiffusionModel:
 
     @property
     def tokenizer(self) -> Any:
-        return self.tokenizers[0]
+        return next(iter(self.tokenizers.values()))
 
     @property
     def noise_process(self) -> type:
@@ -98,20 +97,24 @@ class DiffusionModel:
         """Tokens the network sees for one latent (what dynamic timestep shifting scales with)."""
         return self.network.image_tokens(latent_shape)
 
-    def tokenize(self, prompts: Sequence[str]) -> np.ndarray:
-        """Token ids [len(prompts), max_prompt_tokens] ([len(prompts), n, tokens] for n tokenizers), padded
-        and truncated like diffusers' pipelines."""
-        return self.family.tokenize(self.tokenizers, prompts, self.max_prompt_tokens)
+    def tokenize(self, prompts: Sequence[str]) -> Any:
+        """Token ids, padded and truncated like diffusers' pipelines: the family's pytree (SD: [len(prompts),
+        max_prompt_tokens]; SDXL: [len(prompts), 2, tokens]; SD3: one array per tokenizer)."""
+        return self.family.tokenize(self.tokenizers, prompts)
 
-    def truncates(self, prompt: str) -> bool:
-        """Whether ``prompt`` has more tokens than the text encoder takes (they are cut, as diffusers does)."""
+    def truncated_at(self, prompt: str) -> list[int]:
+        """The token limits of the text encoders that cut ``prompt`` short (as diffusers does), none if it fits."""
 
-        def too_long(text):
-            return len(self.tokenizer(text, truncation=False).input_ids) > self.max_prompt_tokens
+        def too_long(tokenizer, text):
+            return len(tokenizer(text, truncation=False).input_ids) > tokenizer.model_max_length
 
-        # A prefix settles it cheaply for huge prompts (tokenizing megabytes takes minutes); the whole otherwise.
-        prefix = prompt[: 20 * self.max_prompt_tokens]
-        return too_long(prefix) or (len(prefix) < len(prompt) and too_long(prompt))
+        limits = []
+        for tokenizer in self.tokenizers.values():
+            # A prefix settles it cheaply for huge prompts (tokenizing megabytes takes minutes); the whole otherwise.
+            prefix = prompt[: 20 * tokenizer.model_max_length]
+            if too_long(tokenizer, prefix) or (len(prefix) < len(prompt) and too_long(tokenizer, prompt)):
+                limits.append(int(tokenizer.model_max_length))
+        return sorted(set(limits))
 
     def encode_tokens(self, params: Params, token_ids: jax.Array) -> Any:
         """Conditioning for token ids: the family's pytree, batched (SD: hidden states [B, tokens, dim]; SDXL:
@@ -119,7 +122,7 @@ class DiffusionModel:
         return self.family.encode(self.text_encoders, params, token_ids)
 
     def encode_prompts(self, params: Params, prompts: Sequence[str]) -> Any:
-        return _jit_encode(self)(params, jnp.asarray(self.tokenize(prompts)))
+        return _jit_encode(self)(params, jax.tree.map(jnp.asarray, self.tokenize(prompts)))
 
     def conditioning(self, params: Params, prompt: str, negative_prompt: str = "") -> tuple[Any, Any]:
         """(context, uncond_context) for one prompt, each without a batch axis; the family may replace the

@@ -28,7 +28,6 @@ from jaxalign.errors import JaxalignError
 from jaxalign.models.diffusion import DTYPES, DiffusionModel, Params
 from jaxalign.models.families import FAMILIES, ModelFamily, detect_family
 from jaxalign.models.hub import EMBEDDED, EMBEDDED_DIR, resolve_model_dir
-from jaxalign.models.text import load_tokenizer
 from jaxalign.models.weights import read_json, read_weights, seeded_init
 
 
@@ -56,13 +55,14 @@ def load_model(source: str = EMBEDDED, dtype: str = "float32", family: str = "au
         )
     return _load(path, name, DTYPES[dtype], detected)
 
-def init_model(config_dir: str | os.PathLike, seed: int = 0, dtype: str = "float32") -> tuple[DiffusionModel, Params]:
-    """A model from a diffusers-format directory's configs with fresh seeded weights (for training)."""
+def init_model(config_dir: str | os.PathLike, seed: int = 0, dtype: str = "float32", abstract: bool = False) -> tuple[DiffusionModel, Params]:
+    """A model from a diffusers-format directory's configs with fresh seeded weights (for training), or with
+    ``abstract`` params (``jax.ShapeDtypeStruct``: nothing allocated), enough to lower and compile a program."""
     _quiet_flax_deprecation_warnings()
     path = Path(config_dir)
-    return _load(path, str(path), DTYPES[dtype], detect_family(path), seed=seed)
+    return _load(path, str(path), DTYPES[dtype], detect_family(path), seed=seed, abstract=abstract)
 
-def _load(path: Path, name: str, dtype, family: ModelFamily, seed: int | None = None) -> tuple[DiffusionModel, Params]:
+def _load(path: Path, name: str, dtype, family: ModelFamily, seed: int | None = None, abstract: bool = False) -> tuple[DiffusionModel, Params]:
     """Modules from ``path``'s configs (the family builds them); weights from its files, or seeded random ones
     when ``seed`` is given.
 
@@ -79,12 +79,16 @@ def _load(path: Path, name: str, dtype, family: ModelFamily, seed: int | None = 
         "vae": autoencoder.param_shapes(),
         **{encoder_folder: encoder.params_shape_tree for encoder_folder, encoder in text_encoders.items()},
     }
-    if seed is not None:
+    if abstract:
+        params = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, dtype if jnp.issubdtype(s.dtype, jnp.floating) else s.dtype), shapes)
+    elif seed is not None:
         params = {c: seeded_init(tree, seed=seed + i) for i, (c, tree) in enumerate(shapes.items())}
     else:
         params = {c: read_weights(path / c, tree) for c, tree in shapes.items()}
-    max_length = next(iter(text_encoders.values())).config.max_position_embeddings
-    tokenizers = tuple(load_tokenizer(path / tokenizer_folder, max_length) for _, tokenizer_folder in family.text_folders)
+    tokenizers = {
+        encoder: family.load_tokenizer(path / tokenizer_folder, encoder, text_encoders[encoder])
+        for encoder, tokenizer_folder in family.text_folders if encoder in text_encoders
+    }  # fmt: skip
     index = path / "model_index.json"
     options = family.options(read_json(index) if index.is_file() else {})
 
@@ -92,7 +96,8 @@ def _load(path: Path, name: str, dtype, family: ModelFamily, seed: int | None = 
         x = jax.device_put(np.asarray(x))
         return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
 
-    params = jax.tree.map(to_device, params)
+    if not abstract:
+        params = jax.tree.map(to_device, params)
     model = DiffusionModel(
         name=name, family=family, network=network, autoencoder=autoencoder, text_encoders=text_encoders, tokenizers=tokenizers,
         scheduler_config=scheduler_config, dtype=dtype, family_options=options,
@@ -112,9 +117,10 @@ def save_model(model: DiffusionModel, params: Params, path: str | os.PathLike) -
         config = {**module.config, "_class_name": module.config["_class_name"].removeprefix("Flax")}
         (path / folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         (path / folder / "diffusion_flax_model.msgpack").write_bytes(to_bytes(host[folder]))
-    for (folder, tokenizer_folder), tokenizer in zip(model.family.text_folders, model.tokenizers):
-        model.text_encoders[folder].save_pretrained(path / folder, params=host[folder])
-        tokenizer.save_pretrained(path / tokenizer_folder)
+    for folder, tokenizer_folder in model.family.text_folders:
+        if folder in model.text_encoders:
+            model.text_encoders[folder].save_pretrained(path / folder, params=host[folder])
+            model.tokenizers[folder].save_pretrained(path / tokenizer_folder)
     (path / "scheduler").mkdir(exist_ok=True)
     (path / "scheduler" / "scheduler_config.json").write_text(json.dumps(model.scheduler_config, indent=2) + "\n")
     (path / "model_index.json").write_text(json.dumps(model.family.index(model), indent=2) + "\n")

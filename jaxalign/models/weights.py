@@ -37,7 +37,9 @@ def _weight_files(component_dir: Path) -> list[Path]:
     for name in (*_FLAX_WEIGHTS, *_TORCH_WEIGHTS):
         if (component_dir / name).is_file():
             return [component_dir / name]
-        index = component_dir / f"{name}.index.json"
+        # Shards: "model.safetensors.index.json", and the Hub's variant form "model.safetensors.index.fp16.json".
+        base, _, variant = name.partition(".fp16")
+        index = component_dir / (f"{base}{variant}.index.fp16.json" if variant else f"{name}.index.json")
         if index.is_file():
             weight_map = read_json(index).get("weight_map")
             if not isinstance(weight_map, dict):
@@ -75,6 +77,8 @@ def read_weights(component_dir: Path, shapes: Any) -> Any:
     return checked_tree(flat, shapes, component_dir)
 
 _ATTENTION_NAMES = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out_0": "proj_attn"}
+# Weights some checkpoints store a second time under another name (T5's input embedding is also "shared").
+_TIED_ALIASES = ("encoder.embed_tokens.weight",)
 
 def torch_to_flax(state: dict[str, np.ndarray], expected: dict) -> dict:
     """Rename a PyTorch state dict to Flax keys, transposing linear and conv kernels."""
@@ -83,7 +87,7 @@ def torch_to_flax(state: dict[str, np.ndarray], expected: dict) -> dict:
     numbered = any(part.isdigit() for key in expected for part in key)
     flat = {}
     for pt_key, tensor in state.items():
-        if pt_key.endswith("position_ids"):  # a buffer some CLIP checkpoints carry, not a weight
+        if pt_key.endswith("position_ids") or pt_key in _TIED_ALIASES:  # a buffer some CLIP checkpoints carry; a tied copy
             continue
         key = tuple(pt_key.split("."))
         if not numbered:
@@ -98,6 +102,8 @@ def _flax_leaf(key: tuple[str, ...], tensor: np.ndarray, expected: dict) -> tupl
         renamed = (*prefix[:-1], _ATTENTION_NAMES[prefix[-1]])
         if (*renamed, "kernel") in expected:
             prefix = renamed
+    if (*prefix, last) in expected and last not in ("weight", "gamma", "beta"):  # a buffer or parameter named alike
+        return (*prefix, last), tensor
     if last in ("weight", "gamma") and (*prefix, "scale") in expected:
         return (*prefix, "scale"), tensor
     if last == "beta":

@@ -24,7 +24,7 @@ the variance-preserving process. :mod:`.sdxl` changes the conditioner and the UN
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ class ModelFamily:
     name: str
     pipelines: tuple[str, ...]  # model_index.json "_class_name" values; the first is the one saved
     text_folders: tuple[tuple[str, str], ...]  # (text encoder folder, its tokenizer folder), in encoding order
+    optional_folders: tuple[str, ...] = ()  # folders a model of the family may lack (SD3's T5)
     denoiser_folder: str = "unet"  # also the denoiser's key in the params pytree
     noise_process: type = VariancePreserving
 
@@ -49,7 +50,8 @@ class ModelFamily:
 
     @property
     def directories(self) -> tuple[str, ...]:
-        return (*self.components, "scheduler")
+        """The component folders every model of the family has, and its scheduler's."""
+        return tuple(d for d in (*self.components, "scheduler") if d not in self.optional_folders)
 
     def __repr__(self) -> str:
         return f"<model family {self.name!r}>"
@@ -72,6 +74,12 @@ class ModelFamily:
         """Flax text encoder modules (built without weights), keyed by folder, from ``path``'s configs."""
         raise NotImplementedError
 
+    def load_tokenizer(self, folder: Path, encoder_folder: str, encoder) -> Any:
+        """The tokenizer in ``folder`` for the text encoder of ``encoder_folder`` (CLIP's, capped at the encoder's positions)."""
+        from jaxalign.models.text import load_tokenizer
+
+        return load_tokenizer(folder, encoder.config.max_position_embeddings)
+
     def options(self, index: dict) -> dict:
         """Family settings read from ``model_index.json`` (empty when there is none); saved back by :meth:`index`."""
         return {}
@@ -84,20 +92,25 @@ class ModelFamily:
         entries["scheduler"] = ["diffusers", model.scheduler_config["_class_name"]]
         entries[self.denoiser_folder] = ["diffusers", model.network.config["_class_name"]]
         entries["vae"] = ["diffusers", model.autoencoder.config["_class_name"]]
-        for (encoder, tokenizer_folder), tokenizer in zip(self.text_folders, model.tokenizers):
-            entries[encoder] = ["transformers", type(model.text_encoders[encoder]).__name__.removeprefix("Flax")]
-            entries[tokenizer_folder] = ["transformers", type(tokenizer).__name__]
+        for encoder, tokenizer_folder in self.text_folders:
+            if encoder not in model.text_encoders:  # an optional encoder the model lacks, as diffusers writes it
+                entries[encoder] = entries[tokenizer_folder] = [None, None]
+                continue
+            entries[encoder] = ["transformers", _pytorch_class(model.text_encoders[encoder])]
+            entries[tokenizer_folder] = ["transformers", type(model.tokenizers[encoder]).__name__]
         return entries
 
     # Conditioning (all pure; ``encode`` and ``denoiser_inputs`` run under jit).
 
-    def tokenize(self, tokenizers: Sequence[Any], prompts: Sequence[str], max_length: int) -> np.ndarray:
-        """Token ids, padded and truncated as diffusers' pipelines do: [len(prompts), max_length] for one
-        tokenizer, [len(prompts), n, max_length] for n."""
+    def tokenize(self, tokenizers: Mapping[str, Any], prompts: Sequence[str], stacked: bool = True) -> Any:
+        """Token ids, padded and truncated to each tokenizer's length as diffusers' pipelines do: [len(prompts),
+        length] for one tokenizer, [len(prompts), n, length] for n of one length (``stacked``), else a list."""
         ids = [
-            t(list(prompts), padding="max_length", max_length=max_length, truncation=True, return_tensors="np").input_ids.astype(np.int32)
-            for t in tokenizers
+            t(list(prompts), padding="max_length", max_length=t.model_max_length, truncation=True, return_tensors="np").input_ids.astype(np.int32)
+            for t in tokenizers.values()
         ]
+        if not stacked:
+            return ids
         return ids[0] if len(ids) == 1 else np.stack(ids, axis=1)
 
     def encode(self, text_encoders: dict[str, Any], params: dict, token_ids) -> Any:
@@ -121,3 +134,9 @@ class ModelFamily:
     def reference_conditioning(self, pipe, prompt: str, negative_prompt: str) -> tuple[Any, Any]:
         """The PyTorch pipeline's own (context, uncond) for one prompt as NumPy pytrees shaped like :meth:`encode`'s rows."""
         raise NotImplementedError
+
+
+def _pytorch_class(encoder) -> str:
+    """The PyTorch class a text encoder's weights belong to: transformers' Flax classes are named after theirs
+    (``FlaxCLIPTextModel``); jaxalign's own encoders say it (``pytorch_class``)."""
+    return getattr(encoder, "pytorch_class", None) or type(encoder).__name__.removeprefix("Flax")

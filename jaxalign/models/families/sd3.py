@@ -1,0 +1,136 @@
+"""Stable Diffusion 3 and 3.5 (Esser et al. 2024, arXiv 2403.03206): a rectified flow whose MMDiT transformer
+(:mod:`jaxalign.models.mmdit`) is conditioned on three text encoders, as diffusers' ``StableDiffusion3Pipeline``
+encodes a prompt:
+
+* CLIP-L and CLIP-G (``CLIPTextModelWithProjection``): their penultimate hidden states (``clip_skip`` none, as the
+  pipeline's default) concatenated along channels and zero-padded to ``joint_attention_dim``;
+* T5 (``text_encoder_3``): its last hidden states over ``max_sequence_length`` (256) tokens, or zeros of that
+  shape where the model has no T5 (``text_encoder_3`` absent, as diffusers allows);
+* the sequence is the CLIP tokens then the T5 tokens; the pooled embedding is both CLIP projections concatenated.
+
+The negative prompt goes through the same path (an empty one is encoded, not zeroed). The autoencoder has 16
+channels, a shift factor and no quant convs (read from its config).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from jaxalign.models.families.base import ModelFamily
+from jaxalign.schedulers import RectifiedFlow
+
+MAX_SEQUENCE_LENGTH = 256  # the pipeline's default T5 length
+
+
+class StableDiffusion3(ModelFamily):
+    name = "sd3"
+    pipelines = ("StableDiffusion3Pipeline",)
+    text_folders = (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"), ("text_encoder_3", "tokenizer_3"))
+    optional_folders = ("text_encoder_3", "tokenizer_3")
+    denoiser_folder = "transformer"
+    noise_process = RectifiedFlow
+
+    def denoiser(self, config, dtype, where):
+        from jaxalign.models.mmdit import MMDiT
+
+        return MMDiT.from_config(config, dtype, where)
+
+    def text_encoders(self, path, dtype):
+        from transformers import CLIPTextConfig, FlaxCLIPTextModelWithProjection
+
+        from jaxalign.models.t5 import T5Encoder
+
+        encoders = {
+            folder: FlaxCLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(path / folder), dtype=dtype, _do_init=False)
+            for folder in ("text_encoder", "text_encoder_2")
+        }
+        if (path / "text_encoder_3").is_dir():
+            encoders["text_encoder_3"] = T5Encoder.from_pretrained_config(path / "text_encoder_3", dtype)
+        return encoders
+
+    def load_tokenizer(self, folder, encoder_folder, encoder):
+        from jaxalign.models.text import load_t5_tokenizer
+
+        if encoder_folder == "text_encoder_3":
+            return load_t5_tokenizer(folder, MAX_SEQUENCE_LENGTH)
+        return super().load_tokenizer(folder, encoder_folder, encoder)
+
+    def options(self, index):
+        return {}
+
+    def tokenize(self, tokenizers, prompts):
+        # One array per tokenizer: the CLIPs take 77 tokens, T5 256.
+        return {folder: ids for folder, ids in zip(tokenizers, super().tokenize(tokenizers, prompts, stacked=False))}
+
+    def encode(self, text_encoders, params, token_ids):
+        hidden, pooled = [], []
+        for folder in ("text_encoder", "text_encoder_2"):
+            out = text_encoders[folder](token_ids[folder], params=params[folder], output_hidden_states=True)
+            hidden.append(out.hidden_states[-2])
+            pooled.append(out.text_embeds)
+        clip = jnp.concatenate(hidden, axis=-1)
+        batch = clip.shape[0]
+        if "text_encoder_3" in text_encoders:
+            t5 = text_encoders["text_encoder_3"](token_ids["text_encoder_3"], params=params["text_encoder_3"])[0]
+        else:
+            t5 = jnp.zeros((batch, MAX_SEQUENCE_LENGTH, self.joint_attention_dim(params)), clip.dtype)
+        clip = jnp.pad(clip, ((0, 0), (0, 0), (0, t5.shape[-1] - clip.shape[-1])))
+        return {"hidden_states": jnp.concatenate([clip, t5.astype(clip.dtype)], axis=1), "pooled": jnp.concatenate(pooled, axis=-1)}
+
+    @staticmethod
+    def joint_attention_dim(params) -> int:
+        """The transformer's text width, read off its context embedder."""
+        return int(params["transformer"]["context_embedder"]["kernel"].shape[0])
+
+    def denoiser_inputs(self, context, image_size, dtype):
+        return {"encoder_hidden_states": context["hidden_states"].astype(dtype), "pooled_projections": context["pooled"].astype(dtype)}
+
+    def tiny_pytorch_pipeline(self, path, seed, scheduler, qk_norm: str | None = None, dual_attention: bool = False, t5: bool = True):
+        """``qk_norm="rms_norm"`` and ``dual_attention`` give SD 3.5's layout (RMS-normalised queries and keys, MMDiT-X
+        blocks); ``t5=False`` leaves ``text_encoder_3`` out."""
+        import torch
+        from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+        from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5Config, T5EncoderModel
+
+        from jaxalign.models.hub import EMBEDDED_DIR
+        from jaxalign.testing import perturb_norms_and_biases, tiny_t5_tokenizer, tiny_text_config
+
+        torch.manual_seed(seed)
+        transformer = SD3Transformer2DModel(
+            sample_size=16, patch_size=2, in_channels=16, num_layers=2, attention_head_dim=8, num_attention_heads=4,
+            joint_attention_dim=80, caption_projection_dim=32, pooled_projection_dim=64, out_channels=16, pos_embed_max_size=12,
+            qk_norm=qk_norm, dual_attention_layers=(0,) if dual_attention else (),
+        )  # fmt: skip
+        vae = AutoencoderKL(
+            in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(16, 32), norm_num_groups=8,
+            down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, sample_size=32,
+            use_quant_conv=False, use_post_quant_conv=False, scaling_factor=1.5, shift_factor=0.1,
+        )  # fmt: skip
+        clip_l = CLIPTextModelWithProjection(tiny_text_config())
+        clip_g = CLIPTextModelWithProjection(tiny_text_config())
+        parts = [transformer, vae, clip_l, clip_g]
+        text_encoder_3 = tokenizer_3 = None
+        if t5:
+            config = T5Config(vocab_size=64, d_model=80, d_kv=8, d_ff=48, num_layers=2, num_heads=4, relative_attention_num_buckets=8,
+                              relative_attention_max_distance=20, feed_forward_proj="gated-gelu", is_encoder_decoder=False)  # fmt: skip
+            text_encoder_3, tokenizer_3 = T5EncoderModel(config), tiny_t5_tokenizer()
+            parts.append(text_encoder_3)
+        for i, module in enumerate(parts):
+            perturb_norms_and_biases(module, seed + i)
+        tokenizer = CLIPTokenizer.from_pretrained(EMBEDDED_DIR / "tokenizer")
+        return StableDiffusion3Pipeline(
+            transformer=transformer, vae=vae, text_encoder=clip_l, tokenizer=tokenizer, text_encoder_2=clip_g, tokenizer_2=tokenizer,
+            text_encoder_3=text_encoder_3, tokenizer_3=tokenizer_3,
+            scheduler=FlowMatchEulerDiscreteScheduler.from_config(scheduler or {"shift": 3.0}),
+        )  # fmt: skip
+
+    def reference_conditioning(self, pipe, prompt, negative_prompt):
+        embeds, negative, pooled, negative_pooled = pipe.encode_prompt(
+            prompt, prompt, prompt, device="cpu", do_classifier_free_guidance=True, negative_prompt=negative_prompt or None,
+        )  # fmt: skip
+        return (
+            {"hidden_states": embeds[0].numpy(), "pooled": pooled[0].numpy()},
+            {"hidden_states": negative[0].numpy(), "pooled": negative_pooled[0].numpy()},
+        )
+
+
