@@ -51,7 +51,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.height = 32  # the embedded model's size; 512 for SD 1.x
     c.width = 32
     c.guidance_scale = 7.5
-    c.attention = "standard"  # standard | chunked (memory linear in tokens; for 512x512 and larger)
+    c.true_cfg_scale = 1.0  # Flux: > 1 adds true classifier-free guidance (a negative-prompt pass) to the embedded guidance
+    c.attention = "standard"  # UNet attention: standard | chunked (memory linear in tokens) | fused (jax.nn.dot_product_attention)
+    c.denoise_batch = 0  # evaluate the network on this many latents at a time (0: the whole population in one call)
     c.decode_batch = 0  # decode this many images at a time (0: the whole population in one call)
     # Search.
     c.method = "evolution"  # evolution | random | zero_order | dno | dno_hybrid | svdd | dsearch | das
@@ -68,6 +70,7 @@ def default_config() -> ml_collections.ConfigDict:
     # Scale.
     c.batch_prompts = False  # search all prompts together in one vmapped compiled step
     c.shard_population = True  # shard the population over all local devices when they divide popsize
+    c.shard_params = False  # split the model's weights over all local devices instead (for models larger than one device)
     # Long runs.
     c.checkpoint_every = 5  # save the search state every K generations (0: never); `--resume` continues
     c.compilation_cache_dir = ""  # persistent XLA compilation cache shared by runs; "" disables it
@@ -262,8 +265,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise JaxalignError(f"target_reward must be finite or None, got {config.target_reward}")
     if not math.isfinite(config.guidance_scale):
         raise JaxalignError(f"guidance_scale must be finite, got {config.guidance_scale}")
+    if not (math.isfinite(config.true_cfg_scale) and config.true_cfg_scale >= 1):
+        raise JaxalignError(f"true_cfg_scale must be a finite number >= 1 (1: off), got {config.true_cfg_scale}")
     if config.decode_batch < 0:
         raise JaxalignError(f"decode_batch must be >= 0 (0 decodes the whole population at once), got {config.decode_batch}")
+    if config.denoise_batch < 0 or (config.denoise_batch and config.popsize % config.denoise_batch):
+        raise JaxalignError(f"denoise_batch must be 0 (the whole population at once) or divide popsize={config.popsize}, got {config.denoise_batch}")
     if config.dtype not in ("float32", "bfloat16"):
         raise JaxalignError(f"unknown dtype {config.dtype!r}; valid: bfloat16, float32")
     STRATEGIES[config.strategy]

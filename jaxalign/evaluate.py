@@ -57,7 +57,7 @@ def evaluate(workdir: str | Path, rewards: Sequence[str] | None = None, reward_p
     ``clip`` is the CLIP model (path, repo id or ``"embedded"``) for embedding diversity (default: the
     tiny CLIP for the embedded model; none otherwise, then only pixel diversity is measured).
     """
-    from jaxalign.models import EMBEDDED
+    from jaxalign.models import EMBEDDED, EMBEDDED_MODELS
     from jaxalign.rewards import REWARDS
 
     workdir = Path(workdir)
@@ -66,14 +66,15 @@ def evaluate(workdir: str | Path, rewards: Sequence[str] | None = None, reward_p
         REWARDS[name.partition(":")[0]]  # unknown names fail before any work
     summaries = [_read(run / "summary.json") for run in runs]
     images = [(load_image(run / "images" / "baseline.png"), load_image(run / s.get("best_image", "images/best.png"))) for run, s in zip(runs, summaries)]
-    clip_source = clip if clip is not None else (EMBEDDED if all(s.get("model") == EMBEDDED for s in summaries) else None)
+    # Runs on a shipped model draw the shapes world: its tiny CLIP and judge apply.
+    clip_source = clip if clip is not None else (EMBEDDED if all(s.get("model") in EMBEDDED_MODELS for s in summaries) else None)
     embed = _clip_embedder(clip_source) if clip_source else None
     scorers: dict[tuple, Any] = {}
     rows = []
     for run, summary, (baseline, best) in zip(runs, summaries, images):
         config = summary.get("config", {})
         paths = {**config.get("reward_paths", {}), **(reward_paths or {})}
-        embedded = summary.get("model") == EMBEDDED
+        embedded = summary.get("model") in EMBEDDED_MODELS
         if embedded:
             paths.setdefault("clip", EMBEDDED)
         names = list(rewards) if rewards else list(dict.fromkeys([*summary.get("rewards", {}), *(["clip"] if embedded else []), *CROSS_REWARDS]))

@@ -41,10 +41,10 @@ from jaxalign.config import OPEN_MAPPINGS, plain, read_prompts, validate
 from jaxalign.errors import JaxalignError
 from jaxalign.files import replace_atomically, write_json
 from jaxalign.methods import METHODS, Context, build_method
-from jaxalign.models import DiffusionModel, load_model
+from jaxalign.models import CLASSIFIER_FREE, NO_GUIDANCE, DiffusionModel, load_model
 from jaxalign.rewards import Objective, weighted_sum
 from jaxalign.sampler import make_sampler
-from jaxalign.search import Problem, Search, SearchParams, batched, device_mesh, prompt_sharding
+from jaxalign.search import Problem, Search, SearchParams, batched, device_mesh, prompt_sharding, shard_over_devices
 
 
 @dataclasses.dataclass
@@ -68,7 +68,7 @@ def build(config, loaded: tuple[DiffusionModel, Any] | None = None) -> Job:
     """
     validate(config)
     prompts = read_prompts(config)
-    model, model_params = loaded if loaded is not None else load_model(config.model, dtype=config.dtype, family=config.model_family)
+    model, model_params = loaded if loaded is not None else load_model(config.model, dtype=config.dtype, family=config.model_family, shard_params=config.shard_params)
     model = model.with_attention(config.attention)
     for prompt in prompts:
         limits = model.truncated_at(prompt)
@@ -76,14 +76,20 @@ def build(config, loaded: tuple[DiffusionModel, Any] | None = None) -> Job:
             which = "the text encoder's" if len(model.tokenizers) == 1 else "a text encoder's"
             print(f"jaxalign: warning: prompt {prompt[:40]!r}... is longer than {which} {' / '.join(map(str, limits))} tokens; the rest is ignored there", file=sys.stderr)
     latent_shape = model.latent_shape(config.height, config.width)
+    if model.guidance == NO_GUIDANCE and config.guidance_scale != 0:
+        raise JaxalignError(f"model {model.name!r} samples without guidance (a distilled model such as FLUX.1-schnell); set guidance_scale=0, got {config.guidance_scale}")
+    if model.guidance != CLASSIFIER_FREE and config.negative_prompt and config.true_cfg_scale <= 1:
+        print(f"jaxalign: warning: model {model.name!r} takes one conditional pass per step (no classifier-free guidance); negative_prompt is not used", file=sys.stderr)
     spec = METHODS[config.method]
     objective = weighted_sum(dict(config.rewards), config.reward_paths.to_dict())
     if objective.params:  # learned rewards' weights travel with the model's, as arguments of the step
         model_params = {**model_params, "rewards": objective.params}
+    if config.shard_params:  # the devices hold the weights between them (a no-op where load_model placed them so)
+        model_params = shard_over_devices(model_params)
     # Gradient-based methods backpropagate through the sampler: recompute each step's activations.
     sampler = make_sampler(
         model, config.scheduler, config.num_inference_steps, remat=spec.differentiates_sampler, decode_batch=config.decode_batch,
-        image_tokens=model.image_tokens(latent_shape),
+        image_tokens=model.image_tokens(latent_shape), denoise_batch=config.denoise_batch, true_cfg_scale=config.true_cfg_scale,
     )  # fmt: skip
     num_prompt_shards = len(prompts) if config.batch_prompts else 1
     context = Context(
@@ -93,7 +99,7 @@ def build(config, loaded: tuple[DiffusionModel, Any] | None = None) -> Job:
         latent_shape=latent_shape,
         popsize=config.popsize,
         maximize=config.maximize,
-        make_mesh=lambda batch: device_mesh(batch, num_prompt_shards) if config.shard_population else None,
+        make_mesh=lambda batch: device_mesh(batch, num_prompt_shards) if config.shard_population and not config.shard_params else None,
     )
     settings = {field: plain(config[field]) for field in spec.reads}
     search = build_method(config.method, context, settings)
@@ -363,8 +369,16 @@ class Recorder:
             "num_devices": jax.device_count(),
             "population_sharded_over": self.job.mesh.shape["population"] if self.job.mesh else 1,
             "prompts_sharded_over": self.job.mesh.shape["prompts"] if self.job.mesh else 1,
+            "params_split": _params_split(self.job.model_params),
             "config": config.to_dict(),
         }
+
+
+def _params_split(params) -> float:
+    """The model weights' bytes over those one device holds: 1 unsharded, up to the device count when split."""
+    leaves = [x for x in jax.tree.leaves(params) if isinstance(x, jax.Array)]
+    held = sum(x.addressable_shards[0].data.nbytes for x in leaves)
+    return round(sum(x.nbytes for x in leaves) / held, 2) if held else 1.0
 
 
 def search_group(job: Job, steps, problem: Problem, state, recorders: list[Recorder], checkpoints: Path, progress: bool, resume: bool) -> list[dict]:

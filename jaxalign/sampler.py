@@ -5,7 +5,7 @@
 [tokens, dim], or SDXL's dict of hidden states and pooled embedding). The timestep loop is a ``lax.scan`` over the
 scheduler's coefficient rows, whatever the noise process; classifier-free guidance evaluates the conditional and
 unconditional branches as one batch of 2N (Ho & Salimans 2022, arXiv 2207.12598), or, for networks that embed
-the guidance scale (LCM), one conditional pass; and the
+the guidance scale (LCM, Flux-dev) or take none (Flux-schnell), one conditional pass; and the
 population is decoded in one VAE call, or ``decode_batch`` images at a time (the VAE's activations
 at full resolution dominate memory at 512x512). Everything static (model, scheduler, number of
 steps) is closed over; everything numeric is an argument, so the guidance scale can be traced.
@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxalign.errors import JaxalignError
-from jaxalign.models import DiffusionModel, Params
+from jaxalign.models import CLASSIFIER_FREE, DiffusionModel, Params
 from jaxalign.schedulers import AUTO, NoiseProcess, Schedule, checked_schedule, resolve_scheduler, stochastic_schedulers
 
 
@@ -63,13 +63,22 @@ def make_sampler(
     remat: bool = False,
     decode_batch: int = 0,
     image_tokens: int | None = None,
+    denoise_batch: int = 0,
+    true_cfg_scale: float = 1.0,
 ) -> Sampler:
     """Build ``sample`` for a model; ``scheduler`` is a name in :data:`~jaxalign.schedulers.SCHEDULERS` or
     ``"auto"``, the model's own (read from its scheduler config either way); ``remat`` recomputes each step's
     activations in backward passes; ``decode_batch`` > 0 decodes that many latents at a time (0: all in one
-    call); ``image_tokens`` (tokens per latent) sets dynamic timestep shifting where the scheduler uses it."""
+    call); ``denoise_batch`` > 0 evaluates the network on that many latents at a time (0: all in one call; both
+    give the same images up to rounding, the chunks taken one after another so that a large population fits
+    beside large weights); ``image_tokens`` (tokens per latent) sets dynamic timestep shifting where the
+    scheduler uses it. ``true_cfg_scale`` > 1 adds FluxPipeline's "true" classifier-free guidance to a network
+    that embeds the guidance scale or takes none: a negative-prompt pass per step, neg + s (pos - neg) (static:
+    it decides the passes)."""
+    if num_inference_steps < 1:
+        raise JaxalignError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
     solver = resolve_scheduler(scheduler, model.scheduler_config, model.noise_process, source=f"model {model.name!r}")
-    schedule = checked_schedule(solver, num_inference_steps, image_tokens)
+    schedule = checked_schedule(solver, num_inference_steps, image_tokens, model.initial_sigmas(num_inference_steps))
     num_calls = schedule.timesteps.shape[0]  # model calls: num_inference_steps, or one more for pndm
 
     def pair(context, uncond_context, n):
@@ -80,13 +89,25 @@ def make_sampler(
             uncond_context,
         )
 
-    def guided_output(params, x, i, context, uncond_context, guidance_scale):
-        n, t = x.shape[0], schedule.timesteps[i]
-        if model.embeds_guidance:  # guidance-distilled (LCM): one conditional pass
+    if true_cfg_scale != 1.0 and model.guidance == CLASSIFIER_FREE:
+        raise JaxalignError(f"true_cfg_scale applies to models that embed the guidance scale or take none (Flux); model {model.name!r} uses classifier-free guidance: set guidance_scale instead")
+
+    def guided_chunk(params, x, t, context, uncond_context, guidance_scale):
+        n = x.shape[0]
+        if model.guidance != CLASSIFIER_FREE and true_cfg_scale <= 1.0:  # embedded (LCM, Flux-dev) or none (Flux-schnell): one pass
             batch_context = jax.tree.map(lambda c: jnp.broadcast_to(c, (n, *c.shape)), context)
             return model.predict(params, x, t, batch_context, guidance_scale=guidance_scale)
-        out_uncond, out_cond = jnp.split(model.predict(params, jnp.concatenate([x, x]), t, pair(context, uncond_context, n)), 2)
-        return out_uncond + guidance_scale * (out_cond - out_uncond)
+        out_uncond, out_cond = jnp.split(model.predict(params, jnp.concatenate([x, x]), t, pair(context, uncond_context, n), guidance_scale=guidance_scale), 2)
+        scale = guidance_scale if model.guidance == CLASSIFIER_FREE else true_cfg_scale
+        return out_uncond + scale * (out_cond - out_uncond)
+
+    def guided_output(params, x, i, context, uncond_context, guidance_scale):
+        t = schedule.timesteps[i]
+        if not denoise_batch or denoise_batch >= x.shape[0]:
+            return guided_chunk(params, x, t, context, uncond_context, guidance_scale)
+        # lax.map runs ceil(N / denoise_batch) network calls in sequence (a remainder, if any, as one more).
+        one = lambda z: guided_chunk(params, z[None], t, context, uncond_context, guidance_scale)[0]  # noqa: E731
+        return jax.lax.map(one, x, batch_size=denoise_batch)
 
     def denoise_step(params, context, uncond_context, guidance_scale, carry, i):
         return solver.step(carry, guided_output(params, carry[0], i, context, uncond_context, guidance_scale), i, schedule)

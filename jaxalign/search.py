@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from jaxalign.models import Params as ModelParams
@@ -368,6 +369,27 @@ def device_mesh(popsize: int, num_prompts: int = 1) -> jax.sharding.Mesh | None:
     # Auto axes: the compiler propagates the population's sharding constraints, as with a plain Mesh.
     auto = (jax.sharding.AxisType.Auto,) * 2
     return jax.make_mesh((prompts, population), ("prompts", "population"), axis_types=auto, devices=devices[: prompts * population])
+
+
+def param_placement(shape: tuple[int, ...]) -> jax.sharding.Sharding | None:
+    """Where one model weight of ``shape`` goes when weights are split over a "model" axis of the local devices:
+    along its largest axis that the device count divides (the first of equals), small arrays (norms, biases)
+    replicated; ``None`` on one device. So a model larger than one device's memory fits, and XLA gathers what
+    each step needs."""
+    devices = jax.local_devices()
+    if len(devices) < 2:
+        return None
+    mesh = jax.make_mesh((len(devices),), ("model",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
+    spec = [None] * len(shape)
+    axes = [a for a in np.argsort(shape, kind="stable")[::-1] if shape[a] % len(devices) == 0 and shape[a] >= len(devices)]
+    if axes and math.prod(shape) >= 1024:
+        spec[int(axes[0])] = "model"
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec))
+
+
+def shard_over_devices(params: Any) -> Any:
+    """``params`` placed as :func:`param_placement` says (already placed leaves are not copied)."""
+    return jax.tree.map(lambda x: x if param_placement(x.shape) is None else jax.device_put(x, param_placement(x.shape)), params)
 
 
 def prompt_sharding(mesh: jax.sharding.Mesh | None, tree: Any) -> Any:

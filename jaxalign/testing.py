@@ -19,6 +19,7 @@ TINY_VARIANTS = {
     "lcm": ("sd", {"lcm": True}),  # SD's LCM-distilled layout (guidance embedding, LCMScheduler)
     "sd35": ("sd3", {"qk_norm": "rms_norm", "dual_attention": True}),  # SD 3.5: RMS-normed q/k, MMDiT-X blocks
     "sd35_without_t5": ("sd3", {"qk_norm": "rms_norm", "dual_attention": True, "t5": False}),  # text_encoder_3 left out
+    "flux_schnell": ("flux", {"schnell": True}),  # no guidance embedding, no dynamic shift, T5 length 256
 }
 
 

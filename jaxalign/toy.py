@@ -46,7 +46,7 @@ class GaussianMixture:
     weights: tuple[float, ...]
     scheduler_config: dict = dataclasses.field(default_factory=lambda: dict(TOY_VP_SCHEDULER))
     name = "toy"
-    embeds_guidance = False  # classifier-free guidance applies (both branches are equal here)
+    guidance = "classifier_free"  # both branches are equal here
 
     @functools.cached_property
     def process(self) -> NoiseProcess:
@@ -90,6 +90,9 @@ class GaussianMixture:
 
     def image_tokens(self, latent_shape) -> int:
         return 1
+
+    def initial_sigmas(self, num_steps: int):
+        return None  # the scheduler's own grid
 
     def decode(self, params, latents, clip: bool = True):
         return latents.reshape(latents.shape[0], *self.image_shape)

@@ -39,7 +39,7 @@ from jaxalign.checkpoint import Checkpointer
 from jaxalign.errors import JaxalignError
 from jaxalign.files import write_csv
 from jaxalign.models import DiffusionModel, Params, init_model, save_model, with_latent_scale
-from jaxalign.schedulers import AUTO, resolve_scheduler
+from jaxalign.schedulers import AUTO, RectifiedFlow, VariancePreserving, resolve_scheduler
 
 CAPTION_DROPOUT = 0.1
 
@@ -106,8 +106,13 @@ def autoencoder_loss(model: DiffusionModel, kl_weight: float = 1e-4) -> Callable
 
 
 def denoiser_loss(model: DiffusionModel) -> Callable:
-    """Epsilon-prediction MSE at uniform timesteps of the model's own (variance-preserving) noise process; latents
-    are VAE posterior samples of the batch images."""
+    """The training loss of the model's noise process (:func:`epsilon_loss` or :func:`rectified_flow_loss`);
+    latents are autoencoder posterior samples of the batch images, conditioning the trained text encoders'."""
+    return _LOSSES[model.noise_process](model)
+
+
+def epsilon_loss(model: DiffusionModel) -> Callable:
+    """Epsilon-prediction MSE at uniform timesteps of the model's own variance-preserving noise schedule (DDPM)."""
     process = resolve_scheduler(AUTO, model.scheduler_config, model.noise_process).process
     alphas_cumprod = jnp.asarray(process.alphas_cumprod(), jnp.float32)
 
@@ -126,13 +131,36 @@ def denoiser_loss(model: DiffusionModel) -> Callable:
     return loss_fn
 
 
+def rectified_flow_loss(model: DiffusionModel) -> Callable:
+    """Rectified-flow velocity MSE (Esser et al. 2024, arXiv 2403.03206, eq. 2 with SD3's choices): x_t = (1 - t) x0
+    + t eps, target eps - x0, t logit-normal (sigmoid of N(0, 1), which weights the middle of the path), the time
+    input t x num_train_timesteps as the flow schedulers give it."""
+    total = resolve_scheduler(AUTO, model.scheduler_config, model.noise_process).process.num_train_timesteps
+
+    def loss_fn(params, frozen, batch, key):
+        latent_key, time_key, noise_key = jax.random.split(key, 3)
+        mean, logvar = model.encode(frozen, batch["images"])
+        clean = mean + jnp.exp(0.5 * logvar) * jax.random.normal(latent_key, mean.shape)
+        t = jax.nn.sigmoid(jax.random.normal(time_key, (clean.shape[0],)))
+        noise = jax.random.normal(noise_key, clean.shape)
+        noisy = (1.0 - t[:, None, None, None]) * clean + t[:, None, None, None] * noise
+        context = model.encode_tokens(params, batch["token_ids"])
+        loss = jnp.mean((model.predict(params, noisy, t * total, context) - (noise - clean)) ** 2)
+        return loss, {}
+
+    return loss_fn
+
+
+_LOSSES = {VariancePreserving: epsilon_loss, RectifiedFlow: rectified_flow_loss}
+
+
 def shapes_batch(model: DiffusionModel, data_seed: int, stage: str, step: int, batch_size: int) -> dict:
     """The batch for one step: rendered images, and token ids with captions dropped at CAPTION_DROPOUT."""
     seed = [data_seed, sum(map(ord, stage)), step]
     data = shapes.make_batch(int(np.random.default_rng(seed).integers(2**62)), batch_size)
     drop = np.random.default_rng([*seed, 1]).random(batch_size) < CAPTION_DROPOUT
     captions = ["" if d else c for c, d in zip(data.captions, drop)]
-    return {"images": jnp.asarray(data.images), "token_ids": jnp.asarray(model.tokenize(captions))}
+    return {"images": jnp.asarray(data.images), "token_ids": jax.tree.map(jnp.asarray, model.tokenize(captions))}
 
 
 def run_stage(
@@ -184,40 +212,52 @@ def run_stage(
     return state
 
 
-def latent_scale(model: DiffusionModel, vae_params: Params, data_seed: int, num_images: int = 1024) -> float:
-    """1 / std of unscaled posterior means over ``num_images`` shapes images (SD's scaling_factor)."""
+def latent_normalisation(model: DiffusionModel, vae_params: Params, data_seed: int, shift: bool = False, num_images: int = 1024) -> tuple[float, float | None]:
+    """(scaling_factor, shift_factor) of the raw posterior means over ``num_images`` shapes images: 1 / std, as SD's
+    0.18215 was set; with ``shift``, the mean is subtracted first, as SD3's and Flux's shift factors are (the
+    shift is ``None`` otherwise)."""
     images = jnp.asarray(shapes.make_batch(data_seed + 7919, num_images).images)
     mean, _ = jax.jit(model.encode)({"vae": vae_params}, images)
-    return float(model.autoencoder.scaling_factor / jnp.std(mean))
+    raw = mean / model.autoencoder.scaling_factor + model.autoencoder.shift_factor
+    offset = float(jnp.mean(raw)) if shift else 0.0
+    return float(1.0 / jnp.std(raw - offset)), (offset if shift else None)
 
 
 def train_tiny(
     config_dir: Path,
     workdir: Path,
     out_dir: Path,
-    autoencoder: StageConfig,
+    autoencoder: StageConfig | None,
     denoiser: StageConfig,
     data_seed: int = 0,
     checkpoint_every: int = 500,
     progress: bool = True,
+    pretrained_vae: Params | None = None,
+    shift: bool = False,
+    export_dtype: str | None = None,
 ) -> tuple[DiffusionModel, Params]:
-    """Both stages, then the EMA weights exported to ``out_dir`` in diffusers' Flax layout."""
+    """Both stages (or, given ``pretrained_vae``, the denoiser alone on that autoencoder), then the EMA weights
+    exported to ``out_dir`` in diffusers' Flax layout. The denoiser stage trains the text encoders and the
+    denoising network together with the loss of the model's noise process; ``shift`` gives the latents a shift
+    factor (SD3's layout); ``export_dtype`` (e.g. ``"float16"``) is the stored weights' type."""
     workdir.mkdir(parents=True, exist_ok=True)
     model, params = init_model(config_dir, seed=data_seed)
-    state = run_stage(
-        "autoencoder", functools.partial(shapes_batch, model, data_seed, "autoencoder"), autoencoder_loss(model), {"vae": params["vae"]}, {}, autoencoder,
-        workdir, data_seed, checkpoint_every, progress,
-    )  # fmt: skip
-    vae = state.ema["vae"]
-    model = with_latent_scale(model, latent_scale(model, vae, data_seed))
-    folder = model.family.denoiser_folder
-    trainable = {"text_encoder": params["text_encoder"], folder: params[folder]}
+    if pretrained_vae is None:
+        state = run_stage(
+            "autoencoder", functools.partial(shapes_batch, model, data_seed, "autoencoder"), autoencoder_loss(model), {"vae": params["vae"]}, {},
+            autoencoder, workdir, data_seed, checkpoint_every, progress,
+        )  # fmt: skip
+        vae = state.ema["vae"]
+    else:
+        vae = pretrained_vae
+    model = with_latent_scale(model, *latent_normalisation(model, vae, data_seed, shift))
+    trainable = {folder: params[folder] for folder in (*model.text_encoders, model.family.denoiser_folder)}
     state = run_stage(
         "denoiser", functools.partial(shapes_batch, model, data_seed, "denoiser"), denoiser_loss(model), trainable, {"vae": vae}, denoiser,
         workdir, data_seed, checkpoint_every, progress,
     )  # fmt: skip
     trained = {**jax.device_get(state.ema), "vae": jax.device_get(vae)}
-    save_model(model, trained, out_dir)
+    save_model(model, trained, out_dir, weight_dtype=export_dtype)
     return model, trained
 
 
@@ -276,7 +316,7 @@ def caption_following(
 ) -> tuple[dict[str, float], np.ndarray, list[str]]:
     """Per-attribute accuracy of :func:`jaxalign.shapes.describe` on samples for full captions.
 
-    One image per caption (seeded noise, DDIM), for ``count`` captions of held-out or training
+    One image per caption (seeded noise, the model's own scheduler), for ``count`` captions of held-out or training
     combinations. Returns accuracies (shape, colour, background, size, position, all), the images
     and the captions.
     """
@@ -284,11 +324,13 @@ def caption_following(
 
     data = shapes.make_batch(seed + 104729, count, held_out=held_out)
     captions = [shapes.caption(a) for a in data.attributes]
-    sampler = make_sampler(model, "ddim", num_steps)
+    latent_shape = model.latent_shape(shapes.IMAGE_SIZE, shapes.IMAGE_SIZE)
+    sampler = make_sampler(model, "auto", num_steps, image_tokens=model.image_tokens(latent_shape))
     contexts = model.encode_prompts(params, [*captions, ""])
-    noise = jax.random.normal(jax.random.key(seed), (count, 1, *model.latent_shape(shapes.IMAGE_SIZE, shapes.IMAGE_SIZE)))
+    noise = jax.random.normal(jax.random.key(seed), (count, 1, *latent_shape))
     sample_one = jax.vmap(sampler.sample, in_axes=(None, 0, 0, None, None))
-    images = np.asarray(jax.jit(sample_one)(params, noise, contexts[:-1], contexts[-1], guidance_scale))[:, 0]
+    prompts, empty = jax.tree.map(lambda x: x[:-1], contexts), jax.tree.map(lambda x: x[-1], contexts)
+    images = np.asarray(jax.jit(sample_one)(params, noise, prompts, empty, guidance_scale))[:, 0]
     read = [shapes.describe(image) for image in images]
     accuracy = {
         field: float(np.mean([r is not None and getattr(r, field) == getattr(a, field) for r, a in zip(read, data.attributes)]))

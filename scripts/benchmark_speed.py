@@ -3,6 +3,8 @@
     python scripts/benchmark_speed.py --size embedded                      # CPU, the tiny model
     python scripts/benchmark_speed.py --size sd15 --dtype bfloat16         # GPU, SD1.5-size random weights
     python scripts/benchmark_speed.py --size sd35_medium --dtype bfloat16 --compile-only   # the step's XLA memory at SD 3.5-medium size
+    python scripts/benchmark_speed.py --size flux_dev --dtype bfloat16 --compile-only      # and at FLUX.1-dev size (popsize 8)
+    python scripts/benchmark_speed.py --size tiny_flux --reference --dno                   # CPU dry run of a transformer size
 
 jaxalign: one compiled generation (CoSyNE, JPEG compressibility as in the reference), timed after a
 warm-up with ``block_until_ready``, median of ``--generations``; compile time apart; model FLOPs
@@ -29,6 +31,7 @@ import argparse
 import atexit
 import dataclasses
 import importlib.util
+import inspect
 import json
 import os
 import platform
@@ -60,13 +63,13 @@ from jaxalign.sampler import make_sampler
 # Stable Diffusion 1.5's architecture (same FLOPs as the real model; weights are random).
 SD15 = {
     "unet": {
-        "sample_size": 64, "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
+        "_class_name": "UNet2DConditionModel", "sample_size": 64, "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
         "block_out_channels": [320, 640, 1280, 1280], "attention_head_dim": 8, "cross_attention_dim": 768,
         "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
         "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
     },
     "vae": {
-        "sample_size": 512, "in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 2,
+        "_class_name": "AutoencoderKL", "sample_size": 512, "in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 2,
         "block_out_channels": [128, 256, 512, 512], "scaling_factor": 0.18215,
         "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
     },
@@ -100,33 +103,81 @@ SD35_MEDIUM = {
                        "feed_forward_proj": "gated-gelu", "layer_norm_epsilon": 1e-6, "is_encoder_decoder": False},
     "scheduler": {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 3.0},
 }  # fmt: skip
+# FLUX.1-dev's architecture (12B transformer with the guidance embedding, CLIP-L, T5-XXL, 16-channel VAE).
+FLUX_DEV = {
+    "transformer": {
+        "_class_name": "FluxTransformer2DModel", "patch_size": 1, "in_channels": 64, "num_layers": 19, "num_single_layers": 38,
+        "attention_head_dim": 128, "num_attention_heads": 24, "joint_attention_dim": 4096, "pooled_projection_dim": 768,
+        "guidance_embeds": True, "axes_dims_rope": [16, 56, 56],
+    },
+    "vae": {**SD35_MEDIUM["vae"], "scaling_factor": 0.3611, "shift_factor": 0.1159},
+    "text_encoder": {**_CLIP_TEXT, "architectures": ["CLIPTextModel"], "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+                     "num_attention_heads": 12, "projection_dim": 768, "hidden_act": "quick_gelu"},
+    "text_encoder_2": SD35_MEDIUM["text_encoder_3"],
+    "scheduler": {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 3.0, "use_dynamic_shifting": True,
+                  "base_shift": 0.5, "max_shift": 1.15, "base_image_seq_len": 256, "max_image_seq_len": 4096},
+}  # fmt: skip
 
 
-def config_dir(size: str) -> Path:
+def config_dir(name: str, configs: dict) -> Path:
     """A diffusers directory with a size's configs and tokenizers (CLIP's shipped one; a small T5 one), no weights."""
-    path = Path(tempfile.mkdtemp(prefix=f"jaxalign-{size}-"))
+    path = Path(tempfile.mkdtemp(prefix=f"jaxalign-{name}-"))
     atexit.register(shutil.rmtree, path, True)
-    configs = {"sd15": SD15, "sd35_medium": SD35_MEDIUM}[size]
     for component, config in configs.items():
         (path / component).mkdir()
-        name = "scheduler_config.json" if component == "scheduler" else "config.json"
-        (path / component / name).write_text(json.dumps(config))
-    if size == "sd15":
+        file = "scheduler_config.json" if component == "scheduler" else "config.json"
+        (path / component / file).write_text(json.dumps(config))
+    if "unet" in configs:  # SD1.5: the embedded model's scheduler, index and tokenizer are its own
         shutil.copytree(EMBEDDED_DIR / "scheduler", path / "scheduler")
         shutil.copy(EMBEDDED_DIR / "model_index.json", path / "model_index.json")
         shutil.copytree(EMBEDDED_DIR / "tokenizer", path / "tokenizer")
-    else:
+    else:  # CLIP tokenizers (the shipped one) and a small T5 one (the real vocabulary cannot be downloaded)
         from jaxalign.testing import tiny_t5_tokenizer
 
-        (path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusion3Pipeline"}))
-        for folder in ("tokenizer", "tokenizer_2"):
+        sd3 = "text_encoder_3" in configs
+        (path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusion3Pipeline" if sd3 else "FluxPipeline"}))
+        for folder in ("tokenizer", "tokenizer_2") if sd3 else ("tokenizer",):
             shutil.copytree(EMBEDDED_DIR / "tokenizer", path / folder)
-        tiny_t5_tokenizer().save_pretrained(path / "tokenizer_3")
+        tiny_t5_tokenizer().save_pretrained(path / ("tokenizer_3" if sd3 else "tokenizer_2"))
     return path
 
 
+def tiny_dir(variant: str) -> Path:
+    """A tiny random pipeline of a layout (``jaxalign.testing.TINY_VARIANTS`` or a family's default), for dry runs."""
+    from jaxalign.testing import TINY_VARIANTS, tiny_pytorch_pipeline
+
+    path = Path(tempfile.mkdtemp(prefix=f"jaxalign-tiny-{variant}-"))
+    atexit.register(shutil.rmtree, path, True)
+    family, options = TINY_VARIANTS.get(variant, (variant, {}))
+    tiny_pytorch_pipeline(family, path / "model", **options)
+    return path / "model"
+
+
+@dataclasses.dataclass(frozen=True)
+class Size:
+    """A benchmark size: its model directory and the job settings of the reference config it stands for.
+    ``None`` keeps ``default_config()``'s value (the embedded model's job)."""
+
+    model_dir: Callable[[], Path]
+    height: int | None = None
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    popsize: int = 16
+
+
+SIZES = {
+    "embedded": Size(lambda: EMBEDDED_DIR),  # the trained embedded UNet: a CPU-sized run, and sd15's dry run
+    "sd15": Size(lambda: config_dir("sd15", SD15), 512, 50),
+    "sd35_medium": Size(lambda: config_dir("sd35_medium", SD35_MEDIUM), 512, 28, 4.5),  # the reference's configs/sd3.yaml
+    "flux_dev": Size(lambda: config_dir("flux_dev", FLUX_DEV), 1024, 30, 3.5, popsize=8),  # the reference's configs/flux-dev.yaml
+    # Dry runs of the two transformer sizes on CPU: tiny random pipelines of the same layouts, same settings but size.
+    "tiny_sd35": Size(lambda: tiny_dir("sd35"), 32, 4, 4.5, popsize=8),
+    "tiny_flux": Size(lambda: tiny_dir("flux"), 32, 4, 3.5, popsize=8),
+}
+
+
 def model_dir_for(size: str) -> Path:
-    return EMBEDDED_DIR if size == "embedded" else config_dir(size)
+    return SIZES[size].model_dir()
 
 
 def load_benchmark_model(model_dir: Path, dtype: str, abstract: bool = False):
@@ -154,7 +205,9 @@ def model_tflop_per_image(job, problem) -> float:
     The whole step's analysis cannot be used: it counts a loop's body once, whatever its trip count
     (the denoising scan, and the chunks of chunked attention or of ``decode_batch``), so the count is
     taken with standard attention and a single decode."""
-    sampler = make_sampler(job.model.with_attention("standard"), job.config.scheduler, job.config.num_inference_steps)
+    sampler = make_sampler(
+        job.model.with_attention("standard"), job.config.scheduler, job.config.num_inference_steps, image_tokens=job.model.image_tokens(job.latent_shape)
+    )
     x = jnp.zeros((1, *job.latent_shape), jnp.float32)
     unet = jax.jit(sampler.guided_output).lower(job.model_params, x, 0, problem.context, problem.uncond_context, job.config.guidance_scale)
     decode = jax.jit(sampler.decode).lower(job.model_params, x)
@@ -186,6 +239,7 @@ def time_jaxalign(config, loaded, generations: int, peak_tflops: float | None, c
         "part": f"jaxalign {config.method}",
         "attention": config.attention,
         "decode_batch": config.decode_batch,
+        "denoise_batch": config.denoise_batch,
         "compile_s": round(compile_s, 2),
         "model_tflop_per_image": _significant(per_image),
         "model_tflop_per_generation": _significant(tflop),
@@ -226,30 +280,20 @@ def time_reference(model_dir: Path, config, generations: int, batch: int, search
     installed), or ``"auto"`` (evotorch when importable).
     """
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+    from jaxalign.models import detect_family
     from jaxalign.rewards import jpeg_size_kb
 
     if searcher == "auto":
         searcher = "evotorch" if importlib.util.find_spec("evotorch") else "torch"
+    torch.set_num_threads(len(os.sched_getaffinity(0)))  # the pinned CPUs, whatever torch would guess
     cuda = torch.cuda.is_available()
     device, dtype = ("cuda", torch.float16) if cuda else ("cpu", torch.float32)
-    torch.manual_seed(0)
-    read = lambda c: {k: v for k, v in json.loads((model_dir / c / "config.json").read_text()).items() if not k.startswith("_")}  # noqa: E731
-    pipe = StableDiffusionPipeline(
-        vae=AutoencoderKL(**_accepted(AutoencoderKL, read("vae"))),
-        text_encoder=CLIPTextModel(CLIPTextConfig.from_pretrained(model_dir / "text_encoder")),
-        tokenizer=CLIPTokenizer.from_pretrained(model_dir / "tokenizer"),
-        unet=UNet2DConditionModel(**_accepted(UNet2DConditionModel, read("unet"))),
-        scheduler=DDIMScheduler.from_pretrained(model_dir / "scheduler"),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    ).to(device, dtype)
-    pipe.set_progress_bar_config(disable=True)
-    factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-    latent_shape = (4, config.height // factor, config.width // factor)
+    pipe = reference_pipeline(model_dir, device, dtype)
+    family = detect_family(model_dir)  # how the pipeline takes initial latents (Flux: packed tokens)
+    vae = pipe.vae.config
+    factor = 2 ** (len(vae.block_out_channels) - 1)
+    latent_shape = (vae.latent_channels, config.height // factor, config.width // factor)
     prompt = config.prompts[0]
 
     evaluated = [0]  # images scored so far; CoSyNE scores the children and the permuted population each step
@@ -258,10 +302,11 @@ def time_reference(model_dir: Path, config, generations: int, batch: int, search
         evaluated[0] += len(solutions)
         scores = []
         for i in range(0, len(solutions), batch):
-            latents = solutions[i : i + batch].reshape(-1, *latent_shape).to(device, dtype)
+            call = family.reference_call(pipe, solutions[i : i + batch].reshape(-1, *latent_shape).numpy())
+            call["latents"] = torch.as_tensor(call["latents"]).to(device, dtype)
             with torch.no_grad():
                 images = pipe(
-                    [prompt] * len(latents), height=config.height, width=config.width, latents=latents,
+                    [prompt] * len(call["latents"]), height=config.height, width=config.width, **call,
                     num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale, output_type="np",
                 ).images  # fmt: skip
             scores.extend(-float(jpeg_size_kb(image)) for image in images)  # one image at a time
@@ -295,11 +340,47 @@ def time_reference(model_dir: Path, config, generations: int, batch: int, search
     return {
         "part": f"reference (diffusers + {'evotorch Cosyne' if searcher == 'evotorch' else 'plain-torch CoSyNE'})",
         "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "torch_threads": torch.get_num_threads(),
         "s_per_generation": round(median, 4),
         "images_per_generation": images,
         "images_per_s": round(images / median, 3),
         "peak_memory_gib": round((torch.cuda.max_memory_allocated() if cuda else peak_rss_bytes()) / 2**30, 3),
     }
+
+
+def reference_pipeline(model_dir: Path, device: str, dtype):
+    """diffusers' PyTorch pipeline that ``model_dir``'s ``model_index.json`` names, each component built from its
+    config with seeded random weights (the sizes' directories have configs only) on ``device`` in ``dtype``;
+    components the directory lacks (safety checker, image encoder) are left out."""
+    import diffusers
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    pipeline_class = getattr(diffusers, json.loads((model_dir / "model_index.json").read_text())["_class_name"])
+    components = {}
+    for name, parameter in inspect.signature(pipeline_class.__init__).parameters.items():
+        folder = model_dir / name
+        if (folder / "scheduler_config.json").is_file():
+            config = json.loads((folder / "scheduler_config.json").read_text())
+            components[name] = getattr(diffusers, config["_class_name"]).from_config(config)
+        elif (folder / "config.json").is_file():
+            config = json.loads((folder / "config.json").read_text())
+            with torch.device(device):  # initialised where it runs: a 12B transformer in float32 would not fit most hosts
+                if "_class_name" in config:
+                    module = getattr(diffusers, config["_class_name"]).from_config(config)
+                else:
+                    module = getattr(transformers, config["architectures"][0])(transformers.AutoConfig.from_pretrained(folder))
+            components[name] = module.to(dtype).eval()
+        elif folder.is_dir():
+            components[name] = transformers.AutoTokenizer.from_pretrained(folder)
+        elif name == "requires_safety_checker":
+            components[name] = False
+        elif name != "self" and parameter.default is inspect.Parameter.empty:
+            components[name] = None  # SD's safety checker and feature extractor
+    pipe = pipeline_class(**components)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 class TorchCosyne:
@@ -338,61 +419,56 @@ class TorchCosyne:
         self.population, self.fitness = candidates[keep], fitness[keep]
 
 
-def _accepted(cls, config: dict) -> dict:
-    import inspect
-
-    accepted = inspect.signature(cls.__init__).parameters
-    return {k: v for k, v in config.items() if k in accepted}
-
-
 # Parts a run can measure; each runs in its own process (see ``run_part``).
 JAXALIGN, EA_BRIGHTNESS, DNO, REFERENCE = "jaxalign", "evolution-brightness", "dno", "reference"
 
 
 def job_config(args):
-    """The model directory and the job config of ``args``'s size and part."""
+    """The job config of ``args``'s size and part."""
     config = default_config()
-    config.popsize = args.popsize
     config.dtype = args.dtype
     config.checkpoint_every = 0
     config.attention = args.attention
     config.decode_batch = args.decode_batch
+    config.denoise_batch = args.denoise_batch
     config.rewards = {"jpeg_compressibility": 1.0}  # the reference's scorer, on both sides
-    model_dir = model_dir_for(args.size)
-    if args.size == "sd15":
-        config.height = config.width = 512
-        config.num_inference_steps = args.num_inference_steps or 50
-    elif args.size == "sd35_medium":  # the reference's configs/sd3.yaml
-        config.height = config.width = 512
-        config.num_inference_steps = args.num_inference_steps or 28
-        config.guidance_scale = 4.5
-    else:
-        config.num_inference_steps = args.num_inference_steps or config.num_inference_steps
+    size = SIZES[args.size]
+    config.popsize = args.popsize or size.popsize
+    config.height = config.width = size.height or config.height
+    config.num_inference_steps = args.num_inference_steps or size.num_inference_steps or config.num_inference_steps
+    config.guidance_scale = size.guidance_scale or config.guidance_scale
     if args.part in (EA_BRIGHTNESS, DNO):
         # Same reward on both sides: DNO needs a differentiable one.
         config.method = "dno" if args.part == DNO else "evolution"
         config.rewards = {"brightness": 1.0}
-    return model_dir, config
+    return config
 
 
 def measure(args) -> dict:
     """One part, in this process, with the hardware it ran on."""
-    model_dir, config = job_config(args)
+    # The CPU this part may use (the parent pinned it, see ``run_part``) and how busy the machine was as it started:
+    # a contended CPU once made the reference part 89x slower, so every line says both.
+    cpu = {"cpu_threads": len(os.sched_getaffinity(0)), "load_average_1m": round(os.getloadavg()[0], 2)}
+    config, model_dir = job_config(args), model_dir_for(args.size)
     if args.part == REFERENCE:
         result = time_reference(model_dir, config, args.generations, args.reference_batch, args.reference_searcher)
     else:
         result = time_jaxalign(config, load_benchmark_model(model_dir, args.dtype, abstract=args.compile_only), args.generations, args.peak_tflops, args.compile_only)
         result |= {"device": jax.devices()[0].device_kind}
-    return result | {"reward": next(iter(config.rewards))}
+    return result | cpu | {"reward": next(iter(config.rewards))}
 
 
-def run_part(part: str, argv: list[str]) -> dict:
-    """Runs one part in a fresh process, so that its peak memory is its own; returns its JSON line, or
-    its exit status when it failed (e.g. out of device memory), so the other parts still run."""
+def run_part(part: str, argv: list[str], threads: int | None) -> dict:
+    """Runs one part in a fresh process, so that its peak memory is its own, pinned to ``threads`` CPUs (all
+    this process may use when ``None``), so both frameworks get the same cores whatever they would guess; returns
+    its JSON line, or its exit status when it failed (e.g. out of device memory), so the other parts still run."""
     env = dict(PARTS_ENV)
     if part == REFERENCE:
         env["JAX_PLATFORMS"] = "cpu"  # jaxalign is imported only for the JPEG scorer: the GPU stays torch's
-    child = subprocess.run([sys.executable, __file__, *argv, "--part", part], env=env, stdout=subprocess.PIPE, text=True)
+    cpus = sorted(os.sched_getaffinity(0))[:threads]
+    child = subprocess.run(
+        [sys.executable, __file__, *argv, "--part", part], env=env, stdout=subprocess.PIPE, text=True, preexec_fn=lambda: os.sched_setaffinity(0, cpus)
+    )
     lines = child.stdout.strip().splitlines()
     result = json.loads(lines[-1]) if child.returncode == 0 and lines else {"part": part, "failed": f"exit status {child.returncode} (its stderr is above)"}
     print(json.dumps(result), flush=True)
@@ -431,29 +507,31 @@ def summarise(results: dict[str, dict], popsize: int, on_gpu: bool, peak_tflops:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=("embedded", "sd15", "sd35_medium"), default="embedded")
+    parser.add_argument("--size", choices=tuple(SIZES), default="embedded", help="tiny_*: CPU dry runs of the transformer sizes")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    parser.add_argument("--popsize", type=int, default=16)
+    parser.add_argument("--popsize", type=int, help="default: the size's reference config (16; 8 for flux_dev)")
     parser.add_argument("--num-inference-steps", type=int)
     parser.add_argument("--generations", type=int, default=3)
     parser.add_argument("--attention", choices=tuple(ATTENTION), default="standard", help="the UNet's attention (jaxalign parts)")
     parser.add_argument("--decode-batch", type=int, default=0, help="decode this many images at a time (0: all at once)")
+    parser.add_argument("--denoise-batch", type=int, default=0, help="denoise this many images at a time (0: all at once)")
     parser.add_argument("--reference", action="store_true", help="also time the PyTorch reference loop")
     parser.add_argument("--reference-batch", type=int, default=4)
     parser.add_argument("--reference-searcher", choices=("auto", "evotorch", "torch"), default="auto", help="evotorch's Cosyne, or the plain-torch one where evotorch cannot be installed")
     parser.add_argument("--dno", action="store_true", help="also time one DNO step against one EA generation (brightness reward)")
     parser.add_argument("--peak-tflops", type=float, help="the device's peak for the MFU estimate")
     parser.add_argument("--compile-only", action="store_true", help="compile the jaxalign steps and report FLOPs and XLA's memory, without running them")
+    parser.add_argument("--threads", type=int, help="pin each part to this many CPUs (default: all this process may use)")
     parser.add_argument("--part", choices=(JAXALIGN, EA_BRIGHTNESS, DNO, REFERENCE), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.part:
         print(json.dumps(measure(args)), flush=True)
         return
 
-    _, config = job_config(args)
+    config = job_config(args)
     print(f"size {args.size}: {config.height}x{config.width}, {config.num_inference_steps} {config.scheduler} steps, CFG {config.guidance_scale}, popsize {config.popsize}, {args.dtype}")
     parts = [JAXALIGN] + [REFERENCE] * (args.reference and not args.compile_only) + [EA_BRIGHTNESS, DNO] * args.dno
-    results = {part: run_part(part, sys.argv[1:]) for part in parts}
+    results = {part: run_part(part, sys.argv[1:], args.threads) for part in parts}
     device = next((r["device"] for r in results.values() if "device" in r), "unknown")
     print(f"device: {device}, {platform.processor() or platform.machine()}, python {sys.version.split()[0]}, jax {jax.__version__}")
     for line in summarise(results, config.popsize, device != "cpu", args.peak_tflops):

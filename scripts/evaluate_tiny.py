@@ -1,6 +1,7 @@
-"""Caption-following accuracy and sample grids of the embedded model (the numbers in MODEL.md).
+"""Caption-following accuracy and sample grids of an embedded model (the numbers in MODEL.md).
 
-    python scripts/evaluate_tiny.py --out docs
+    python scripts/evaluate_tiny.py --out docs                                        # the UNet model
+    python scripts/evaluate_tiny.py --model embedded_sd3 --guidance-scale 4.5 --out docs  # the SD3-layout flow model
 
 Samples one image per caption for held-out (shape, colour, background) combinations and for
 training combinations, reads each image back with ``jaxalign.shapes.describe`` and prints the
@@ -31,8 +32,8 @@ def main() -> None:
     for name, held_out in (("held_out", True), ("training", False)):
         accuracy, images, captions = caption_following(model, params, held_out, args.count, 0, args.steps, args.guidance_scale)
         results[name] = accuracy
-        save_grid(images[:32], args.out / f"embedded_samples_{name}.png")
-        (args.out / f"embedded_samples_{name}.txt").write_text("\n".join(captions[:32]) + "\n")
+        save_grid(images[:32], args.out / f"{args.model}_samples_{name}.png")
+        (args.out / f"{args.model}_samples_{name}.txt").write_text("\n".join(captions[:32]) + "\n")
         print(f"{name:9s} " + "  ".join(f"{k} {v:.3f}" for k, v in accuracy.items()), flush=True)
     print(json.dumps(results))
 

@@ -33,9 +33,10 @@ def sample_error(root: Path, layout: str, steps: int = 4, guidance: float = 5.0)
     latents = np.random.default_rng(0).standard_normal((2, model.latent_channels, 16, 16)).astype(np.float32)
     key = jax.random.key(LCM_NOISE_SEED)
     noises = iter([np.broadcast_to(np.asarray(lcm_noise(key, i, latents.shape[1:])), latents.shape).copy() for i in range(steps)])
+    call = model.family.reference_call(pipe, latents)
+    call["latents"] = torch.tensor(call["latents"])
     with mock.patch.object(scheduling_lcm, "randn_tensor", lambda *a, **k: torch.tensor(next(noises))), torch.no_grad():
-        expected = pipe([PROMPT] * 2, latents=torch.tensor(latents), num_inference_steps=steps, guidance_scale=guidance,
-                        output_type="np", height=32, width=32).images  # fmt: skip
+        expected = pipe([PROMPT] * 2, num_inference_steps=steps, guidance_scale=guidance, output_type="np", height=32, width=32, **call).images
     context, uncond = model.conditioning(params, PROMPT)
     sampler = make_sampler(model, "auto", steps, image_tokens=model.image_tokens(latents.shape[1:]))
     ours = np.asarray(jax.jit(sampler.sample)(params, jnp.asarray(latents), context, uncond, guidance))

@@ -132,6 +132,8 @@ NUMBERS = {
     "non-numeric strategy knob": (["--config.strategy_params.mutation_stdev=abc"], "mutation_stdev must be a number, got 'abc'"),
     "mutation disabled the evotorch way": (["--config.strategy_params.mutation_stdev=None"], "mutation_stdev=0 disables mutation"),
     "None for a number": (["--config.popsize=none"], "config field 'popsize' cannot be None; it expects int"),
+    "negative denoise batch": (["--config.denoise_batch=-1"], r"denoise_batch must be 0 \(the whole population at once\) or divide popsize=4, got -1"),
+    "denoise batch not dividing the population": (["--config.denoise_batch=3"], r"denoise_batch must be 0 .* divide popsize=4, got 3"),
     "flow scheduler on a VP model": (["--config.scheduler=flow_euler"], "scheduler 'flow_euler' samples rectified-flow models, but model 'embedded' is a variance-preserving model"),
     "stochastic method on a deterministic scheduler": (["--config.scheduler=pndm", "--config.method=svdd"], "method 'svdd' takes stochastic denoising steps; set scheduler to one of ddim, lcm"),
 }

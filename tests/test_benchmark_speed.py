@@ -1,11 +1,17 @@
 """The plain-torch CoSyNE of the speed benchmark's reference loop does evotorch's work per generation."""
 
+import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
 from benchmark_speed import TorchCosyne  # noqa: E402
 
 
@@ -27,3 +33,21 @@ def test_torch_cosyne_scores_what_evotorch_scores_and_improves():
     # 2 x popsize/4 children and the permuted population: 8 + 16.
     assert counts == [16] + [24] * 80
     assert float(search.fitness.max()) > initial + 1.0
+
+
+@pytest.mark.parametrize("size", ["tiny_sd35", "tiny_flux"])
+def test_gpu_benchmark_script_dry_run(tmp_path, size):
+    """scripts/gpu_benchmarks.sh on CPU with a tiny pipeline of a transformer size's layout: every part (jaxalign and
+    the diffusers reference at the size's settings, EA and DNO at the lean ones) runs pinned to one CPU and reports."""
+    env = {**os.environ, "OUT": str(tmp_path), "BENCH_ARGS": "--generations 1 --threads 1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    subprocess.run(["bash", "scripts/gpu_benchmarks.sh", "float32", size], cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
+    default, lean = ((tmp_path / f"{name}_{size}_float32.txt").read_text() for name in ("default", "lean"))
+    ours, reference, lean_ours, ea, dno = (json.loads(line) for text in (default, lean) for line in text.splitlines() if line.startswith("{"))
+    names = ["jaxalign evolution", "reference", "jaxalign evolution", "jaxalign evolution", "jaxalign dno"]
+    assert [p["part"].split(" (")[0] for p in (ours, reference, lean_ours, ea, dno)] == names
+    for part in ours, reference, lean_ours, ea, dno:
+        assert "failed" not in part and part["cpu_threads"] == 1 and part["images_per_s"] > 0, part
+    assert reference["torch_threads"] == 1 and ours["reward"] == reference["reward"] == "jpeg_compressibility"
+    assert (lean_ours["denoise_batch"], ea["decode_batch"], dno["denoise_batch"]) == (4, 2, 4) and ours["denoise_batch"] == 0
+    assert ours["model_tflop_per_image"] > 0 and np.isclose(ours["mfu"], ours["achieved_tflops"] / 494, rtol=1e-3)
+    assert "jaxalign vs reference" in default and "EA vs DNO" in lean

@@ -104,7 +104,7 @@ BAD_INPUTS = {
     "reward path for no reward": (["--config.reward_paths.clip=/models/clip"], r"reward_paths for clip, which is not among rewards"),
     "uncached hub model": (["--config.model=nobody/nothing"], "'nobody/nothing' is not in the local Hugging Face cache"),
     "wrong family": (["--config.model_family=sdxl"], r"model family mismatch: the config expects 'sdxl' .* holds a 'sd' model"),
-    "unknown attention": (["--config.attention=flash"], "unknown attention 'flash'; valid: chunked, standard"),
+    "unknown attention": (["--config.attention=flash"], "unknown attention 'flash'; valid: chunked, fused, standard"),
     "negative decode batch": (["--config.decode_batch=-1"], "decode_batch must be >= 0"),
     "strategy for a method that reads none": (["--config.method=random", "--config.strategy=SNES"],
                                               r"method 'random' does not read strategy \(it reads method_params\); set strategy='CoSyNE' \(got 'SNES'\)"),

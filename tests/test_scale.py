@@ -128,3 +128,19 @@ def test_persistent_compilation_cache_is_reused_across_processes(tmp_path):
     assert first["step_from_compilation_cache"] is False
     assert second["step_from_compilation_cache"] is True
     assert metrics(tmp_path / "first") == metrics(tmp_path / "second")
+
+
+def test_flux_weights_sharded_over_eight_devices_give_the_same_run(tmp_path):
+    """shard_params=true splits a tiny Flux's weights over a "model" axis of 8 CPU devices: the same metrics as the
+    unsharded run on one device."""
+    from jaxalign.testing import tiny_pytorch_pipeline
+
+    model = tmp_path / "flux"
+    tiny_pytorch_pipeline("flux", model, seed=2)
+    extra = [f"--config.model={model}", "--config.popsize=4", "--config.steps=2", "--config.guidance_scale=3.5", "--config.rewards={'brightness': 1.0}"]
+    eight = {**ENV, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    sharded = run_cli(tmp_path / "sharded", *extra, "--config.shard_params=true", env=eight)
+    single = run_here(tmp_path / "single", *extra)
+    assert sharded["num_devices"] == 8 and sharded["population_sharded_over"] == 1
+    assert sharded["params_split"] > 4 and single["params_split"] == 1.0  # each device holds a fraction of the weights
+    assert_same_metrics(metrics(tmp_path / "sharded"), metrics(tmp_path / "single"), rel=1e-4)

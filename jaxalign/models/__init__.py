@@ -17,15 +17,15 @@ One module per concept:
 """
 
 from jaxalign.models.clip import ClipModel, init_clip, load_clip, load_open_clip, open_clip_to_transformers
-from jaxalign.models.diffusion import DTYPES, DiffusionModel, Params, with_latent_scale
+from jaxalign.models.diffusion import CLASSIFIER_FREE, DTYPES, EMBEDDED_GUIDANCE, NO_GUIDANCE, DiffusionModel, Params, with_latent_scale
 from jaxalign.models.families import FAMILIES, ModelFamily, detect_family
-from jaxalign.models.hub import EMBEDDED, EMBEDDED_CLIP_DIR, EMBEDDED_DIR, hf_cache_dir, resolve_model_dir
+from jaxalign.models.hub import EMBEDDED, EMBEDDED_CLIP_DIR, EMBEDDED_DIR, EMBEDDED_MODELS, EMBEDDED_SD3, EMBEDDED_SD3_DIR, hf_cache_dir, resolve_model_dir
 from jaxalign.models.loading import init_model, load_model, save_model
 from jaxalign.models.unet import ATTENTION, guidance_scale_embedding
 from jaxalign.models.weights import read_state_dict, read_weights, seeded_init
 
 __all__ = [
-    "ATTENTION", "DTYPES", "EMBEDDED", "EMBEDDED_CLIP_DIR", "EMBEDDED_DIR", "FAMILIES", "ClipModel", "DiffusionModel", "ModelFamily", "Params",
+    "ATTENTION", "CLASSIFIER_FREE", "DTYPES", "EMBEDDED_GUIDANCE", "NO_GUIDANCE", "EMBEDDED", "EMBEDDED_CLIP_DIR", "EMBEDDED_DIR", "EMBEDDED_MODELS", "EMBEDDED_SD3", "EMBEDDED_SD3_DIR", "FAMILIES", "ClipModel", "DiffusionModel", "ModelFamily", "Params",
     "detect_family", "guidance_scale_embedding", "hf_cache_dir", "init_clip", "init_model", "load_clip", "load_model", "load_open_clip",
     "open_clip_to_transformers", "read_state_dict", "read_weights", "resolve_model_dir", "save_model", "seeded_init",
     "with_latent_scale",

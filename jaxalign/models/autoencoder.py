@@ -90,8 +90,13 @@ class AutoencoderKL:
         """Image pixels per latent pixel along each side."""
         return 2 ** (len(self.module.block_out_channels) - 1)
 
-    def with_scaling_factor(self, scaling_factor: float) -> AutoencoderKL:
-        return dataclasses.replace(self, config={**self.config, "scaling_factor": scaling_factor}, scaling_factor=float(scaling_factor))
+    def with_normalisation(self, scaling_factor: float, shift_factor: float | None = None) -> AutoencoderKL:
+        """The same autoencoder with another latent scaling factor, and shift factor where given."""
+        shift = {} if shift_factor is None else {"shift_factor": shift_factor}
+        return dataclasses.replace(
+            self, config={**self.config, "scaling_factor": scaling_factor, **shift}, scaling_factor=float(scaling_factor),
+            shift_factor=self.shift_factor if shift_factor is None else float(shift_factor),
+        )  # fmt: skip
 
     def param_shapes(self) -> Any:
         size = self.config.get("sample_size", 32)

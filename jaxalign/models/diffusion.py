@@ -22,6 +22,9 @@ from jaxalign.models.families import ModelFamily
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
+# How a network takes the guidance scale (its ``guidance``): see DiffusionModel.guidance.
+CLASSIFIER_FREE, EMBEDDED_GUIDANCE, NO_GUIDANCE = "classifier_free", "embedded", "none"
+
 Params = dict[str, Any]
 
 
@@ -54,10 +57,10 @@ class DiffusionModel:
         return self.family.noise_process
 
     @property
-    def embeds_guidance(self) -> bool:
-        """Whether the guidance scale enters the network through an embedding (one pass per step, as LCM)
-        rather than as classifier-free guidance over a conditional and an unconditional pass."""
-        return self.network.embeds_guidance
+    def guidance(self) -> str:
+        """How the guidance scale enters (CLASSIFIER_FREE, EMBEDDED_GUIDANCE or NO_GUIDANCE): classifier-free guidance over a conditional
+        and an unconditional pass, an embedding in one pass (LCM, Flux-dev), or none (Flux-schnell)."""
+        return self.network.guidance
 
     @property
     def latent_channels(self) -> int:
@@ -82,7 +85,7 @@ class DiffusionModel:
     def with_attention(self, attention: str) -> DiffusionModel:
         """This model with the network attention ``attention``; same params. The same object each time, so
         jobs built from one loaded model share compiled functions."""
-        return self if self.attention == attention else _with_attention(self, attention)
+        return self if self.network.with_attention(attention) is self.network else _with_attention(self, attention)
 
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
         f = self.vae_scale_factor * self.network.latent_multiple
@@ -92,6 +95,10 @@ class DiffusionModel:
         if largest is not None and max(height, width) > largest * self.vae_scale_factor:
             raise JaxalignError(f"height and width must be at most {largest * self.vae_scale_factor} for model {self.name!r} (its position table), got {height}x{width}")
         return (self.latent_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+
+    def initial_sigmas(self, num_steps: int):
+        """The family pipeline's own sigma grid for a flow scheduler, or ``None`` (see ModelFamily.initial_sigmas)."""
+        return self.family.initial_sigmas(num_steps)
 
     def image_tokens(self, latent_shape) -> int:
         """Tokens the network sees for one latent (what dynamic timestep shifting scales with)."""
@@ -134,7 +141,7 @@ class DiffusionModel:
     def predict(self, params: Params, latents: jax.Array, timestep: jax.Array, context: Any, guidance_scale=None) -> jax.Array:
         """The network's output (noise, v or velocity: the noise process's parameterisation) for latents
         [B, c, h, w] at one time input, conditioned on context (the family's batched pytree, see
-        :meth:`encode_tokens`); ``guidance_scale`` feeds networks that embed it (:attr:`embeds_guidance`)."""
+        :meth:`encode_tokens`); ``guidance_scale`` feeds networks that embed it (:attr:`guidance`)."""
         image_size = tuple(s * self.vae_scale_factor for s in latents.shape[2:])
         inputs = self.family.denoiser_inputs(context, image_size, self.dtype)
         return self.network(params[self.family.denoiser_folder], latents, timestep, inputs, guidance_scale)
@@ -149,9 +156,10 @@ class DiffusionModel:
         return self.autoencoder.encode(params["vae"], images)
 
 
-def with_latent_scale(model: DiffusionModel, scaling_factor: float) -> DiffusionModel:
-    """The same model with its autoencoder's latent scaling factor replaced (set after training an autoencoder)."""
-    return dataclasses.replace(model, autoencoder=model.autoencoder.with_scaling_factor(scaling_factor))
+def with_latent_scale(model: DiffusionModel, scaling_factor: float, shift_factor: float | None = None) -> DiffusionModel:
+    """The same model with its autoencoder's latent scaling factor (and shift factor, where given) replaced (set
+    after training an autoencoder)."""
+    return dataclasses.replace(model, autoencoder=model.autoencoder.with_normalisation(scaling_factor, shift_factor))
 
 
 @functools.cache

@@ -13,6 +13,10 @@ from jaxalign.errors import JaxalignError
 EMBEDDED = "embedded"
 EMBEDDED_DIR = Path(__file__).parent.parent / "embedded"
 EMBEDDED_CLIP_DIR = Path(__file__).parent.parent / "embedded_clip"  # the tiny CLIP of the embedded world (jaxalign.tiny_clip)
+EMBEDDED_SD3 = "embedded_sd3"
+EMBEDDED_SD3_DIR = Path(__file__).parent.parent / "embedded_sd3"  # the tiny SD3-layout flow model (scripts/train_tiny_sd3.py)
+# The models shipped in the package, by the name a config gives.
+EMBEDDED_MODELS = {EMBEDDED: EMBEDDED_DIR, EMBEDDED_SD3: EMBEDDED_SD3_DIR}
 
 
 def resolve_model_dir(source: str) -> Path:

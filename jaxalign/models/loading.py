@@ -27,23 +27,25 @@ import numpy as np
 from jaxalign.errors import JaxalignError
 from jaxalign.models.diffusion import DTYPES, DiffusionModel, Params
 from jaxalign.models.families import FAMILIES, ModelFamily, detect_family
-from jaxalign.models.hub import EMBEDDED, EMBEDDED_DIR, resolve_model_dir
+from jaxalign.models.hub import EMBEDDED, EMBEDDED_MODELS, resolve_model_dir
 from jaxalign.models.weights import read_json, read_weights, seeded_init
 
 
-def load_model(source: str = EMBEDDED, dtype: str = "float32", family: str = "auto") -> tuple[DiffusionModel, Params]:
+def load_model(source: str = EMBEDDED, dtype: str = "float32", family: str = "auto", shard_params: bool = False) -> tuple[DiffusionModel, Params]:
     """Load ``"embedded"``, a local diffusers-format directory, or a Hub repo id from the local cache.
 
     ``family`` ("auto", or a name in :data:`FAMILIES`) is checked against the directory's
     ``model_index.json``, so a config written for one family refuses another family's weights.
+    ``shard_params`` sends each weight from the host straight to its shards over the local devices
+    (:func:`jaxalign.search.param_placement`): no device ever holds the whole model.
     """
     if dtype not in DTYPES:
         raise JaxalignError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
     if family != "auto":
         FAMILIES[family]
     _quiet_flax_deprecation_warnings()
-    if source == EMBEDDED:
-        path, name = EMBEDDED_DIR, EMBEDDED
+    if source in EMBEDDED_MODELS:
+        path, name = EMBEDDED_MODELS[source], source
     else:
         path = resolve_model_dir(source)
         name = str(path) if Path(source).expanduser().is_dir() else source
@@ -53,7 +55,7 @@ def load_model(source: str = EMBEDDED, dtype: str = "float32", family: str = "au
             f"model family mismatch: the config expects {family!r} ({' or '.join(FAMILIES[family].pipelines)}) "
             f"but {path} holds a {detected.name!r} model"
         )
-    return _load(path, name, DTYPES[dtype], detected)
+    return _load(path, name, DTYPES[dtype], detected, shard_params=shard_params)
 
 def init_model(config_dir: str | os.PathLike, seed: int = 0, dtype: str = "float32", abstract: bool = False) -> tuple[DiffusionModel, Params]:
     """A model from a diffusers-format directory's configs with fresh seeded weights (for training), or with
@@ -62,7 +64,7 @@ def init_model(config_dir: str | os.PathLike, seed: int = 0, dtype: str = "float
     path = Path(config_dir)
     return _load(path, str(path), DTYPES[dtype], detect_family(path), seed=seed, abstract=abstract)
 
-def _load(path: Path, name: str, dtype, family: ModelFamily, seed: int | None = None, abstract: bool = False) -> tuple[DiffusionModel, Params]:
+def _load(path: Path, name: str, dtype, family: ModelFamily, seed: int | None = None, abstract: bool = False, shard_params: bool = False) -> tuple[DiffusionModel, Params]:
     """Modules from ``path``'s configs (the family builds them); weights from its files, or seeded random ones
     when ``seed`` is given.
 
@@ -92,8 +94,11 @@ def _load(path: Path, name: str, dtype, family: ModelFamily, seed: int | None = 
     index = path / "model_index.json"
     options = family.options(read_json(index) if index.is_file() else {})
 
+    from jaxalign.search import param_placement
+
     def to_device(x):
-        x = jax.device_put(np.asarray(x))
+        x = np.asarray(x)
+        x = jax.device_put(x, param_placement(x.shape) if shard_params else None)  # its shards, with shard_params
         return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
 
     if not abstract:
@@ -104,14 +109,17 @@ def _load(path: Path, name: str, dtype, family: ModelFamily, seed: int | None = 
     )  # fmt: skip
     return model, params
 
-def save_model(model: DiffusionModel, params: Params, path: str | os.PathLike) -> None:
+def save_model(model: DiffusionModel, params: Params, path: str | os.PathLike, weight_dtype: str | None = None) -> None:
     """Write model and params as a diffusers-format directory with Flax weights (configs name the PyTorch
-    classes, as diffusers directories on the Hub do, so either framework reads it)."""
+    classes, as diffusers directories on the Hub do, so either framework reads it); ``weight_dtype``
+    (e.g. ``"float16"``) stores the floating-point weights in that type (they load as the configured dtype)."""
     from flax.serialization import to_bytes
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     host = jax.device_get(params)
+    if weight_dtype is not None:
+        host = jax.tree.map(lambda x: np.asarray(x, weight_dtype) if jnp.issubdtype(np.asarray(x).dtype, jnp.floating) else x, host)
     for folder, module in ((model.family.denoiser_folder, model.network), ("vae", model.autoencoder)):
         (path / folder).mkdir(exist_ok=True)
         config = {**module.config, "_class_name": module.config["_class_name"].removeprefix("Flax")}

@@ -12,8 +12,9 @@ SD 3.5's MMDiT-X additions, as a Flax module of jaxalign's, matching diffusers' 
   second, image-only self-attention with its own modulation (MMDiT-X);
 * a continuous AdaLN output norm, a linear projection and un-patching.
 
-Attention is ``jax.nn.dot_product_attention`` (cuDNN's fused kernel on GPUs). Module and parameter names follow
-diffusers' PyTorch names, so checkpoints load through the generic renamer.
+Attention is :func:`jaxalign.models.attention.dot_product_attention` (cuDNN's fused kernel on GPUs in half
+precision). Module and parameter names follow diffusers' PyTorch names, so checkpoints load through the generic
+renamer.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxalign.errors import JaxalignError
+from jaxalign.models.attention import dot_product_attention
 
 QK_NORMS = (None, "rms_norm")
 
@@ -108,6 +110,8 @@ class _PatchEmbed(nn.Module):
         p = self.patch_size
         x = nn.Conv(self.features, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype, name="proj")(jnp.transpose(latents, (0, 2, 3, 1)))
         _, h, w, _ = x.shape
+        if max(h, w) > self.max_size:  # as diffusers' cropped_pos_embed refuses
+            raise ValueError(f"a {h}x{w} patch grid exceeds the position table's {self.max_size}x{self.max_size}")
         table = self.param("pos_embed", lambda key, shape: jnp.asarray(sincos_position_embedding(self.features, self.max_size, self.base_size))[None], (1, self.max_size**2, self.features))
         top, left = (self.max_size - h) // 2, (self.max_size - w) // 2
         position = table.reshape(self.max_size, self.max_size, -1)[top : top + h, left : left + w].reshape(1, h * w, -1)
@@ -125,7 +129,7 @@ class _Attention(nn.Module):
     dtype: Any
 
     @nn.compact
-    def __call__(self, x, context=None):
+    def __call__(self, x, context=None, context_bias=None):
         inner = self.heads * self.head_dim
         dense = lambda name: nn.Dense(inner, dtype=self.dtype, name=name)  # noqa: E731
         split = lambda t: t.reshape(*t.shape[:2], self.heads, self.head_dim)  # noqa: E731
@@ -139,7 +143,10 @@ class _Attention(nn.Module):
             ck = normed(split(dense("add_k_proj")(context)), "norm_added_k")
             cv = split(dense("add_v_proj")(context))
             q, k, v = (jnp.concatenate(pair, axis=1) for pair in ((q, cq), (k, ck), (v, cv)))
-        out = jax.nn.dot_product_attention(q, k, v).reshape(*q.shape[:2], inner)
+        bias = None
+        if self.joint and context_bias is not None:  # log multiplicities of the text keys (see MMDiTModule), kept float32: exact
+            bias = jnp.concatenate([jnp.zeros((x.shape[0], x.shape[1]), jnp.float32), context_bias], axis=1)[:, None, None, :]
+        out = dot_product_attention(q, k, v, bias=bias).reshape(*q.shape[:2], inner)
         image = nn.Dense(inner, dtype=self.dtype, name="to_out_0")(out[:, : x.shape[1]])
         if not self.joint:
             return image, None
@@ -191,7 +198,7 @@ class _JointBlock(nn.Module):
     dtype: Any
 
     @nn.compact
-    def __call__(self, x, context, conditioning):
+    def __call__(self, x, context, conditioning, context_bias=None):
         d = self.features
         if self.dual_attention:
             shift, scale, gate, shift_mlp, scale_mlp, gate_mlp, shift2, scale2, gate2 = _Modulation(d, 9, self.dtype, name="norm1")(conditioning)
@@ -204,7 +211,7 @@ class _JointBlock(nn.Module):
             c_shift, c_scale, c_gate, c_shift_mlp, c_scale_mlp, c_gate_mlp = _Modulation(d, 6, self.dtype, name="norm1_context")(conditioning)
         normed_context = layer_norm(context) * (1 + c_scale) + c_shift
         attention = _Attention(self.heads, self.head_dim, self.qk_norm, True, not self.context_pre_only, self.dtype, name="attn")
-        image_out, context_out = attention(normed * (1 + scale) + shift, normed_context)
+        image_out, context_out = attention(normed * (1 + scale) + shift, normed_context, context_bias)
         x = x + gate * image_out
         if self.dual_attention:
             second = _Attention(self.heads, self.head_dim, self.qk_norm, False, False, self.dtype, name="attn2")
@@ -218,7 +225,13 @@ class _JointBlock(nn.Module):
 
 
 class MMDiTModule(nn.Module):
-    """``SD3Transformer2DModel``'s architecture; its config fields, as in diffusers."""
+    """``SD3Transformer2DModel``'s architecture; its config fields, as in diffusers.
+
+    ``context_counts`` [B, text tokens] (optional) says how many identical text tokens each given one stands
+    for: n identical tokens stay identical through every block (same input, modulation and feed-forward; as
+    queries they get the same attention), and as keys they weigh as one key whose logit is raised by log n. So
+    SD3 without T5, whose 256 T5 positions are all zeros, runs on 78 text tokens instead of 333 with the same
+    result up to rounding."""
 
     sample_size: int
     patch_size: int
@@ -236,18 +249,19 @@ class MMDiTModule(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, latents, timestep, encoder_hidden_states, pooled_projections):
+    def __call__(self, latents, timestep, encoder_hidden_states, pooled_projections, context_counts=None):
         inner, p = self.num_attention_heads * self.attention_head_dim, self.patch_size
         _, _, height, width = latents.shape
         x = _PatchEmbed(p, inner, self.pos_embed_max_size, self.sample_size // p, self.dtype, name="pos_embed")(latents.astype(self.dtype))
         conditioning = _TimeTextEmbed(inner, self.dtype, name="time_text_embed")(timestep, pooled_projections.astype(self.dtype))
         context = nn.Dense(self.caption_projection_dim, dtype=self.dtype, name="context_embedder")(encoder_hidden_states.astype(self.dtype))
+        context_bias = None if context_counts is None else jnp.log(context_counts.astype(jnp.float32))
         for i in range(self.num_layers):
             block = _JointBlock(
                 inner, self.num_attention_heads, self.attention_head_dim, i == self.num_layers - 1, i in self.dual_attention_layers,
                 self.qk_norm, self.dtype, name=f"transformer_blocks_{i}",
             )  # fmt: skip
-            x, context = block(x, context, conditioning)
+            x, context = block(x, context, conditioning, context_bias)
         scale, shift = _Modulation(inner, 2, self.dtype, name="norm_out")(conditioning)
         x = nn.Dense(p * p * self.out_channels, dtype=self.dtype, name="proj_out")(layer_norm(x) * (1 + scale) + shift)
         h, w = height // p, width // p
@@ -262,8 +276,8 @@ class MMDiT:
 
     module: MMDiTModule
     config: dict  # config.json as read (PyTorch class name), written back by save_model
-    embeds_guidance = False
-    attention = "standard"  # jax.nn.dot_product_attention: the fused kernel where the backend has one
+    guidance = "classifier_free"
+    attention = "fused"  # jaxalign.models.attention: the fused kernel where the backend has one
 
     @classmethod
     def from_config(cls, config: dict, dtype, where: str = "transformer/config.json") -> MMDiT:
@@ -297,8 +311,10 @@ class MMDiT:
         return self.module.pos_embed_max_size * self.module.patch_size
 
     def with_attention(self, attention: str) -> MMDiT:
-        if attention != self.attention:
-            raise JaxalignError(f"attention={attention!r}: the SD3 transformer's attention is jax.nn.dot_product_attention ('standard')")
+        """Its attention is always ``jax.nn.dot_product_attention`` ("standard" and "fused" both name it here);
+        "chunked" (diffusers' Flax UNet option) does not apply."""
+        if attention not in ("standard", "fused"):
+            raise JaxalignError(f"attention={attention!r} does not apply to the SD3 transformer, whose attention is jax.nn.dot_product_attention ('fused' or 'standard')")
         return self
 
     def image_tokens(self, latent_shape) -> int:
@@ -314,5 +330,5 @@ class MMDiT:
 
     def __call__(self, params, latents: jax.Array, timestep: jax.Array, inputs: dict, guidance_scale=None) -> jax.Array:
         t = jnp.broadcast_to(timestep, (latents.shape[0],))
-        out = self.module.apply({"params": params}, latents, t, inputs["encoder_hidden_states"], inputs["pooled_projections"])
+        out = self.module.apply({"params": params}, latents, t, inputs["encoder_hidden_states"], inputs["pooled_projections"], inputs.get("context_counts"))
         return out.astype(jnp.float32)

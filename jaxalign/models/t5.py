@@ -5,7 +5,7 @@ with a bucketed relative position bias computed once and shared by every layer, 
 Hand-written: transformers 4.x's ``FlaxT5EncoderModel`` calls ``jnp.clip(..., a_max=...)``, which the jax versions
 jaxalign supports no longer accept. Parameter names follow the PyTorch state dict, so checkpoints load through the
 generic renamer (the tied ``encoder.embed_tokens.weight`` some checkpoints repeat is skipped there); attention goes
-through ``jax.nn.dot_product_attention``.
+through :func:`jaxalign.models.attention.dot_product_attention`.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxalign.errors import JaxalignError
+from jaxalign.models.attention import dot_product_attention
 
 _ACTIVATIONS = {"gelu_new": lambda x: jax.nn.gelu(x, approximate=True), "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True), "relu": jax.nn.relu}
 
@@ -68,7 +69,7 @@ class _SelfAttention(nn.Module):
             table = nn.Embed(c.relative_attention_num_buckets, c.num_heads, name="relative_attention_bias")
             bias = bias + jnp.transpose(table(jnp.asarray(buckets)), (2, 0, 1))[None].astype(jnp.float32)  # [1, heads, q, k]
         q, k, v = (dense(inner, n)(x).reshape(*x.shape[:2], c.num_heads, c.d_kv) for n in ("q", "k", "v"))
-        out = jax.nn.dot_product_attention(q, k, v, bias=bias.astype(q.dtype), scale=1.0)  # T5 does not scale its scores
+        out = dot_product_attention(q, k, v, bias=bias.astype(q.dtype), scale=1.0)  # T5 does not scale its scores
         return dense(c.d_model, "o")(out.reshape(*x.shape[:2], inner)), bias
 
 

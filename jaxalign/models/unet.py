@@ -1,29 +1,36 @@
 """The UNet denoiser of Stable Diffusion 1.x/2.x, SDXL and LCM: diffusers' ``FlaxUNet2DConditionModel``, its
-attention choices (:data:`ATTENTION`), and the LCM guidance embedding (Luo et al. 2023, arXiv 2310.04378) that
-the Flax UNet lacks. UNet configs that need architecture features the Flax UNet does not implement are refused
-by name."""
+attention choices (:data:`ATTENTION`, including ``jax.nn.dot_product_attention`` in place of the Flax UNet's own),
+and the LCM guidance embedding (Luo et al. 2023, arXiv 2310.04378) that the Flax UNet lacks. UNet configs that
+need architecture features the Flax UNet does not implement are refused by name."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from jaxalign.errors import JaxalignError
+from jaxalign.models.attention import dot_product_attention
 from jaxalign.registry import Registry
 
-# UNet attention, a static program choice (the numbers agree up to rounding), name -> diffusers'
-# ``use_memory_efficient_attention``. "standard": one [tokens x tokens] score matrix per head and
-# image, what diffusers' Flax UNet does by default. "chunked": diffusers' memory-efficient attention
-# (Rabe & Staats 2021, arXiv 2112.05682) takes the queries in chunks, so memory grows linearly with
-# the tokens; at 512x512 (4096 tokens) it is most of the difference between fitting a population
-# beside the weights or not.
-ATTENTION: Registry[bool] = Registry("attention")
-ATTENTION.register("standard", False)
-ATTENTION.register("chunked", True)
+class Attention(NamedTuple):
+    memory_efficient: bool  # diffusers' use_memory_efficient_attention
+    fused: bool  # jax.nn.dot_product_attention in place of the Flax UNet's einsum-softmax-einsum
+
+
+# UNet attention, a static program choice (the numbers agree up to rounding). "standard": one [tokens x tokens]
+# score matrix per head and image, what diffusers' Flax UNet does by default. "chunked": diffusers'
+# memory-efficient attention (Rabe & Staats 2021, arXiv 2112.05682) takes the queries in chunks, so memory grows
+# linearly with the tokens. "fused": jaxalign.models.attention, cuDNN's fused kernel on GPUs in half precision (the
+# score matrix never materialised, as PyTorch's SDPA) and XLA's composition elsewhere.
+ATTENTION: Registry[Attention] = Registry("attention")
+ATTENTION.register("standard", Attention(False, False))
+ATTENTION.register("chunked", Attention(True, False))
+ATTENTION.register("fused", Attention(False, True))
 
 # UNet config fields that change the architecture in ways diffusers' Flax UNet does not implement,
 # with the values it does implement (its group norms always have 32 groups, for instance).
@@ -46,6 +53,7 @@ class UNet:
 
     module: Any  # FlaxUNet2DConditionModel
     config: dict  # config.json as read (PyTorch class name), written back by save_model
+    attention: str = "standard"  # a name in ATTENTION
 
     @classmethod
     def from_config(cls, config: dict, dtype, where: str = "unet/config.json") -> UNet:
@@ -56,7 +64,8 @@ class UNet:
             if value not in supported:
                 valid = " or ".join(repr(v) for v in supported)
                 raise JaxalignError(f"{where}: {name}={value!r} is not supported (the Flax UNet implements {name}={valid})")
-        return cls(FlaxUNet2DConditionModel.from_config(config, dtype=dtype), dict(config))
+        module = FlaxUNet2DConditionModel.from_config(config, dtype=dtype)
+        return cls(module, dict(config), "chunked" if module.use_memory_efficient_attention else "standard")
 
     @property
     def guidance_embedding_dim(self) -> int | None:
@@ -68,6 +77,10 @@ class UNet:
         return self.guidance_embedding_dim is not None
 
     @property
+    def guidance(self) -> str:
+        return "embedded" if self.embeds_guidance else "classifier_free"
+
+    @property
     def sample_size(self) -> int:
         return int(self.module.sample_size)
 
@@ -77,10 +90,6 @@ class UNet:
         return 2 ** (len(self.module.down_block_types) - 1)
 
     max_latent_size = None  # convolutional: any latent size
-
-    @property
-    def attention(self) -> str:
-        return next(name for name, chunked in ATTENTION.items() if chunked == self.module.use_memory_efficient_attention)
 
     def with_attention(self, attention: str) -> UNet:
         """This UNet with attention ``attention`` (a name in :data:`ATTENTION`); the same object each time, so
@@ -101,10 +110,11 @@ class UNet:
         dtype = self.module.dtype
 
         def output():
-            return self.module.apply(
-                {"params": params}, latents.astype(dtype), jnp.broadcast_to(timestep, (latents.shape[0],)),
-                inputs["encoder_hidden_states"], added_cond_kwargs=inputs.get("added_cond_kwargs"),
-            ).sample.astype(jnp.float32)  # fmt: skip
+            with _fused_attention() if ATTENTION[self.attention].fused else contextlib.nullcontext():
+                return self.module.apply(
+                    {"params": params}, latents.astype(dtype), jnp.broadcast_to(timestep, (latents.shape[0],)),
+                    inputs["encoder_hidden_states"], added_cond_kwargs=inputs.get("added_cond_kwargs"),
+                ).sample.astype(jnp.float32)  # fmt: skip
 
         if not self.embeds_guidance:
             return output()
@@ -137,6 +147,29 @@ def _added_time_condition(condition: jax.Array):
     return nn.intercept_methods(interceptor)
 
 
+def _fused_attention():
+    """Within this context every attention of diffusers' Flax UNet runs through :func:`~jaxalign.models.attention.dot_product_attention`
+    on its own projections (to_q, to_k, to_v, to_out_0: the same weights, the same scale dim_head^-1/2). An
+    interceptor rather than a copy of diffusers' module: its parameters and everything around it stay diffusers'."""
+    import flax.linen as nn
+    from diffusers.models.attention_flax import FlaxAttention
+
+    def interceptor(next_fun, args, kwargs, context):
+        attention = context.module
+        if not (isinstance(attention, FlaxAttention) and context.method_name == "__call__"):
+            return next_fun(*args, **kwargs)
+        hidden = args[0]
+        source = args[1] if len(args) > 1 else kwargs.get("context")
+        source = hidden if source is None else source
+        heads = lambda x: x.reshape(x.shape[0], x.shape[1], attention.heads, attention.dim_head)  # noqa: E731
+        q, k, v = heads(attention.query(hidden)), heads(attention.key(source)), heads(attention.value(source))
+        out = dot_product_attention(q, k, v, scale=attention.dim_head**-0.5)
+        return attention.proj_attn(out.reshape(*out.shape[:2], attention.heads * attention.dim_head))  # dropout 0: none
+
+    return nn.intercept_methods(interceptor)
+
+
 @functools.cache
 def _with_attention(unet: UNet, attention: str) -> UNet:
-    return dataclasses.replace(unet, module=unet.module.clone(use_memory_efficient_attention=ATTENTION[attention]))
+    module = unet.module.clone(use_memory_efficient_attention=ATTENTION[attention].memory_efficient)
+    return dataclasses.replace(unet, module=module, attention=attention)

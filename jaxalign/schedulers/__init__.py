@@ -61,15 +61,16 @@ def stochastic_schedulers(process: type | None = None) -> list[str]:
     return [n for n, kind in SCHEDULERS.items() if kind.stochastic and process in (None, kind.process)]
 
 
-def checked_schedule(solver: Scheduler, num_steps: int, image_tokens: int | None = None) -> Schedule:
+def checked_schedule(solver: Scheduler, num_steps: int, image_tokens: int | None = None, sigmas=None) -> Schedule:
     """``solver``'s table for ``num_steps`` steps, refused in one line where the process cannot take that many:
-    more steps than time inputs, or a table with repeated or out-of-range time inputs or non-finite coefficients."""
+    more steps than time inputs, or a table with repeated or out-of-range time inputs or non-finite coefficients.
+    ``sigmas``: a pipeline's own sigma grid for flow schedulers (``ModelFamily.initial_sigmas``), else ``None``."""
     import jax
 
     last = solver.process.last_time()
     if num_steps > last:
         raise JaxalignError(f"num_inference_steps must be at most {last:g} (the model's noise process has {solver.process.num_train_timesteps} training timesteps), got {num_steps}")
-    schedule = solver.make_schedule(num_steps, image_tokens)
+    schedule = solver.make_schedule(num_steps, image_tokens, **({} if sigmas is None else {"sigmas": sigmas}))
     timesteps = np.asarray(schedule.timesteps)
     finite = all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(schedule) if np.issubdtype(np.asarray(x).dtype, np.floating))
     if len(np.unique(timesteps)) < num_steps or timesteps.min() < 0 or timesteps.max() > last or not finite:

@@ -8,7 +8,6 @@ shares (:func:`ddim_transition`).
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -42,7 +41,7 @@ class Scheduler(NamedTuple):
 
     name: str
     process: NoiseProcess
-    make_schedule: Callable[..., Schedule]  # (num_steps, image_tokens=None) -> Schedule
+    make_schedule: Callable[..., Schedule]  # (num_steps, image_tokens=None[, sigmas: a pipeline's grid, flow schedulers]) -> Schedule
     init_carry: Callable[[jax.Array], tuple]
     step: Callable[[tuple, jax.Array, jax.Array, Schedule], tuple]
     transition: Callable[..., tuple[jax.Array, jax.Array]] | None = None
@@ -62,14 +61,15 @@ class Parameter:
     accepted: tuple | None = None
 
 
-# Settings that change sampling in some diffusers scheduler, with their neutral values. A model's own
-# scheduler_config.json carrying one with another value, for a class that does not take it, is refused: the
-# model's authors meant a sampler jaxalign would not run.
+# Settings that change the noise levels or the prediction in some diffusers scheduler, with their neutral values. A
+# model's own scheduler_config.json carrying one with another value, for a class that does not take it, is
+# refused: its authors meant a schedule jaxalign would not run. (Another class's algorithm choices, such as
+# PNDM's skip_prk_steps left in a DDIM config, say nothing about the model and are ignored, as diffusers does.)
 SAMPLER_CHANGING = {
     "shift": (1.0,), "use_dynamic_shifting": (False,), "use_karras_sigmas": (False,), "use_exponential_sigmas": (False,),
-    "use_beta_sigmas": (False,), "use_lu_lambdas": (False,), "use_flow_sigmas": (False,), "algorithm_type": ("dpmsolver++",),
-    "solver_order": (2,), "thresholding": (False,), "rescale_betas_zero_snr": (False,), "trained_betas": (None,),
-    "stochastic_sampling": (False,), "invert_sigmas": (False,), "shift_terminal": (None,), "skip_prk_steps": (True,),
+    "use_beta_sigmas": (False,), "use_lu_lambdas": (False,), "use_flow_sigmas": (False,), "thresholding": (False,),
+    "rescale_betas_zero_snr": (False,), "trained_betas": (None,), "stochastic_sampling": (False,), "invert_sigmas": (False,),
+    "shift_terminal": (None,),
 }  # fmt: skip
 
 
@@ -114,15 +114,16 @@ class SchedulerKind:
 
 
 def _among(value, accepted: tuple) -> bool:
-    """``value in accepted``, with -inf and None compared as themselves and floats numerically."""
+    """``value in accepted``, where None matches only None, a float option any number equal to it (a JSON
+    ``-Infinity`` included) and other options only values of their own type (so ``True`` is not ``1``)."""
     for option in accepted:
         if option is None or value is None:
-            if option is value:
-                return True
-        elif isinstance(option, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
-            if value == option or (math.isinf(option) and value == option):
-                return True
-        elif type(value) is type(option) and value == option:
+            matched = option is value
+        elif isinstance(option, float):
+            matched = isinstance(value, (int, float)) and not isinstance(value, bool) and value == option
+        else:
+            matched = type(value) is type(option) and value == option
+        if matched:
             return True
     return False
 
@@ -139,7 +140,7 @@ def ddim_transition(prediction_type: str, step_mean: Callable):
         a, b = s.alpha[i], s.sigma[i]
         a_prev, b_prev = s.coefficients["alpha_prev"][i], s.coefficients["sigma_prev"][i]
         _, eps = predict_x0_and_eps(prediction_type, x, model_output, a, b)
-        # (a / a')^2 b'^2 written as a ratio that stays finite where a' = 0 cannot occur (a' >= a along the chain).
+        # a' > 0 at every step (the chain moves towards the data), so a / a' is finite.
         std = eta * (b_prev / b) * jnp.sqrt(jnp.maximum(b**2 - (a / a_prev) ** 2 * b_prev**2, 0.0))
         mean = step_mean(x, model_output, i, s) + (jnp.sqrt(jnp.maximum(b_prev**2 - std**2, 0.0)) - b_prev) * eps
         return mean, std

@@ -18,7 +18,7 @@ from jaxalign.schedulers.processes import RectifiedFlow
 PARAMETERS = {
     "num_train_timesteps": Parameter(1000), "shift": Parameter(1.0), "use_dynamic_shifting": Parameter(False),
     "base_shift": Parameter(0.5), "max_shift": Parameter(1.15), "base_image_seq_len": Parameter(256),
-    "max_image_seq_len": Parameter(4096), "invert_sigmas": Parameter(False, (False,)), "shift_terminal": Parameter(None, (None,)),
+    "max_image_seq_len": Parameter(4096), "invert_sigmas": Parameter(False, (False,)), "shift_terminal": Parameter(None, (None, 0.0)),  # diffusers: any falsy value is off
     "use_karras_sigmas": Parameter(False, (False,)), "use_exponential_sigmas": Parameter(False, (False,)),
     "use_beta_sigmas": Parameter(False, (False,)), "time_shift_type": Parameter("exponential", ("exponential", "linear")),
     "stochastic_sampling": Parameter(False, (False,)),
@@ -31,15 +31,19 @@ def dynamic_shift_mu(image_tokens: int, settings: dict) -> float:
     return image_tokens * slope + settings["base_shift"] - slope * settings["base_image_seq_len"]
 
 
-def flow_sigmas(settings: dict, num_steps: int, image_tokens: int | None) -> np.ndarray:
-    """The float32 sigmas of ``num_steps`` steps followed by the final 0, as diffusers' ``set_timesteps``."""
+def flow_sigmas(settings: dict, num_steps: int, image_tokens: int | None, sigmas=None) -> np.ndarray:
+    """The float32 sigmas of ``num_steps`` steps followed by the final 0, as diffusers' ``set_timesteps`` (with the
+    pipeline's own ``sigmas`` grid where given, as FluxPipeline passes linspace(1, 1/n, n))."""
     total = settings["num_train_timesteps"]
     dynamic, shift = settings["use_dynamic_shifting"], float(settings["shift"])
-    # The training sigmas (float32, shifted unless dynamic) bound the inference grid, as in the scheduler's __init__.
-    train = np.linspace(1, total, total, dtype=np.float32)[::-1] / np.float32(total)
-    if not dynamic:
-        train = np.float32(shift) * train / (np.float32(1) + np.float32(shift - 1) * train)
-    sigmas = np.linspace(float(train[0]) * total, float(train[-1]) * total, num_steps) / total
+    if sigmas is not None:
+        sigmas = np.asarray(sigmas, np.float32)
+    else:
+        # The training sigmas (float32, shifted unless dynamic) bound the inference grid, as in the scheduler's __init__.
+        train = np.linspace(1, total, total, dtype=np.float32)[::-1] / np.float32(total)
+        if not dynamic:
+            train = np.float32(shift) * train / (np.float32(1) + np.float32(shift - 1) * train)
+        sigmas = np.linspace(float(train[0]) * total, float(train[-1]) * total, num_steps) / total
     if dynamic:
         if image_tokens is None:
             raise JaxalignError("this flow scheduler shifts its sigmas by the number of image tokens (use_dynamic_shifting); give the latent shape")
@@ -52,8 +56,12 @@ def flow_sigmas(settings: dict, num_steps: int, image_tokens: int | None) -> np.
 
 
 def build(name: str, process: RectifiedFlow, settings: dict) -> Scheduler:
-    def make_schedule(num_steps: int, image_tokens: int | None = None) -> Schedule:
-        sigmas = flow_sigmas(settings, num_steps, image_tokens)
+    if settings["use_dynamic_shifting"]:
+        for key in ("base_shift", "max_shift", "base_image_seq_len", "max_image_seq_len"):
+            if not isinstance(settings[key], (int, float)) or isinstance(settings[key], bool):
+                raise JaxalignError(f"FlowMatchEulerDiscreteScheduler: use_dynamic_shifting needs a number for {key}, got {settings[key]!r}")
+    def make_schedule(num_steps: int, image_tokens: int | None = None, sigmas=None) -> Schedule:
+        sigmas = flow_sigmas(settings, num_steps, image_tokens, sigmas)
         return Schedule(
             timesteps=float32(sigmas[:-1] * np.float32(process.num_train_timesteps)),
             alpha=float32(1 - sigmas[:-1]),

@@ -1,4 +1,4 @@
-"""Model families (:data:`FAMILIES`), one plug-in module each (:mod:`.sd`, :mod:`.sdxl`, :mod:`.sd3`; the interface is
+"""Model families (:data:`FAMILIES`), one plug-in module each (:mod:`.sd`, :mod:`.sdxl`, :mod:`.sd3`, :mod:`.flux`; the interface is
 :class:`~.base.ModelFamily`), and :func:`detect_family`. Adding a family is one module and one entry here."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ from pathlib import Path
 
 from jaxalign.errors import JaxalignError
 from jaxalign.models.families.base import ModelFamily
+from jaxalign.models.families.flux import Flux
 from jaxalign.models.families.sd import StableDiffusion
 from jaxalign.models.families.sd3 import StableDiffusion3
 from jaxalign.models.families.sdxl import StableDiffusionXL
@@ -14,7 +15,7 @@ from jaxalign.models.weights import read_json
 from jaxalign.registry import Registry
 
 FAMILIES: Registry[ModelFamily] = Registry("model family")
-for _family in (StableDiffusion(), StableDiffusionXL(), StableDiffusion3()):
+for _family in (StableDiffusion(), StableDiffusionXL(), StableDiffusion3(), Flux()):
     FAMILIES.register(_family.name, _family)
 
 

@@ -9,7 +9,8 @@ A family owns everything that differs between model families:
 * its **denoiser**: the network (:meth:`~ModelFamily.denoiser`; a diffusers Flax class where one exists, a Flax
   module of jaxalign's otherwise) in the folder ``denoiser_folder``, and what it takes
   (:meth:`~ModelFamily.denoiser_inputs`); the network says whether guidance enters through classifier-free
-  guidance (two branches) or an embedding (one pass: LCM), its latent size multiple and its time input;
+  guidance (two branches), an embedding (one pass: LCM, Flux-dev) or not at all (Flux-schnell), its latent size
+  multiple and its time input; and the sigma grid its pipeline hands a flow scheduler (:meth:`~ModelFamily.initial_sigmas`);
 * its **autoencoder** (:meth:`~ModelFamily.autoencoder`: channels, scaling and shift factors, quant convs);
 * its **noise process** (``noise_process``: :class:`~jaxalign.schedulers.VariancePreserving` or
   :class:`~jaxalign.schedulers.RectifiedFlow`), which the schedulers it can be sampled with must fit;
@@ -121,6 +122,11 @@ class ModelFamily:
         """The unconditional branch's conditioning, given the encoded negative prompt (unbatched)."""
         return uncond
 
+    def initial_sigmas(self, num_steps: int):
+        """The sigma grid the family's pipeline hands a flow scheduler before its shift (``set_timesteps(sigmas=...)``),
+        or ``None`` for the scheduler's own grid."""
+        return None
+
     def denoiser_inputs(self, context: Any, image_size: tuple[int, int], dtype) -> dict:
         """The network's conditioning inputs from a batched conditioning pytree (UNet: ``encoder_hidden_states``)."""
         return {"encoder_hidden_states": context.astype(dtype)}
@@ -134,6 +140,11 @@ class ModelFamily:
     def reference_conditioning(self, pipe, prompt: str, negative_prompt: str) -> tuple[Any, Any]:
         """The PyTorch pipeline's own (context, uncond) for one prompt as NumPy pytrees shaped like :meth:`encode`'s rows."""
         raise NotImplementedError
+
+    def reference_call(self, pipe, latents: np.ndarray) -> dict:
+        """Keyword arguments of the PyTorch pipeline's ``__call__`` for initial latents [B, c, h, w] as jaxalign holds
+        them (in the pipeline's own format, with the pipeline settings jaxalign uses)."""
+        return {"latents": latents}
 
 
 def _pytorch_class(encoder) -> str:

@@ -5,7 +5,8 @@ encodes a prompt:
 * CLIP-L and CLIP-G (``CLIPTextModelWithProjection``): their penultimate hidden states (``clip_skip`` none, as the
   pipeline's default) concatenated along channels and zero-padded to ``joint_attention_dim``;
 * T5 (``text_encoder_3``): its last hidden states over ``max_sequence_length`` (256) tokens, or zeros of that
-  shape where the model has no T5 (``text_encoder_3`` absent, as diffusers allows);
+  shape where the model has no T5 (``text_encoder_3`` absent, as diffusers allows): those 256 identical tokens are
+  passed as one token counted 256 times (``context_counts``, exact: see :class:`~jaxalign.models.mmdit.MMDiTModule`);
 * the sequence is the CLIP tokens then the T5 tokens; the pooled embedding is both CLIP projections concatenated.
 
 The negative prompt goes through the same path (an empty one is encoded, not zeroed). The autoencoder has 16
@@ -15,6 +16,7 @@ channels, a shift factor and no quant convs (read from its config).
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 
 from jaxalign.models.families.base import ModelFamily
 from jaxalign.schedulers import RectifiedFlow
@@ -55,9 +57,6 @@ class StableDiffusion3(ModelFamily):
             return load_t5_tokenizer(folder, MAX_SEQUENCE_LENGTH)
         return super().load_tokenizer(folder, encoder_folder, encoder)
 
-    def options(self, index):
-        return {}
-
     def tokenize(self, tokenizers, prompts):
         # One array per tokenizer: the CLIPs take 77 tokens, T5 256.
         return {folder: ids for folder, ids in zip(tokenizers, super().tokenize(tokenizers, prompts, stacked=False))}
@@ -70,20 +69,24 @@ class StableDiffusion3(ModelFamily):
             pooled.append(out.text_embeds)
         clip = jnp.concatenate(hidden, axis=-1)
         batch = clip.shape[0]
+        pooled = jnp.concatenate(pooled, axis=-1)
         if "text_encoder_3" in text_encoders:
             t5 = text_encoders["text_encoder_3"](token_ids["text_encoder_3"], params=params["text_encoder_3"])[0]
-        else:
-            t5 = jnp.zeros((batch, MAX_SEQUENCE_LENGTH, self.joint_attention_dim(params)), clip.dtype)
-        clip = jnp.pad(clip, ((0, 0), (0, 0), (0, t5.shape[-1] - clip.shape[-1])))
-        return {"hidden_states": jnp.concatenate([clip, t5.astype(clip.dtype)], axis=1), "pooled": jnp.concatenate(pooled, axis=-1)}
+            clip = jnp.pad(clip, ((0, 0), (0, 0), (0, t5.shape[-1] - clip.shape[-1])))
+            return {"hidden_states": jnp.concatenate([clip, t5.astype(clip.dtype)], axis=1), "pooled": pooled}
+        zeros = jnp.zeros((batch, 1, self.joint_attention_dim(params)), clip.dtype)  # the 256 zero T5 tokens, as one
+        clip = jnp.pad(clip, ((0, 0), (0, 0), (0, zeros.shape[-1] - clip.shape[-1])))
+        counts = jnp.broadcast_to(jnp.asarray([1.0] * clip.shape[1] + [float(MAX_SEQUENCE_LENGTH)]), (batch, clip.shape[1] + 1))
+        return {"hidden_states": jnp.concatenate([clip, zeros], axis=1), "pooled": pooled, "context_counts": counts}
 
     @staticmethod
     def joint_attention_dim(params) -> int:
-        """The transformer's text width, read off its context embedder."""
+        """The transformer's text width, read off its context embedder (the zero T5 tokens' width)."""
         return int(params["transformer"]["context_embedder"]["kernel"].shape[0])
 
     def denoiser_inputs(self, context, image_size, dtype):
-        return {"encoder_hidden_states": context["hidden_states"].astype(dtype), "pooled_projections": context["pooled"].astype(dtype)}
+        inputs = {"encoder_hidden_states": context["hidden_states"].astype(dtype), "pooled_projections": context["pooled"].astype(dtype)}
+        return {**inputs, "context_counts": context["context_counts"]} if "context_counts" in context else inputs
 
     def tiny_pytorch_pipeline(self, path, seed, scheduler, qk_norm: str | None = None, dual_attention: bool = False, t5: bool = True):
         """``qk_norm="rms_norm"`` and ``dual_attention`` give SD 3.5's layout (RMS-normalised queries and keys, MMDiT-X
@@ -128,9 +131,15 @@ class StableDiffusion3(ModelFamily):
         embeds, negative, pooled, negative_pooled = pipe.encode_prompt(
             prompt, prompt, prompt, device="cpu", do_classifier_free_guidance=True, negative_prompt=negative_prompt or None,
         )  # fmt: skip
-        return (
-            {"hidden_states": embeds[0].numpy(), "pooled": pooled[0].numpy()},
-            {"hidden_states": negative[0].numpy(), "pooled": negative_pooled[0].numpy()},
-        )
+
+        def rows(hidden, pooled):
+            hidden = hidden[0].numpy()
+            if pipe.text_encoder_3 is not None:
+                return {"hidden_states": hidden, "pooled": pooled[0].numpy()}
+            clip = hidden.shape[0] - MAX_SEQUENCE_LENGTH  # the pipeline's zero T5 tokens, as encode() counts them
+            assert not hidden[clip:].any()
+            return {"hidden_states": hidden[: clip + 1], "pooled": pooled[0].numpy(), "context_counts": np.asarray([1.0] * clip + [MAX_SEQUENCE_LENGTH], np.float32)}
+
+        return rows(embeds, pooled), rows(negative, negative_pooled)
 
 
