@@ -70,12 +70,22 @@ def perturb_norms_and_biases(module, seed: int):
     return module.eval()
 
 
+def tiny_autoencoder(**changes):
+    """A tiny random PyTorch KL autoencoder (32x32 images, 16x16 latents, 4 channels unless ``changes`` say otherwise)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32), norm_num_groups=8,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, sample_size=32, **changes,
+    )  # fmt: skip
+
+
 def tiny_components(seed: int, **unet_changes) -> dict:
     """Tiny random PyTorch UNet (16x16 latents; ``unet_changes`` are the family's UNet config), VAE
     (32x32 images), CLIP text encoder and SD's tokenizer, norms and biases perturbed: the parts every
     family's tiny pipeline shares, as pipeline keyword arguments."""
     import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(seed)
@@ -83,10 +93,7 @@ def tiny_components(seed: int, **unet_changes) -> dict:
         sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), **unet_changes,
     )  # fmt: skip
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32), norm_num_groups=8,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, sample_size=32,
-    )  # fmt: skip
+    vae = tiny_autoencoder()
     text_encoder = CLIPTextModel(tiny_text_config())
     for i, module in enumerate((unet, vae, text_encoder)):
         perturb_norms_and_biases(module, seed + i)

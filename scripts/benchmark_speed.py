@@ -119,26 +119,27 @@ FLUX_DEV = {
 }  # fmt: skip
 
 
-def config_dir(name: str, configs: dict) -> Path:
-    """A diffusers directory with a size's configs and tokenizers (CLIP's shipped one; a small T5 one), no weights."""
+def config_dir(name: str, configs: dict, family: str) -> Path:
+    """A diffusers directory of ``family``'s layout with a size's configs and tokenizers (CLIP's shipped one; a small
+    T5 one, as the real vocabulary cannot be downloaded), no weights; the embedded model's scheduler where the size
+    names none."""
+    from jaxalign.models import FAMILIES
+    from jaxalign.testing import tiny_t5_tokenizer
+
     path = Path(tempfile.mkdtemp(prefix=f"jaxalign-{name}-"))
     atexit.register(shutil.rmtree, path, True)
     for component, config in configs.items():
         (path / component).mkdir()
         file = "scheduler_config.json" if component == "scheduler" else "config.json"
         (path / component / file).write_text(json.dumps(config))
-    if "unet" in configs:  # SD1.5: the embedded model's scheduler, index and tokenizer are its own
+    if "scheduler" not in configs:
         shutil.copytree(EMBEDDED_DIR / "scheduler", path / "scheduler")
-        shutil.copy(EMBEDDED_DIR / "model_index.json", path / "model_index.json")
-        shutil.copytree(EMBEDDED_DIR / "tokenizer", path / "tokenizer")
-    else:  # CLIP tokenizers (the shipped one) and a small T5 one (the real vocabulary cannot be downloaded)
-        from jaxalign.testing import tiny_t5_tokenizer
-
-        sd3 = "text_encoder_3" in configs
-        (path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusion3Pipeline" if sd3 else "FluxPipeline"}))
-        for folder in ("tokenizer", "tokenizer_2") if sd3 else ("tokenizer",):
-            shutil.copytree(EMBEDDED_DIR / "tokenizer", path / folder)
-        tiny_t5_tokenizer().save_pretrained(path / ("tokenizer_3" if sd3 else "tokenizer_2"))
+    (path / "model_index.json").write_text(json.dumps({"_class_name": FAMILIES[family].pipelines[0]}))
+    for encoder, tokenizer in FAMILIES[family].text_folders:
+        if configs[encoder]["model_type"] == "t5":
+            tiny_t5_tokenizer().save_pretrained(path / tokenizer)
+        else:
+            shutil.copytree(EMBEDDED_DIR / "tokenizer", path / tokenizer)
     return path
 
 
@@ -167,9 +168,9 @@ class Size:
 
 SIZES = {
     "embedded": Size(lambda: EMBEDDED_DIR),  # the trained embedded UNet: a CPU-sized run, and sd15's dry run
-    "sd15": Size(lambda: config_dir("sd15", SD15), 512, 50),
-    "sd35_medium": Size(lambda: config_dir("sd35_medium", SD35_MEDIUM), 512, 28, 4.5),  # the reference's configs/sd3.yaml
-    "flux_dev": Size(lambda: config_dir("flux_dev", FLUX_DEV), 1024, 30, 3.5, popsize=8),  # the reference's configs/flux-dev.yaml
+    "sd15": Size(lambda: config_dir("sd15", SD15, "sd"), 512, 50),
+    "sd35_medium": Size(lambda: config_dir("sd35_medium", SD35_MEDIUM, "sd3"), 512, 28, 4.5),  # the reference's configs/sd3.yaml
+    "flux_dev": Size(lambda: config_dir("flux_dev", FLUX_DEV, "flux"), 1024, 30, 3.5, popsize=8),  # the reference's configs/flux-dev.yaml
     # Dry runs of the two transformer sizes on CPU: tiny random pipelines of the same layouts, same settings but size.
     "tiny_sd35": Size(lambda: tiny_dir("sd35"), 32, 4, 4.5, popsize=8),
     "tiny_flux": Size(lambda: tiny_dir("flux"), 32, 4, 3.5, popsize=8),

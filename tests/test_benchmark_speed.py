@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,10 +34,10 @@ def test_torch_cosyne_scores_what_evotorch_scores_and_improves():
     assert float(search.fitness.max()) > initial + 1.0
 
 
-@pytest.mark.parametrize("size", ["tiny_sd35", "tiny_flux"])
-def test_gpu_benchmark_script_dry_run(tmp_path, size):
+def test_gpu_benchmark_script_dry_run(tmp_path, size="tiny_flux"):
     """scripts/gpu_benchmarks.sh on CPU with a tiny pipeline of a transformer size's layout: every part (jaxalign and
-    the diffusers reference at the size's settings, EA and DNO at the lean ones) runs pinned to one CPU and reports."""
+    the diffusers reference at the size's settings, EA and DNO at the lean ones) runs pinned to one CPU and reports.
+    Flux only (packed latents, embedded guidance): the SD 3.5 size goes through the same code (3 min more of suite)."""
     env = {**os.environ, "OUT": str(tmp_path), "BENCH_ARGS": "--generations 1 --threads 1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     subprocess.run(["bash", "scripts/gpu_benchmarks.sh", "float32", size], cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
     default, lean = ((tmp_path / f"{name}_{size}_float32.txt").read_text() for name in ("default", "lean"))

@@ -63,22 +63,18 @@ class Flux(ModelFamily):
     def tiny_pytorch_pipeline(self, path, seed, scheduler, schnell: bool = False):
         """``schnell`` gives the guidance-free layout (no guidance embedding, no dynamic shift, T5 length 256)."""
         import torch
-        from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+        from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
         from transformers import CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel
 
         from jaxalign.models.hub import EMBEDDED_DIR
-        from jaxalign.testing import perturb_norms_and_biases, tiny_t5_tokenizer, tiny_text_config
+        from jaxalign.testing import perturb_norms_and_biases, tiny_autoencoder, tiny_t5_tokenizer, tiny_text_config
 
         torch.manual_seed(seed)
         transformer = FluxTransformer2DModel(
             patch_size=1, in_channels=64, num_layers=1, num_single_layers=2, attention_head_dim=16, num_attention_heads=2,
             joint_attention_dim=80, pooled_projection_dim=32, guidance_embeds=not schnell, axes_dims_rope=(4, 6, 6),
         )  # fmt: skip
-        vae = AutoencoderKL(
-            in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(16, 32), norm_num_groups=8,
-            down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, sample_size=32,
-            use_quant_conv=False, use_post_quant_conv=False, scaling_factor=0.36, shift_factor=0.12,
-        )  # fmt: skip
+        vae = tiny_autoencoder(latent_channels=16, use_quant_conv=False, use_post_quant_conv=False, scaling_factor=0.36, shift_factor=0.12)
         clip = CLIPTextModel(tiny_text_config())
         t5 = T5EncoderModel(T5Config(vocab_size=64, d_model=80, d_kv=8, d_ff=48, num_layers=2, num_heads=4, relative_attention_num_buckets=8,
                                      relative_attention_max_distance=20, feed_forward_proj="gated-gelu", is_encoder_decoder=False))  # fmt: skip

@@ -92,11 +92,11 @@ class StableDiffusion3(ModelFamily):
         """``qk_norm="rms_norm"`` and ``dual_attention`` give SD 3.5's layout (RMS-normalised queries and keys, MMDiT-X
         blocks); ``t5=False`` leaves ``text_encoder_3`` out."""
         import torch
-        from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+        from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
         from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5Config, T5EncoderModel
 
         from jaxalign.models.hub import EMBEDDED_DIR
-        from jaxalign.testing import perturb_norms_and_biases, tiny_t5_tokenizer, tiny_text_config
+        from jaxalign.testing import perturb_norms_and_biases, tiny_autoencoder, tiny_t5_tokenizer, tiny_text_config
 
         torch.manual_seed(seed)
         transformer = SD3Transformer2DModel(
@@ -104,11 +104,7 @@ class StableDiffusion3(ModelFamily):
             joint_attention_dim=80, caption_projection_dim=32, pooled_projection_dim=64, out_channels=16, pos_embed_max_size=12,
             qk_norm=qk_norm, dual_attention_layers=(0,) if dual_attention else (),
         )  # fmt: skip
-        vae = AutoencoderKL(
-            in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(16, 32), norm_num_groups=8,
-            down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, sample_size=32,
-            use_quant_conv=False, use_post_quant_conv=False, scaling_factor=1.5, shift_factor=0.1,
-        )  # fmt: skip
+        vae = tiny_autoencoder(latent_channels=16, use_quant_conv=False, use_post_quant_conv=False, scaling_factor=1.5, shift_factor=0.1)
         clip_l = CLIPTextModelWithProjection(tiny_text_config())
         clip_g = CLIPTextModelWithProjection(tiny_text_config())
         parts = [transformer, vae, clip_l, clip_g]
