@@ -22,6 +22,7 @@ counted.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -373,13 +374,13 @@ def device_mesh(popsize: int, num_prompts: int = 1) -> jax.sharding.Mesh | None:
 
 def param_placement(shape: tuple[int, ...]) -> jax.sharding.Sharding | None:
     """Where one model weight of ``shape`` goes when weights are split over a "model" axis of the local devices:
-    along its largest axis that the device count divides (the first of equals), small arrays (norms, biases)
+    along its largest axis that the device count divides (the last of equal sizes), small arrays (norms, biases)
     replicated; ``None`` on one device. So a model larger than one device's memory fits, and XLA gathers what
     each step needs."""
-    devices = jax.local_devices()
-    if len(devices) < 2:
+    mesh = _model_mesh()
+    if mesh is None:
         return None
-    mesh = jax.make_mesh((len(devices),), ("model",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
+    devices = mesh.devices.ravel()
     spec = [None] * len(shape)
     axes = [a for a in np.argsort(shape, kind="stable")[::-1] if shape[a] % len(devices) == 0 and shape[a] >= len(devices)]
     if axes and math.prod(shape) >= 1024:
@@ -387,9 +388,23 @@ def param_placement(shape: tuple[int, ...]) -> jax.sharding.Sharding | None:
     return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec))
 
 
+@functools.cache
+def _model_mesh() -> jax.sharding.Mesh | None:
+    """The local devices along one "model" axis (``None`` on one device); built once, not per weight."""
+    devices = jax.local_devices()
+    if len(devices) < 2:
+        return None
+    return jax.make_mesh((len(devices),), ("model",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
+
+
 def shard_over_devices(params: Any) -> Any:
     """``params`` placed as :func:`param_placement` says (already placed leaves are not copied)."""
-    return jax.tree.map(lambda x: x if param_placement(x.shape) is None else jax.device_put(x, param_placement(x.shape)), params)
+
+    def place(x):
+        placement = param_placement(x.shape)
+        return x if placement is None else jax.device_put(x, placement)
+
+    return jax.tree.map(place, params)
 
 
 def prompt_sharding(mesh: jax.sharding.Mesh | None, tree: Any) -> Any:

@@ -74,10 +74,10 @@ def tiny_autoencoder(**changes):
     """A tiny random PyTorch KL autoencoder (32x32 images, 16x16 latents, 4 channels unless ``changes`` say otherwise)."""
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32), norm_num_groups=8,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, sample_size=32, **changes,
-    )  # fmt: skip
+    return AutoencoderKL(**{
+        "in_channels": 3, "out_channels": 3, "latent_channels": 4, "block_out_channels": (16, 32), "norm_num_groups": 8,
+        "down_block_types": ("DownEncoderBlock2D",) * 2, "up_block_types": ("UpDecoderBlock2D",) * 2, "sample_size": 32, **changes,
+    })  # fmt: skip
 
 
 def tiny_components(seed: int, **unet_changes) -> dict:

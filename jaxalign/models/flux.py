@@ -26,6 +26,7 @@ import numpy as np
 
 from jaxalign.errors import JaxalignError
 from jaxalign.models.attention import dot_product_attention
+from jaxalign.models.diffusion import EMBEDDED_GUIDANCE, NO_GUIDANCE
 from jaxalign.models.mmdit import _MLP, _FeedForward, _Modulation, _RMSNorm, layer_norm, timestep_embedding
 
 
@@ -221,7 +222,7 @@ class Flux:
     @property
     def guidance(self) -> str:
         """Dev embeds the guidance scale; schnell is distilled to sample without guidance."""
-        return "embedded" if self.embeds_guidance else "none"
+        return EMBEDDED_GUIDANCE if self.embeds_guidance else NO_GUIDANCE
 
     @property
     def sample_size(self) -> int:

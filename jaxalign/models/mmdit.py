@@ -30,6 +30,7 @@ import numpy as np
 
 from jaxalign.errors import JaxalignError
 from jaxalign.models.attention import dot_product_attention
+from jaxalign.models.diffusion import CLASSIFIER_FREE
 
 QK_NORMS = (None, "rms_norm")
 
@@ -276,7 +277,7 @@ class MMDiT:
 
     module: MMDiTModule
     config: dict  # config.json as read (PyTorch class name), written back by save_model
-    guidance = "classifier_free"
+    guidance = CLASSIFIER_FREE
     attention = "fused"  # jaxalign.models.attention: the fused kernel where the backend has one
 
     @classmethod

@@ -15,7 +15,9 @@ import jax.numpy as jnp
 
 from jaxalign.errors import JaxalignError
 from jaxalign.models.attention import dot_product_attention
+from jaxalign.models.diffusion import CLASSIFIER_FREE, EMBEDDED_GUIDANCE
 from jaxalign.registry import Registry
+
 
 class Attention(NamedTuple):
     memory_efficient: bool  # diffusers' use_memory_efficient_attention
@@ -78,7 +80,7 @@ class UNet:
 
     @property
     def guidance(self) -> str:
-        return "embedded" if self.embeds_guidance else "classifier_free"
+        return EMBEDDED_GUIDANCE if self.embeds_guidance else CLASSIFIER_FREE
 
     @property
     def sample_size(self) -> int:
