@@ -98,8 +98,11 @@ def make_sampler(
             batch_context = jax.tree.map(lambda c: jnp.broadcast_to(c, (n, *c.shape)), context)
             return model.predict(params, x, t, batch_context, guidance_scale=guidance_scale)
         out_uncond, out_cond = jnp.split(model.predict(params, jnp.concatenate([x, x]), t, pair(context, uncond_context, n), guidance_scale=guidance_scale), 2)
-        scale = guidance_scale if model.guidance == CLASSIFIER_FREE else true_cfg_scale
-        return out_uncond + scale * (out_cond - out_uncond)
+        if model.guidance != CLASSIFIER_FREE:
+            return out_uncond + true_cfg_scale * (out_cond - out_uncond)
+        # diffusers' pipelines guide only above 1 (do_classifier_free_guidance) and otherwise take the conditional
+        # prediction alone; the scale is traced, so both passes run either way.
+        return jnp.where(guidance_scale > 1, out_uncond + guidance_scale * (out_cond - out_uncond), out_cond)
 
     def guided_output(params, x, i, context, uncond_context, guidance_scale):
         t = schedule.timesteps[i]

@@ -40,9 +40,10 @@ def tiny_scheduler_config(**changes) -> dict:
     }  # fmt: skip
 
 
-def tiny_t5_tokenizer(max_length: int = 256):
+def tiny_t5_tokenizer(max_length: int = 256, lowercase: bool = True):
     """A small T5-style tokenizer (pad 0, end-of-sequence 1 appended, unknown 2), built with the ``tokenizers``
-    library over the shapes world's words: real T5 vocabularies cannot be downloaded here."""
+    library over the shapes world's words: real T5 vocabularies cannot be downloaded here. ``lowercase=False``
+    leaves capitalised words unknown (as T5's case-sensitive vocabulary tells them apart)."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import T5TokenizerFast
 
@@ -51,10 +52,21 @@ def tiny_t5_tokenizer(max_length: int = 256):
     words = sorted({*shapes.SHAPES, *shapes.SIZES, *shapes.COLOURS, *(w for p in shapes.POSITIONS for w in p.split()), "a", "an", "on", "the", "of", "in", "background", "with", ","})
     vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(words)}}
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tokenizer.normalizer = normalizers.Lowercase()
+    if lowercase:
+        tokenizer.normalizer = normalizers.Lowercase()
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
     return T5TokenizerFast(tokenizer_object=tokenizer, eos_token="</s>", pad_token="<pad>", unk_token="<unk>", extra_ids=0, model_max_length=max_length)
+
+
+def tiny_t5_encoder():
+    """A tiny random PyTorch T5 encoder (v1.1's gated GELU, width 80) for the tiny_t5_tokenizer's vocabulary."""
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(
+        vocab_size=64, d_model=80, d_kv=8, d_ff=48, num_layers=2, num_heads=4, relative_attention_num_buckets=8,
+        relative_attention_max_distance=20, feed_forward_proj="gated-gelu", is_encoder_decoder=False,
+    ))  # fmt: skip
 
 
 def perturb_norms_and_biases(module, seed: int):

@@ -3,6 +3,7 @@ variant) saved by diffusers, loaded by jaxalign, and compared with diffusers' ow
 (float32) from the same initial latents. A family added to FAMILIES is tested here by registering it."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 from unittest import mock
@@ -196,6 +197,64 @@ def test_flux_true_cfg_matches_the_pipeline(pipelines, loaded):
         make_sampler(loaded("sd")[0], "auto", 3, true_cfg_scale=2.0)
 
 
+def test_pixart_transformer_with_resolution_conditioning_matches_pytorch(tmp_path):
+    """PixArt-α's 1024² layout conditions on the image's resolution and aspect ratio (use_additional_conditions;
+    diffusers' pipelines pass them only at sample size 128, so this is one transformer call): non-square latents,
+    padded captions with their mask, learned sigma dropped."""
+    pipe = tiny_pytorch_pipeline("pixart_alpha", tmp_path / "model", seed=9, additional_conditions=True)
+    model, params = load_model(str(tmp_path / "model"))
+    assert model.network.module.use_additional_conditions
+    rng = np.random.default_rng(5)
+    latents, hidden = rng.standard_normal((2, 4, 16, 24)).astype(np.float32), rng.standard_normal((2, 7, 80)).astype(np.float32)
+    mask = np.array([[1, 1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 1, 0, 0]], np.int32)
+    conditions = {"resolution": torch.tensor([[32.0, 48.0]] * 2), "aspect_ratio": torch.tensor([[32 / 48]] * 2)}
+    with torch.no_grad():
+        expected = pipe.transformer(
+            torch.tensor(latents), encoder_hidden_states=torch.tensor(hidden), encoder_attention_mask=torch.tensor(mask), timestep=torch.tensor([301, 301]),
+            added_cond_kwargs=conditions,
+        ).sample.numpy()  # fmt: skip
+    inputs = {"hidden_states": jnp.asarray(hidden), "mask": jnp.asarray(mask)}
+    ours = model.predict(params, jnp.asarray(latents), jnp.float32(301), inputs)
+    assert expected.shape[1] == 8 and ours.shape[1] == 4 and expected[:, :4].std() > 0.1
+    np.testing.assert_allclose(np.asarray(ours), expected[:, :4], atol=2e-5)
+    # The resolution reaches the output, and so does the mask.
+    square = model.predict(params, jnp.asarray(latents[..., :16]), jnp.float32(301), inputs)
+    with torch.no_grad():
+        conditions = {"resolution": torch.tensor([[32.0, 32.0]] * 2), "aspect_ratio": torch.tensor([[1.0]] * 2)}
+        kwargs = dict(encoder_hidden_states=torch.tensor(hidden), encoder_attention_mask=torch.tensor(mask), timestep=torch.tensor([301, 301]), added_cond_kwargs=conditions)
+        expected_square = pipe.transformer(torch.tensor(latents[..., :16]), **kwargs).sample.numpy()
+    np.testing.assert_allclose(np.asarray(square), expected_square[:, :4], atol=2e-5)
+    unmasked = model.predict(params, jnp.asarray(latents), jnp.float32(301), {**inputs, "mask": jnp.ones_like(inputs["mask"])})
+    assert float(jnp.abs(unmasked - ours).max()) > 1e-3
+
+
+@pytest.mark.parametrize("name", ["pixart_alpha", "pixart_sigma"])
+def test_pixart_prompts_are_lowercased_and_stripped_as_the_pipelines(pipelines, loaded, name):
+    """The pipelines' text preprocessing without caption cleaning; T5's tokenizer (like the tiny one here) is
+    case-sensitive, so skipping it would encode other tokens."""
+    pipe, _ = pipelines[name]
+    model, params = loaded(name)
+    prompt = "  A Red Circle ON a blue background "
+    assert 2 in pipe.tokenizer(prompt).input_ids  # capitalised words are unknown to the case-sensitive vocabulary
+    ours = model.conditioning(params, prompt, " Green")
+    expected = model.family.reference_conditioning(pipe, prompt, " Green")
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(np.asarray(a), b, atol=3e-5)
+    assert int(ours[0]["mask"].sum()) == 8 and len(ours[0]["mask"]) == model.family.max_sequence_length  # 7 words and the end token
+
+
+def test_guidance_at_most_one_samples_the_conditional_prediction_as_the_pipelines(pipelines, loaded):
+    """diffusers' pipelines guide only when guidance_scale > 1 (the reference's PixArt-LCM config uses 0): the
+    conditional prediction alone, not the unconditional one that uncond + 0 (cond - uncond) would give."""
+    pipe, _ = pipelines["pixart_sigma"]
+    model, params = loaded("pixart_sigma")
+    latents = initial_latents()
+    expected = torch_sample(pipe, latents, 3, 0.0, model.family, negative_prompt=["green"] * 2)
+    for scale in (0.0, 1.0):
+        np.testing.assert_allclose(jax_sample(model, params, "auto", 3, latents, scale, negative="green"), expected, atol=IMAGE_ATOL)
+    assert np.abs(jax_sample(model, params, "auto", 3, latents, 1.5, negative="green") - expected).max() > 1e-3
+
+
 def test_sd3_options_jaxalign_does_not_implement_are_refused(pipelines, tmp_path):
     _, sd3 = pipelines["sd3"]
     odd = tmp_path / "odd"
@@ -209,6 +268,26 @@ def test_sd3_options_jaxalign_does_not_implement_are_refused(pipelines, tmp_path
         model.latent_shape(30, 30)
     with pytest.raises(JaxalignError, match=r"at most 48 .* position table"):  # pos_embed_max_size 12 x patch 2 x autoencoder 2
         model.latent_shape(64, 64)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"norm_type": "ada_norm_zero"}, r"transformer/config.json: norm_type='ada_norm_zero' is not supported \(jaxalign implements PixArt's norm_type='ada_norm_single'\)"),
+        ({"norm_elementwise_affine": True}, r"norm_elementwise_affine=True is not supported"),
+        ({"use_additional_conditions": True, "attention_head_dim": 8, "cross_attention_dim": 16}, r"use_additional_conditions needs .* divisible by 3 .* got 16"),
+    ],
+)
+def test_pixart_options_jaxalign_does_not_implement_are_refused_by_the_cli(pipelines, tmp_path, capsys, change, message):
+    _, sigma = pipelines["pixart_sigma"]
+    odd = tmp_path / "odd"
+    shutil.copytree(sigma, odd)
+    config = json.loads((odd / "transformer" / "config.json").read_text())
+    (odd / "transformer" / "config.json").write_text(json.dumps({**config, **change}))
+    argv = ["run", "--config", str(ROOT / "configs" / "default.py"), f"--config.model={odd}", "--workdir", str(tmp_path / "run"), "--no-progress"]
+    assert main(argv) == 2 and not (tmp_path / "run").exists()
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and re.search(message, error), error
 
 
 @pytest.mark.parametrize("negative", ["", "green"])
@@ -240,6 +319,28 @@ def test_lcm_sample_matches_diffusers_with_the_same_injected_noise(pipelines, lo
     np.testing.assert_allclose(jax_sample(model, params, "lcm", 4, latents, 6.0), expected, atol=IMAGE_ATOL)
     # The guidance scale reaches the UNet only through its embedding: it must change the image.
     assert np.abs(jax_sample(model, params, "lcm", 4, latents, 2.0) - jax_sample(model, params, "lcm", 4, latents, 6.0)).max() > 1e-3
+
+
+def test_pixart_lcm_sample_matches_the_alpha_pipeline_at_guidance_zero(tmp_path):
+    """PixArt-LCM (the reference's pixart-alpha.yaml): a PixArt-α transformer with LCMScheduler, sampled through
+    scheduler="auto" at guidance 0, the pipeline's injected noise given as jaxalign draws it."""
+    import diffusers.schedulers.scheduling_lcm as scheduling_lcm
+
+    lcm = {
+        "_class_name": "LCMScheduler", "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear", "num_train_timesteps": 1000,
+        "original_inference_steps": 50, "prediction_type": "epsilon", "set_alpha_to_one": True, "steps_offset": 0, "timestep_scaling": 10.0,
+        "timestep_spacing": "leading", "clip_sample": False,
+    }  # fmt: skip
+    pipe = tiny_pytorch_pipeline("pixart_alpha", tmp_path / "model", seed=11, scheduler=lcm)
+    model, params = load_model(str(tmp_path / "model"))
+    latents = initial_latents()
+    key = jax.random.key(LCM_NOISE_SEED)
+    noises = iter([np.broadcast_to(np.asarray(lcm_noise(key, i, latents.shape[1:])), latents.shape).copy() for i in range(4)])
+    with mock.patch.object(scheduling_lcm, "randn_tensor", lambda *args, **kwargs: torch.tensor(next(noises))):
+        expected = torch_sample(pipe, latents, 4, 0.0, model.family)
+    ours = jax_sample(model, params, "auto", 4, latents, 0.0)
+    assert expected.std() > 0.05
+    np.testing.assert_allclose(ours, expected, atol=IMAGE_ATOL)
 
 
 def test_bfloat16_load_of_pytorch_weights(pipelines, loaded):

@@ -44,11 +44,15 @@ def timestep_embedding(t: jax.Array, dim: int = 256, max_period: float = 10000.0
     return jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1)
 
 
-def sincos_position_embedding(dim: int, grid: int, base_size: int) -> np.ndarray:
-    """diffusers' ``get_2d_sincos_pos_embed(dim, grid, base_size=base_size)``: [grid * grid, dim], the initial
-    value of the learned position table (half the channels encode the row, half the column)."""
-    coords = np.arange(grid, dtype=np.float64) / (grid / base_size)
-    w, h = np.meshgrid(coords, coords)  # w varies along a row
+def sincos_position_embedding(dim: int, height: int, width: int, base_size: int, interpolation_scale: float = 1.0) -> np.ndarray:
+    """diffusers' ``get_2d_sincos_pos_embed(dim, (height, width), base_size=base_size, interpolation_scale=...)``:
+    [height * width, dim], row-major; the first half of the channels encodes the column, the second the row. SD3's
+    learned position table starts from it; PixArt adds it as is."""
+
+    def coords(n):
+        return np.arange(n, dtype=np.float64) / (n / base_size) / interpolation_scale
+
+    w, h = np.meshgrid(coords(width), coords(height))  # w varies along a row
 
     def one_axis(positions, channels):
         omega = 1.0 / 10000 ** (np.arange(channels // 2, dtype=np.float64) / (channels / 2.0))
@@ -113,7 +117,7 @@ class _PatchEmbed(nn.Module):
         _, h, w, _ = x.shape
         if max(h, w) > self.max_size:  # as diffusers' cropped_pos_embed refuses
             raise ValueError(f"a {h}x{w} patch grid exceeds the position table's {self.max_size}x{self.max_size}")
-        table = self.param("pos_embed", lambda key, shape: jnp.asarray(sincos_position_embedding(self.features, self.max_size, self.base_size))[None], (1, self.max_size**2, self.features))
+        table = self.param("pos_embed", lambda key, shape: jnp.asarray(sincos_position_embedding(self.features, self.max_size, self.max_size, self.base_size))[None], (1, self.max_size**2, self.features))
         top, left = (self.max_size - h) // 2, (self.max_size - w) // 2
         position = table.reshape(self.max_size, self.max_size, -1)[top : top + h, left : left + w].reshape(1, h * w, -1)
         return x.reshape(x.shape[0], h * w, -1) + position.astype(x.dtype)

@@ -1,4 +1,4 @@
-"""Model families (:data:`FAMILIES`), one plug-in module each (:mod:`.sd`, :mod:`.sdxl`, :mod:`.sd3`, :mod:`.flux`; the interface is
+"""Model families (:data:`FAMILIES`), one plug-in module each (:mod:`.sd`, :mod:`.sdxl`, :mod:`.sd3`, :mod:`.flux`, :mod:`.pixart`; the interface is
 :class:`~.base.ModelFamily`), and :func:`detect_family`. Adding a family is one module and one entry here."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from pathlib import Path
 from jaxalign.errors import JaxalignError
 from jaxalign.models.families.base import ModelFamily
 from jaxalign.models.families.flux import Flux
+from jaxalign.models.families.pixart import PixArt
 from jaxalign.models.families.sd import StableDiffusion
 from jaxalign.models.families.sd3 import StableDiffusion3
 from jaxalign.models.families.sdxl import StableDiffusionXL
@@ -15,7 +16,8 @@ from jaxalign.models.weights import read_json
 from jaxalign.registry import Registry
 
 FAMILIES: Registry[ModelFamily] = Registry("model family")
-for _family in (StableDiffusion(), StableDiffusionXL(), StableDiffusion3(), Flux()):
+_PIXART = (PixArt("pixart_alpha", "PixArtAlphaPipeline", 120), PixArt("pixart_sigma", "PixArtSigmaPipeline", 300))  # T5 lengths: the pipelines' defaults
+for _family in (StableDiffusion(), StableDiffusionXL(), StableDiffusion3(), Flux(), *_PIXART):
     FAMILIES.register(_family.name, _family)
 
 

@@ -64,10 +64,10 @@ class Flux(ModelFamily):
         """``schnell`` gives the guidance-free layout (no guidance embedding, no dynamic shift, T5 length 256)."""
         import torch
         from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-        from transformers import CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel
+        from transformers import CLIPTextModel, CLIPTokenizer
 
         from jaxalign.models.hub import EMBEDDED_DIR
-        from jaxalign.testing import perturb_norms_and_biases, tiny_autoencoder, tiny_t5_tokenizer, tiny_text_config
+        from jaxalign.testing import perturb_norms_and_biases, tiny_autoencoder, tiny_t5_encoder, tiny_t5_tokenizer, tiny_text_config
 
         torch.manual_seed(seed)
         transformer = FluxTransformer2DModel(
@@ -76,8 +76,7 @@ class Flux(ModelFamily):
         )  # fmt: skip
         vae = tiny_autoencoder(latent_channels=16, use_quant_conv=False, use_post_quant_conv=False, scaling_factor=0.36, shift_factor=0.12)
         clip = CLIPTextModel(tiny_text_config())
-        t5 = T5EncoderModel(T5Config(vocab_size=64, d_model=80, d_kv=8, d_ff=48, num_layers=2, num_heads=4, relative_attention_num_buckets=8,
-                                     relative_attention_max_distance=20, feed_forward_proj="gated-gelu", is_encoder_decoder=False))  # fmt: skip
+        t5 = tiny_t5_encoder()
         for i, module in enumerate((transformer, vae, clip, t5)):
             perturb_norms_and_biases(module, seed + i)
         flow = {"shift": 1.0} if schnell else {"shift": 3.0, "use_dynamic_shifting": True, "base_shift": 0.5, "max_shift": 1.15, "base_image_seq_len": 256, "max_image_seq_len": 4096}

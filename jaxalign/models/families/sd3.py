@@ -93,10 +93,10 @@ class StableDiffusion3(ModelFamily):
         blocks); ``t5=False`` leaves ``text_encoder_3`` out."""
         import torch
         from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
-        from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5Config, T5EncoderModel
+        from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
         from jaxalign.models.hub import EMBEDDED_DIR
-        from jaxalign.testing import perturb_norms_and_biases, tiny_autoencoder, tiny_t5_tokenizer, tiny_text_config
+        from jaxalign.testing import perturb_norms_and_biases, tiny_autoencoder, tiny_t5_encoder, tiny_t5_tokenizer, tiny_text_config
 
         torch.manual_seed(seed)
         transformer = SD3Transformer2DModel(
@@ -110,9 +110,7 @@ class StableDiffusion3(ModelFamily):
         parts = [transformer, vae, clip_l, clip_g]
         text_encoder_3 = tokenizer_3 = None
         if t5:
-            config = T5Config(vocab_size=64, d_model=80, d_kv=8, d_ff=48, num_layers=2, num_heads=4, relative_attention_num_buckets=8,
-                              relative_attention_max_distance=20, feed_forward_proj="gated-gelu", is_encoder_decoder=False)  # fmt: skip
-            text_encoder_3, tokenizer_3 = T5EncoderModel(config), tiny_t5_tokenizer()
+            text_encoder_3, tokenizer_3 = tiny_t5_encoder(), tiny_t5_tokenizer()
             parts.append(text_encoder_3)
         for i, module in enumerate(parts):
             perturb_norms_and_biases(module, seed + i)
