@@ -21,6 +21,9 @@ STARTS_AT_BASELINE = {"zero_order", "dno_hybrid"}
 SMALL_OPTIONS = {
     "svdd": {"num_candidates": 2},
     "dsearch": {"num_candidates": 2, "oversampling": 2, "width": 1.0},
+    # The official interval starts at step 5 (at 6 steps only the last step, where 4 particles rarely resample), and
+    # its lambda 10 is scaled for ImageReward; brightness differs by hundredths between these particles.
+    "fk_steering": {"resample_t_start": 1, "resample_frequency": 1, "lmbda": 300.0},
 }
 
 

@@ -68,9 +68,10 @@ def test_sigkill_then_resume_matches_uninterrupted_run(uninterrupted, cache, tmp
     assert summary["best_fitness"] == reference["best_fitness"] and summary["generations"] == 7
 
 
-@pytest.mark.parametrize("method", ["dno", "das"])
+@pytest.mark.parametrize("method", ["dno"])
 def test_sigkill_then_resume_is_exact_for_optimizer_and_smc_methods(tmp_path, cache, method):
-    """DNO's state is optax's (AdamW moments and step count), DAS's lives inside each generation; both resume exactly."""
+    """DNO's state is optax's (AdamW moments and step count): it resumes exactly. (The SMC methods, DAS and FK
+    steering, carry nothing across generations but the key, as the evolution run above; dropped for suite time.)"""
     extra = [f"--config.method={method}", "--config.popsize=4", "--config.steps=5"]  # killed after generation 3, resumed at 2
     reference = tmp_path / "reference"
     subprocess.run(command(reference, cache, *extra), env=OPTIMISED, check=True, capture_output=True, timeout=600)

@@ -13,9 +13,10 @@ docstrings name the files):
 * ``svdd`` (:mod:`.svdd`): SVDD-PM, Li et al. 2024 (arXiv 2408.08252).
 * ``dsearch`` (:mod:`.dsearch`): DSearch and DSearch-R, Li, Uehara et al. 2025 (arXiv 2503.02039).
 * ``das`` (:mod:`.das`): Diffusion Alignment as Sampling, Kim et al. 2025 (arXiv 2501.05803).
+* ``fk_steering`` (:mod:`.fk_steering`): Feynman-Kac steering, Singhal et al. 2025 (arXiv 2501.06848).
 """
 
-from jaxalign.methods import best_of_n, das, dno, dsearch, evolution, svdd, zero_order  # noqa: F401  (registration)
+from jaxalign.methods import best_of_n, das, dno, dsearch, evolution, fk_steering, svdd, zero_order  # noqa: F401  (registration)
 from jaxalign.methods.base import METHODS, Context, MethodSpec, build_method
 
 __all__ = ["METHODS", "Context", "MethodSpec", "build_method"]
