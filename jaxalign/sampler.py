@@ -27,7 +27,7 @@ from jaxalign.schedulers import AUTO, NoiseProcess, Schedule, checked_schedule, 
 
 class Denoiser(NamedTuple):
     """One prompt's denoising pieces with the model parameters and conditioning bound: what methods
-    that act inside the denoising loop (SVDD, DSearch, DAS) step with. Step ``i`` goes from x_i (at
+    that act inside the denoising loop (SVDD, DSearch, DAS, FK steering) step with. Step ``i`` goes from x_i (at
     the schedule's i-th timestep; x_0 is pure noise) to x_{i+1}; x_{num_steps} is the clean latent."""
 
     output: Callable[[jax.Array, jax.Array], jax.Array]  # (x_i [N, ...], i) -> guided model output

@@ -4,7 +4,7 @@ A method is a :class:`~jaxalign.search.Search` built by a registered :class:`Met
 shapes cover the non-evolution methods: :func:`noise_method` (propose initial noises, sample and
 score them, update a state: best-of-N, zero-order search, DNO) and :func:`trajectory_method`
 (act inside the denoising loop through the sampler's :class:`~jaxalign.sampler.Denoiser`: SVDD,
-DSearch, DAS). Generation 0 of both is the same initial population as evolution's, denoised by the
+DSearch, DAS, FK steering). Generation 0 of both is the same initial population as evolution's, denoised by the
 configured sampler: the centre latent (the unaligned baseline) and ``popsize - 1`` N(0, 1) noises.
 """
 
