@@ -21,3 +21,12 @@ def _cudnn_applies(q: jax.Array, bias: jax.Array | None) -> bool:
     head = q.shape[-1]
     half = q.dtype in (jnp.float16, jnp.bfloat16)
     return jax.default_backend() == "gpu" and half and head % 8 == 0 and head <= 128 and (bias is None or bias.dtype == q.dtype)
+
+
+def check_fused_only(attention: str, network: str) -> None:
+    """Refuse an attention choice other than "standard" or "fused" (both name :func:`dot_product_attention`) for a
+    network that has only this one (every transformer here; "chunked" is diffusers' Flax UNet option)."""
+    from jaxalign.errors import JaxalignError
+
+    if attention not in ("standard", "fused"):
+        raise JaxalignError(f"attention={attention!r} does not apply to the {network}, whose attention is jax.nn.dot_product_attention ('fused' or 'standard')")

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxalign.errors import JaxalignError
-from jaxalign.models.attention import dot_product_attention
+from jaxalign.models.attention import check_fused_only, dot_product_attention
 from jaxalign.models.diffusion import EMBEDDED_GUIDANCE, NO_GUIDANCE
 from jaxalign.models.mmdit import _MLP, _FeedForward, _Modulation, _RMSNorm, layer_norm, timestep_embedding
 
@@ -229,8 +229,7 @@ class Flux:
         return 128  # FluxPipeline's default 1024x1024 over the autoencoder's 8
 
     def with_attention(self, attention: str) -> Flux:
-        if attention not in ("standard", "fused"):
-            raise JaxalignError(f"attention={attention!r} does not apply to the Flux transformer, whose attention is jax.nn.dot_product_attention ('fused' or 'standard')")
+        check_fused_only(attention, "Flux transformer")
         return self
 
     def image_tokens(self, latent_shape) -> int:

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxalign.errors import JaxalignError
-from jaxalign.models.attention import dot_product_attention
+from jaxalign.models.attention import check_fused_only, dot_product_attention
 from jaxalign.models.diffusion import CLASSIFIER_FREE
 
 QK_NORMS = (None, "rms_norm")
@@ -318,8 +318,7 @@ class MMDiT:
     def with_attention(self, attention: str) -> MMDiT:
         """Its attention is always ``jax.nn.dot_product_attention`` ("standard" and "fused" both name it here);
         "chunked" (diffusers' Flax UNet option) does not apply."""
-        if attention not in ("standard", "fused"):
-            raise JaxalignError(f"attention={attention!r} does not apply to the SD3 transformer, whose attention is jax.nn.dot_product_attention ('fused' or 'standard')")
+        check_fused_only(attention, "SD3 transformer")
         return self
 
     def image_tokens(self, latent_shape) -> int:

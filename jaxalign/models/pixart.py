@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxalign.errors import JaxalignError
-from jaxalign.models.attention import dot_product_attention
+from jaxalign.models.attention import check_fused_only, dot_product_attention
 from jaxalign.models.diffusion import CLASSIFIER_FREE
 from jaxalign.models.mmdit import _MLP, _FeedForward, layer_norm, sincos_position_embedding, timestep_embedding
 
@@ -233,8 +233,7 @@ class PixArt:
         return self.module.caption_channels or self.module.num_attention_heads * self.module.attention_head_dim
 
     def with_attention(self, attention: str) -> PixArt:
-        if attention not in ("standard", "fused"):
-            raise JaxalignError(f"attention={attention!r} does not apply to the PixArt transformer, whose attention is jax.nn.dot_product_attention ('fused' or 'standard')")
+        check_fused_only(attention, "PixArt transformer")
         return self
 
     def image_tokens(self, latent_shape) -> int:
