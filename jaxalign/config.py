@@ -52,7 +52,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.width = 32
     c.guidance_scale = 7.5
     c.true_cfg_scale = 1.0  # Flux: > 1 adds true classifier-free guidance (a negative-prompt pass) to the embedded guidance
-    c.attention = "standard"  # UNet attention: standard | chunked (memory linear in tokens) | fused (jax.nn.dot_product_attention)
+    c.attention = "fused"  # UNet attention: fused (jax.nn.dot_product_attention; cuDNN on GPUs) | standard (diffusers' Flax einsum-softmax) | chunked (memory linear in tokens)
     c.denoise_batch = 0  # evaluate the network on this many latents at a time (0: the whole population in one call)
     c.decode_batch = 0  # decode this many images at a time (0: the whole population in one call)
     # Search.

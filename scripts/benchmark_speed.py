@@ -48,8 +48,13 @@ from pathlib import Path
 # The parent process only starts the parts: keep it off the accelerator, whose memory JAX's GPU backend
 # would reserve (evosax starts a backend on import) before the parts run. The parts get the caller's env.
 PARTS_ENV = dict(os.environ)
+CPUS_ENV = "JAXALIGN_BENCHMARK_CPUS"  # the CPUs a part runs on (see run_part)
 if "--part" not in sys.argv:
     os.environ["JAX_PLATFORMS"] = "cpu"
+elif os.environ.get(CPUS_ENV):
+    # A part pins itself before jax and torch size their thread pools: pinning it from the parent would need a
+    # fork of a multithreaded (JAX) process before exec, which can deadlock.
+    os.sched_setaffinity(0, [int(cpu) for cpu in os.environ[CPUS_ENV].split(",")])
 
 import jax  # noqa: E402
 import jax.numpy as jnp
@@ -184,7 +189,9 @@ def model_dir_for(size: str) -> Path:
 def load_benchmark_model(model_dir: Path, dtype: str, abstract: bool = False):
     """(model, params): the trained embedded model, or seeded random (``abstract``: shapes only) weights for a
     config-only directory."""
-    return load_model("embedded", dtype=dtype) if model_dir == EMBEDDED_DIR else init_model(model_dir, dtype=dtype, abstract=abstract)
+    if model_dir == EMBEDDED_DIR:
+        return load_model("embedded", dtype=dtype)
+    return init_model(model_dir, dtype=dtype, abstract=abstract, on_device=True)  # SD 3.5's 8B weights: minutes to draw on the host
 
 
 def peak_memory_bytes() -> int:
@@ -220,8 +227,18 @@ def _flops(cost) -> float:
     return float((cost[0] if isinstance(cost, list) else cost)["flops"])
 
 
-def time_jaxalign(config, loaded, generations: int, peak_tflops: float | None, compile_only: bool = False) -> dict:
-    """One generation of the job ``config`` describes. DNO's model FLOPs count its backward pass as
+def count_model_tflop_per_image(args, model_dir: Path) -> float:
+    """:func:`model_tflop_per_image` of ``args``'s job, from shapes alone on this process's backend. The parent
+    counts on the CPU and hands the count to the parts: jax 0.11's GPU backend gives no cost analysis of a lowered
+    program (``None``; H200, 2026-12-04)."""
+    job = build(job_config(args), load_benchmark_model(model_dir, args.dtype, abstract=True))
+    problem, _ = jax.eval_shape(lambda params: make_problem(dataclasses.replace(job, model_params=params), job.prompts[0], 0), job.model_params)
+    return model_tflop_per_image(job, problem)
+
+
+def time_jaxalign(config, loaded, generations: int, peak_tflops: float | None, compile_only: bool = False, per_image: float | None = None) -> dict:
+    """One generation of the job ``config`` describes; ``per_image``: the model TFLOP per image when counted
+    already (:func:`count_model_tflop_per_image`). DNO's model FLOPs count its backward pass as
     twice the forward (the usual convention; the recomputation of checkpointed steps is not counted)."""
     job = build(config, loaded)
     if compile_only:  # shapes are enough: the weights may be abstract (see load_benchmark_model)
@@ -234,7 +251,7 @@ def time_jaxalign(config, loaded, generations: int, peak_tflops: float | None, c
     compiled = job.search.step.lower(job.model_params, problem, job.search_params, state).compile()
     compile_s = time.perf_counter() - start
     buffers = compiled.memory_analysis()
-    per_image = model_tflop_per_image(job, problem)
+    per_image = per_image or model_tflop_per_image(job, problem)
     tflop = per_image * job.search.images_per_generation * (3 if config.method == "dno" else 1)
     result = {
         "part": f"jaxalign {config.method}",
@@ -450,11 +467,12 @@ def measure(args) -> dict:
     # The CPU this part may use (the parent pinned it, see ``run_part``) and how busy the machine was as it started:
     # a contended CPU once made the reference part 89x slower, so every line says both.
     cpu = {"cpu_threads": len(os.sched_getaffinity(0)), "load_average_1m": round(os.getloadavg()[0], 2)}
-    config, model_dir = job_config(args), model_dir_for(args.size)
+    config, model_dir = job_config(args), Path(args.model_dir) if args.model_dir else model_dir_for(args.size)
     if args.part == REFERENCE:
         result = time_reference(model_dir, config, args.generations, args.reference_batch, args.reference_searcher)
     else:
-        result = time_jaxalign(config, load_benchmark_model(model_dir, args.dtype, abstract=args.compile_only), args.generations, args.peak_tflops, args.compile_only)
+        loaded = load_benchmark_model(model_dir, args.dtype, abstract=args.compile_only)
+        result = time_jaxalign(config, loaded, args.generations, args.peak_tflops, args.compile_only, args.model_tflop_per_image)
         result |= {"device": jax.devices()[0].device_kind}
     return result | cpu | {"reward": next(iter(config.rewards))}
 
@@ -466,10 +484,8 @@ def run_part(part: str, argv: list[str], threads: int | None) -> dict:
     env = dict(PARTS_ENV)
     if part == REFERENCE:
         env["JAX_PLATFORMS"] = "cpu"  # jaxalign is imported only for the JPEG scorer: the GPU stays torch's
-    cpus = sorted(os.sched_getaffinity(0))[:threads]
-    child = subprocess.run(
-        [sys.executable, __file__, *argv, "--part", part], env=env, stdout=subprocess.PIPE, text=True, preexec_fn=lambda: os.sched_setaffinity(0, cpus)
-    )
+    env[CPUS_ENV] = ",".join(map(str, sorted(os.sched_getaffinity(0))[:threads]))
+    child = subprocess.run([sys.executable, __file__, *argv, "--part", part], env=env, stdout=subprocess.PIPE, text=True)
     lines = child.stdout.strip().splitlines()
     result = json.loads(lines[-1]) if child.returncode == 0 and lines else {"part": part, "failed": f"exit status {child.returncode} (its stderr is above)"}
     print(json.dumps(result), flush=True)
@@ -513,7 +529,7 @@ def main() -> None:
     parser.add_argument("--popsize", type=int, help="default: the size's reference config (16; 8 for flux_dev)")
     parser.add_argument("--num-inference-steps", type=int)
     parser.add_argument("--generations", type=int, default=3)
-    parser.add_argument("--attention", choices=tuple(ATTENTION), default="standard", help="the UNet's attention (jaxalign parts)")
+    parser.add_argument("--attention", choices=tuple(ATTENTION), default=default_config().attention, help="the UNet's attention (jaxalign parts)")
     parser.add_argument("--decode-batch", type=int, default=0, help="decode this many images at a time (0: all at once)")
     parser.add_argument("--denoise-batch", type=int, default=0, help="denoise this many images at a time (0: all at once)")
     parser.add_argument("--reference", action="store_true", help="also time the PyTorch reference loop")
@@ -524,6 +540,8 @@ def main() -> None:
     parser.add_argument("--compile-only", action="store_true", help="compile the jaxalign steps and report FLOPs and XLA's memory, without running them")
     parser.add_argument("--threads", type=int, help="pin each part to this many CPUs (default: all this process may use)")
     parser.add_argument("--part", choices=(JAXALIGN, EA_BRIGHTNESS, DNO, REFERENCE), help=argparse.SUPPRESS)
+    parser.add_argument("--model-tflop-per-image", type=float, help=argparse.SUPPRESS)  # the parent's count, for the parts
+    parser.add_argument("--model-dir", help=argparse.SUPPRESS)  # the parent's model directory, built once for all parts
     args = parser.parse_args()
     if args.part:
         print(json.dumps(measure(args)), flush=True)
@@ -532,7 +550,9 @@ def main() -> None:
     config = job_config(args)
     print(f"size {args.size}: {config.height}x{config.width}, {config.num_inference_steps} {config.scheduler} steps, CFG {config.guidance_scale}, popsize {config.popsize}, {args.dtype}")
     parts = [JAXALIGN] + [REFERENCE] * (args.reference and not args.compile_only) + [EA_BRIGHTNESS, DNO] * args.dno
-    results = {part: run_part(part, sys.argv[1:], args.threads) for part in parts}
+    model_dir = model_dir_for(args.size)
+    argv = sys.argv[1:] + ["--model-dir", str(model_dir), "--model-tflop-per-image", repr(count_model_tflop_per_image(args, model_dir))]
+    results = {part: run_part(part, argv, args.threads) for part in parts}
     device = next((r["device"] for r in results.values() if "device" in r), "unknown")
     print(f"device: {device}, {platform.processor() or platform.machine()}, python {sys.version.split()[0]}, jax {jax.__version__}")
     for line in summarise(results, config.popsize, device != "cpu", args.peak_tflops):

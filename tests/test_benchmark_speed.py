@@ -50,3 +50,18 @@ def test_gpu_benchmark_script_dry_run(tmp_path, size="tiny_flux"):
     assert (lean_ours["denoise_batch"], ea["decode_batch"], dno["denoise_batch"]) == (4, 2, 4) and ours["denoise_batch"] == 0
     assert ours["model_tflop_per_image"] > 0 and np.isclose(ours["mfu"], ours["achieved_tflops"] / 494, rtol=1e-3)
     assert "jaxalign vs reference" in default and "EA vs DNO" in lean
+
+
+def test_the_parents_flop_count_from_shapes_is_the_count_from_the_loaded_model():
+    """The parent counts model FLOPs from abstract weights on the CPU (a GPU backend gives no cost analysis of a
+    lowered program) and hands the count to the parts: it must be the count of the job the parts run."""
+    from types import SimpleNamespace
+
+    from benchmark_speed import JAXALIGN, count_model_tflop_per_image, job_config, load_benchmark_model, model_dir_for, model_tflop_per_image
+
+    from jaxalign.run import build, make_problem
+
+    args = SimpleNamespace(size="embedded", dtype="float32", attention="standard", decode_batch=0, denoise_batch=0, popsize=None, num_inference_steps=None, part=JAXALIGN)
+    job = build(job_config(args), load_benchmark_model(model_dir_for(args.size), args.dtype))
+    problem, _ = make_problem(job, job.prompts[0], 0)
+    assert count_model_tflop_per_image(args, model_dir_for(args.size)) == model_tflop_per_image(job, problem) > 0

@@ -133,8 +133,8 @@ def test_beam_methods_raise_the_reward_and_count_their_budget(name, popsize, opt
 
 
 def test_dsearch_bad_options_are_one_line_errors():
-    with pytest.raises(JaxalignError, match="multiple of method_params.oversampling=5"):
-        _toy_search("dsearch", 16, {})
+    with pytest.raises(JaxalignError, match="must be at least method_params.oversampling=5"):
+        _toy_search("dsearch", 4, {})
     with pytest.raises(JaxalignError, match="replace_rate \\* beam must be at least 1"):
         _toy_search("dsearch", 8, {"oversampling": 1, "drop_schedule": "none", "replace_rate": 0.05})
     with pytest.raises(JaxalignError, match="unknown drop_schedule 'cubic'; valid: exponential, quadratic, linear, sigmoid, none"):
@@ -172,3 +172,22 @@ def test_search_steps_widen_children_to_the_official_count():
     # The official code returns what the schedule leaves (4 here, more than bs = 3).
     assert int(spent["nfe"]) == n0 + n0 * chunks and int(spent["images"]) == n0 * chunks + 4
     assert final.shape == (4, *model.latent_shape)
+
+
+def test_widened_child_count_is_the_official_integer_part_without_float32_shortfall():
+    """int(w * M * N0 / beam) for every size up to N0 = 64 and the official widths: exact (the float32 product with
+    N0 / beam taken first is one short at w 3, M 5, N0 21, beam 5, and elsewhere)."""
+    from fractions import Fraction
+
+    from jaxalign.methods.dsearch import widened_count
+
+    for width in (1.0, 2.0, 3.0, 5.0, 2.5):
+        for num_candidates in (1, 3, 5, 7):
+            popsize = np.arange(2, 65)[:, None]
+            alive = np.arange(1, 65)[None, :]
+            got = np.asarray(jax.jit(widened_count, static_argnums=(1,))(width, num_candidates, popsize, alive))
+            for n0, beam in zip(*np.nonzero(np.arange(2, 65)[:, None] > np.arange(1, 65)[None, :])):
+                exact = Fraction(width) * num_candidates * int(popsize[n0, 0]) / int(alive[0, beam])
+                assert got[n0, beam] == int(exact), (width, num_candidates, popsize[n0, 0], alive[0, beam])
+            assert np.all(got[np.arange(2, 65)[:, None] <= np.arange(1, 65)[None, :]] == int(width * num_candidates))
+    assert int(widened_count(3.0, 5, 21, 5)) == 63 and int(np.floor(np.float32(3.0) * 5 * (np.float32(21) / np.float32(5)))) == 62

@@ -111,7 +111,7 @@ def test_method_options_are_checked(embedded):
         build(small_config(method="dno", rewards={"brightness": 1.0}, method_params={"mode": "pde"}), embedded)
     with pytest.raises(JaxalignError, match="sde mode takes stochastic steps"):
         build(small_config(method="dno", rewards={"brightness": 1.0}, scheduler="pndm", method_params={"mode": "sde"}), embedded)
-    with pytest.raises(JaxalignError, match="multiple of method_params.oversampling=5"):
-        build(small_config(method="dsearch", popsize=6, num_inference_steps=4), embedded)
+    with pytest.raises(JaxalignError, match="must be at least method_params.oversampling=5"):
+        build(small_config(method="dsearch", popsize=4, num_inference_steps=4), embedded)
     with pytest.raises(JaxalignError, match="unknown method 'nope'"):
         build(small_config(method="nope"), embedded)

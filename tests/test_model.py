@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -75,3 +76,27 @@ def test_weights_that_do_not_fit_the_config_are_a_clear_error(embedded, tmp_path
         load_model(str(tmp_path / "sd"))
 
 
+
+
+def test_seeded_init_draws_on_the_device_by_the_host_rules():
+    """Random weights drawn on the device (large benchmark models) follow the host draw's rules, leaf by leaf:
+    LeCun-normal kernels, 0.02 embeddings, unit scales, zero biases; deterministic per seed and name."""
+    from jaxalign.models import seeded_init
+
+    shapes = {"dense": {"kernel": jax.ShapeDtypeStruct((256, 512), jnp.float32), "bias": jax.ShapeDtypeStruct((512,), jnp.float32)},
+              "embed": {"embedding": jax.ShapeDtypeStruct((300, 400), jnp.float32)}, "norm": {"scale": jax.ShapeDtypeStruct((64,), jnp.float32)}}  # fmt: skip
+    host = seeded_init(shapes, seed=3)
+    device = seeded_init(shapes, seed=3, device_dtype=jnp.bfloat16)
+    again = seeded_init({"norm": shapes["norm"], "embed": shapes["embed"], "dense": shapes["dense"]}, seed=3, device_dtype=jnp.bfloat16)
+    other_seed = seeded_init(shapes, seed=4, device_dtype=jnp.bfloat16)
+    for tree in host, device:
+        kernel, embedding = (np.asarray(tree[a][b], np.float32) for a, b in (("dense", "kernel"), ("embed", "embedding")))
+        assert abs(kernel.std() * np.sqrt(256) - 1) < 0.02 and abs(kernel.mean()) < 0.005
+        assert abs(embedding.std() / 0.02 - 1) < 0.02
+        assert np.all(np.asarray(tree["dense"]["bias"]) == 0) and np.all(np.asarray(tree["norm"]["scale"]) == 1)
+    assert all(leaf.dtype == jnp.bfloat16 and isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(device))
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), device, again))
+    assert not np.array_equal(np.asarray(device["dense"]["kernel"], np.float32), np.asarray(other_seed["dense"]["kernel"], np.float32))
+    # The host draw is the one trained models started from: NumPy's generator keyed by (seed, crc32 of the leaf's path).
+    expected = np.random.default_rng([3, zlib.crc32(b"['dense']['kernel']")]).standard_normal((256, 512), dtype=np.float32) / np.sqrt(256)
+    np.testing.assert_array_equal(host["dense"]["kernel"], expected.astype(np.float32))

@@ -2,7 +2,7 @@
 
 As the official image pipeline (divelab/DSearch ``sd_pipeline.py``, ``Decoding_nonbatch_SDPipeline``
 with ``inference_decoding_nonp.py``'s arguments): a beam starts with N0 = ``popsize`` particles
-(``beam * oversampling``). At every step but the last, each particle draws D children by stochastic
+(``beam * oversampling``; a popsize that is not a multiple of the oversampling ends at ``popsize // oversampling``). At every step but the last, each particle draws D children by stochastic
 DDIM steps from its own model output and keeps its best, scored by the reward of the decoded
 predicted clean image (Tweedie) after one guided model call at the next timestep; D = M
 (``num_candidates``) normally and ``int(width * M * N0 / beam_now)`` on search steps, which a coin
@@ -128,6 +128,14 @@ def replace_worst(key, x, out, values, replace_count):
     return x[index], out[index], values[index]
 
 
+def widened_count(width, num_candidates: int, popsize: int, alive):
+    """Children per particle on a search step: the official ``int(w * M * N0 / beam)`` (``N0 / beam`` only while
+    the beam is below N0), computed with the division last, which is exact in float32 for an integer w * M * N0
+    below 2**24; ``w * M * (N0 / beam)`` in float32 is one short for some sizes (w 3, M 5, N0 21, beam 5: 62.999996)."""
+    widened = jnp.where(popsize > alive, width * num_candidates * popsize / alive, width * num_candidates)
+    return jnp.floor(widened).astype(jnp.int32)
+
+
 def beam_search(key, denoiser: Denoiser, value_fn, *, popsize: int, latent_shape, final_beam: int, num_candidates: int,
                 search_probability: np.ndarray, beam_after: np.ndarray, width, replace_rate, eta):  # fmt: skip
     """One DSearch run from fresh noise: (the final beam, spent budget). The beam returned is the drop
@@ -145,8 +153,7 @@ def beam_search(key, denoiser: Denoiser, value_fn, *, popsize: int, latent_shape
         i, probability, drop_to = row
         key, coin_key, child_key, replace_key = jax.random.split(key, 4)
         search = jax.random.uniform(coin_key) < probability
-        expansion = jnp.where(popsize > alive, popsize / alive, 1.0)
-        count = jnp.where(search, jnp.floor(width * num_candidates * expansion).astype(jnp.int32), num_candidates)
+        count = jnp.where(search, widened_count(width, num_candidates, popsize, alive), num_candidates)
         x, out, values, chunks = select_children(child_key, denoiser, value_fn, x, out, alive, i, eta, count)
         x, out, values, alive = prune(x, out, values, alive, drop_to)
         x, out, values = jax.lax.cond(
@@ -165,7 +172,7 @@ def expected_cost(popsize: int, final_beam: int, num_candidates: int, search_pro
     """The expected budget of :func:`beam_search` over its search coins (planning; runs count their own)."""
     alive, chunks = popsize, 0.0
     for p, drop_to in zip(search_probability, beam_after):
-        searched = math.floor(width * num_candidates * (popsize / alive if popsize > alive else 1.0))
+        searched = math.floor(width * num_candidates * popsize / alive if popsize > alive else width * num_candidates)
         p = min(float(p), 1.0)
         chunks += p * math.ceil(alive * searched / popsize) + (1 - p) * math.ceil(alive * num_candidates / popsize)
         alive = min(alive, int(drop_to))
@@ -201,8 +208,8 @@ def _dsearch(context: Context, numeric, num_candidates: int, oversampling: int, 
 
 def _check(context: Context, static, numeric) -> None:
     oversampling, popsize = static["oversampling"], context.popsize
-    if oversampling < 1 or popsize % oversampling:
-        raise JaxalignError(f"method 'dsearch': popsize (the initial beam N0) must be a multiple of method_params.oversampling={oversampling} (the final beam is popsize / oversampling); got popsize {popsize}")
+    if oversampling < 1 or popsize < oversampling:
+        raise JaxalignError(f"method 'dsearch': popsize (the initial beam N0) must be at least method_params.oversampling={oversampling} (the final beam is popsize // oversampling); got popsize {popsize}")
     if static["num_candidates"] < 1:
         raise JaxalignError(f"method 'dsearch': method_params.num_candidates must be at least 1, got {static['num_candidates']}")
     if static["drop_schedule"] == "none" and oversampling != 1:

@@ -57,14 +57,17 @@ def load_model(source: str = EMBEDDED, dtype: str = "float32", family: str = "au
         )
     return _load(path, name, DTYPES[dtype], detected, shard_params=shard_params)
 
-def init_model(config_dir: str | os.PathLike, seed: int = 0, dtype: str = "float32", abstract: bool = False) -> tuple[DiffusionModel, Params]:
+def init_model(config_dir: str | os.PathLike, seed: int = 0, dtype: str = "float32", abstract: bool = False, on_device: bool = False) -> tuple[DiffusionModel, Params]:
     """A model from a diffusers-format directory's configs with fresh seeded weights (for training), or with
-    ``abstract`` params (``jax.ShapeDtypeStruct``: nothing allocated), enough to lower and compile a program."""
+    ``abstract`` params (``jax.ShapeDtypeStruct``: nothing allocated), enough to lower and compile a program.
+    ``on_device``: the weights drawn on the device (``seeded_init``'s ``device_dtype``), for large random models."""
     _quiet_flax_deprecation_warnings()
     path = Path(config_dir)
-    return _load(path, str(path), DTYPES[dtype], detect_family(path), seed=seed, abstract=abstract)
+    return _load(path, str(path), DTYPES[dtype], detect_family(path), seed=seed, abstract=abstract, on_device=on_device)
 
-def _load(path: Path, name: str, dtype, family: ModelFamily, seed: int | None = None, abstract: bool = False, shard_params: bool = False) -> tuple[DiffusionModel, Params]:
+def _load(
+    path: Path, name: str, dtype, family: ModelFamily, seed: int | None = None, abstract: bool = False, shard_params: bool = False, on_device: bool = False
+) -> tuple[DiffusionModel, Params]:
     """Modules from ``path``'s configs (the family builds them); weights from its files, or seeded random ones
     when ``seed`` is given.
 
@@ -84,7 +87,7 @@ def _load(path: Path, name: str, dtype, family: ModelFamily, seed: int | None = 
     if abstract:
         params = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, dtype if jnp.issubdtype(s.dtype, jnp.floating) else s.dtype), shapes)
     elif seed is not None:
-        params = {c: seeded_init(tree, seed=seed + i) for i, (c, tree) in enumerate(shapes.items())}
+        params = {c: seeded_init(tree, seed=seed + i, device_dtype=dtype if on_device else None) for i, (c, tree) in enumerate(shapes.items())}
     else:
         params = {c: read_weights(path / c, tree) for c, tree in shapes.items()}
     tokenizers = {
@@ -97,7 +100,7 @@ def _load(path: Path, name: str, dtype, family: ModelFamily, seed: int | None = 
     from jaxalign.search import param_placement
 
     def to_device(x):
-        x = np.asarray(x)
+        x = x if isinstance(x, jax.Array) else np.asarray(x)
         x = jax.device_put(x, param_placement(x.shape) if shard_params else None)  # its shards, with shard_params
         return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
 
