@@ -78,8 +78,13 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = (), schema: ml_collections.ConfigDict | None = None) -> ml_collections.ConfigDict:
-    """Run ``get_config()`` of a config file, check its fields against ``schema`` and apply overrides."""
-    path = Path(path)
+    """Run ``get_config()`` of a config file, check its fields against ``schema`` and apply overrides.
+    ``file.py:ARGUMENT`` calls ``get_config(ARGUMENT)``, as ml_collections' config flags do (one file for a family
+    of runs, e.g. ``configs/das_sd15.py:clip``)."""
+    path, arguments = Path(path), ()
+    if not path.is_file() and ":" in path.name:
+        name, _, argument = path.name.rpartition(":")
+        path, arguments = path.with_name(name), (argument,)
     if not path.is_file():
         raise JaxalignError(f"config file not found: {path}")
     with _folder_as_package(path.resolve().parent) as prefix:
@@ -92,7 +97,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = (), schema: ml_coll
         if not hasattr(module, "get_config"):
             raise JaxalignError(f"config {path} has no get_config() function")
         try:
-            config = module.get_config()
+            config = module.get_config(*arguments)
         except Exception as error:  # noqa: BLE001 - a config whose get_config() fails is bad input too
             raise JaxalignError(f"config {path}: get_config() raised {type(error).__name__}: {error}") from None
     if not isinstance(config, ml_collections.ConfigDict):

@@ -42,3 +42,32 @@ def test_overrides_parse_by_field_type():
     assert dict(config.rewards) == {"color_fraction:red": 1.0, "brightness": 2}
     with pytest.raises(JaxalignError, match="does not exist"):
         apply_override(config, "--config.sampler.steps=3")
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("name, model, steps, guidance, scheduler, gamma, eta", [
+    ("das_sd15", "stable-diffusion-v1-5/stable-diffusion-v1-5", 100, 5.0, "ddim", 0.008, 1.0),  # config/sd.py + general.py
+    ("das_sdxl", "stabilityai/stable-diffusion-xl-base-1.0", 100, 5.0, "ddim", 0.008, 1.0),  # config/sdxl.py
+    ("das_lcm", "SimianLuo/LCM_Dreamshaper_v7", 8, 7.5, "lcm", 0.1, 0.5),  # config/lcm.py
+])  # fmt: skip
+def test_das_configs_hold_the_official_numbers(name, model, steps, guidance, scheduler, gamma, eta):
+    """The literal numbers of krafton-ai/DAS's configs, one run per official reward_fn chosen as ``file.py:REWARD``."""
+    for reward, weights, alpha in (("aesthetic", {"aesthetic": 1.0}, 0.005), ("clip", {"clip": 0.2}, 0.01)):
+        config = load_config(f"{ROOT / 'configs' / name}.py:{reward}")
+        validate(config)
+        assert (config.model, config.num_inference_steps, config.guidance_scale, config.scheduler) == (model, steps, guidance, scheduler)
+        assert (config.method, config.popsize, config.steps, dict(config.rewards)) == ("das", 4, 1, weights)
+        params = dict(config.method_params)
+        assert params == {"alpha": alpha, "tempering_gamma": gamma, "ess_threshold": 0.5, "eta": eta, "resampling": "ssp"}
+    assert load_config(ROOT / "configs" / f"{name}.py") == load_config(f"{ROOT / 'configs' / name}.py:aesthetic")
+
+
+def test_config_argument_is_passed_to_get_config_and_a_bad_one_is_one_line():
+    with pytest.raises(JaxalignError, match=r"get_config\(\) raised ValueError: unknown DAS run 'pick'; valid: aesthetic, clip"):
+        load_config(f"{ROOT / 'configs' / 'das_sd15.py'}:pick")
+    with pytest.raises(JaxalignError, match="get_config\\(\\) raised TypeError"):
+        load_config(f"{ROOT / 'configs' / 'sd15.py'}:clip")  # a get_config() that takes no argument
+    with pytest.raises(JaxalignError, match="config file not found: .*nothere.py"):
+        load_config(f"{ROOT / 'configs' / 'nothere.py'}:clip")

@@ -9,12 +9,26 @@ import pytest
 
 from jaxalign.errors import JaxalignError
 from jaxalign.methods import METHODS, Context, build_method
-from jaxalign.methods.das import das_particles, run_cost, tempering
+from jaxalign.methods.das import das_particles, run_cost, tempering, tempering_gamma_for
 from jaxalign.resampling import RESAMPLERS, ssp
 from jaxalign.sampler import make_sampler
 from jaxalign.toy import TOY_VP_SCHEDULER, GaussianMixture, linear_reward, two_modes
 
 # ---- tempering -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("steps", [4, 10, 28, 50, 100, 250])
+def test_tempering_gamma_for_other_step_counts_saturates_at_the_official_fraction(steps):
+    """The official gamma 0.008 over 100 steps first reaches lambda 1 at step 87 (log 2 / log 1.008 = 86.99); the
+    rescaled gamma reaches it at the same fraction of any step count, and is the official one at 100 steps."""
+    gamma = tempering_gamma_for(steps)
+    lam = np.asarray(tempering(steps, gamma), np.float64)
+    first = int(np.argmax(lam >= 1.0 - 1e-6))
+    assert first == int(np.ceil(steps * np.log(2) / np.log(1.008) / 100 - 1e-9))
+    assert lam[first - 1] < 1.0 - 1e-6
+    if steps == 100:
+        assert gamma == pytest.approx(0.008, rel=1e-12) and first == 87
+    assert np.isclose(tempering_gamma_for(8, 0.1, 8), 0.1)
 
 
 def test_tempering_matches_the_official_exponential_schedule():

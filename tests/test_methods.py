@@ -98,6 +98,20 @@ def test_zero_order_pivot_starts_at_the_baseline_and_moves_only_on_improvement(e
     assert moves > 0  # the check above saw both branches or at least a move
 
 
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_every_method_builds_on_the_default_job_with_its_own_defaults(method, embedded):
+    """`jaxalign run --config configs/default.py --config.method=NAME` is accepted for every registered method:
+    no method's defaults clash with the default job (DSearch's oversampling 5 against popsize 16, for one)."""
+    from pathlib import Path
+
+    from jaxalign.config import load_config
+
+    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "default.py", [f"--config.method={method}"])
+    assert config.method == method and config.popsize == 16 and not config.method_params
+    job = build(config, embedded)
+    assert job.search.images_per_generation > 0
+
+
 def test_method_options_are_checked(embedded):
     with pytest.raises(JaxalignError, match="unknown method_params bogus for method 'dno'"):
         build(small_config(method="dno", rewards={"brightness": 1.0}, method_params={"bogus": 1.0}), embedded)

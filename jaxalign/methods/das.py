@@ -52,6 +52,7 @@ Deliberate differences:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
@@ -84,6 +85,17 @@ def tempering(num_steps: int, gamma) -> jax.Array:
     """
     i = jnp.arange(num_steps + 1, dtype=jnp.float32)
     return jnp.minimum(jnp.expm1(i * jnp.log1p(jnp.asarray(gamma, jnp.float32))), 1.0)
+
+
+def tempering_gamma_for(num_steps: int, gamma: float = 0.008, reference_steps: int = 100) -> float:
+    """The gamma with which lambda reaches 1 at the same fraction of ``num_steps`` as ``gamma`` does of
+    ``reference_steps`` (the official 0.008 over 100 steps: at step 87.0 of 100, so 0.0829 for 10 steps).
+
+    The official gamma is tuned for its 100 steps: over jaxalign's default 10 it only reaches lambda 0.083, and
+    the twist is nearly off. (1 + g)^(f T) = 2 at the fraction f = log 2 / (log(1 + gamma) reference_steps).
+    """
+    saturation = math.log(2.0) / math.log1p(gamma) / reference_steps
+    return math.expm1(math.log(2.0) / (saturation * num_steps))
 
 
 def effective_sample_size(log_weights) -> jax.Array:
