@@ -13,7 +13,6 @@ steps) is closed over; everything numeric is an argument, so the guidance scale 
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -115,17 +114,18 @@ def make_sampler(
     def denoise_step(params, context, uncond_context, guidance_scale, carry, i):
         return solver.step(carry, guided_output(params, carry[0], i, context, uncond_context, guidance_scale), i, schedule)
 
-    def decode_one(params, z):
-        return model.decode(params, z[None])[0]
+    def decode_one(params, z, clip):
+        return model.decode(params, z[None], clip)[0]
 
     if remat:  # backward passes keep one step's (and one decoded chunk's) activations at a time
         denoise_step = jax.checkpoint(denoise_step)
-        decode_one = jax.checkpoint(decode_one)
+        decode_one = jax.checkpoint(decode_one, static_argnums=(2,))
 
-    def decode(params: Params, latents: jax.Array) -> jax.Array:
+    def decode(params: Params, latents: jax.Array, clip: bool = True) -> jax.Array:
+        """Images in [0, 1]; ``clip=False``: the decoder's output unclipped (on the same scale)."""
         if not decode_batch or decode_batch >= latents.shape[0]:
-            return model.decode(params, latents)
-        return jax.lax.map(functools.partial(decode_one, params), latents, batch_size=decode_batch)
+            return model.decode(params, latents, clip)
+        return jax.lax.map(lambda z: decode_one(params, z, clip), latents, batch_size=decode_batch)
 
     def denoise(params: Params, latents: jax.Array, context, uncond_context, guidance_scale) -> jax.Array:
         def body(carry, i):

@@ -97,3 +97,25 @@ def test_sde_mode_optimises_every_noise(method):
     moved = np.abs(after - before).reshape(-1, 7, 2).max(axis=(0, 2))
     assert np.all(moved[1:-1] > 1e-3) and moved[-1] > 1e-3  # the step noises (slice 0 is unused by the last step) and x_T
     assert np.mean(rewards[-3:]) > np.mean(rewards[:3])
+
+
+def test_a_chain_with_a_non_finite_gradient_skips_its_step_as_the_reference_grad_scaler():
+    """benchmark_dno.py (fp16 by default) steps through GradScaler, which skips optimizer.step() when the unscaled
+    gradient holds inf or NaN: that chain's noise and AdamW state (its count too) stay; the other chains step."""
+    from jaxalign.methods.dno import _ADAMW, _optimizer, _step_if_finite, _with_knobs
+
+    optimizer = _optimizer()
+    params = type("P", (), {"method": {k: jnp.float32(v) for k, v in _ADAMW.items()}})()
+    noises = jax.random.normal(jax.random.key(0), (3, 8))
+    state = _with_knobs(jax.vmap(optimizer.init)(noises), params, (3,))
+    grad = jax.random.normal(jax.random.key(1), (3, 8)).at[1, 5].set(jnp.nan).at[2, 0].set(jnp.inf)
+    stepped, new_state = jax.vmap(_step_if_finite, in_axes=(None, 0, 0, 0))(optimizer, grad, state, noises)
+    updates, expected_state = optimizer.update(grad[0], jax.tree.map(lambda x: x[0], state), noises[0])
+    np.testing.assert_allclose(stepped[0], noises[0] + updates, rtol=1e-6)
+    assert float(jnp.abs(stepped[0] - noises[0]).max()) > 1e-3
+    np.testing.assert_array_equal(stepped[1:], noises[1:])
+    counts = jax.tree.leaves(jax.tree.map(lambda x: x, new_state.inner_state))
+    count_leaf = [leaf for leaf in counts if leaf.dtype == jnp.int32]
+    assert count_leaf and all(np.array_equal(np.asarray(c), [1, 0, 0]) for c in count_leaf)
+    for new, old in zip(jax.tree.leaves(new_state), jax.tree.leaves(state)):
+        np.testing.assert_array_equal(np.asarray(new)[1:], np.asarray(old)[1:])

@@ -129,3 +129,24 @@ def test_method_options_are_checked(embedded):
         build(small_config(method="dsearch", popsize=4, num_inference_steps=4), embedded)
     with pytest.raises(JaxalignError, match="unknown method 'nope'"):
         build(small_config(method="nope"), embedded)
+
+
+def test_hybrid_dno_differences_the_raw_decoder_output_by_default_as_the_reference(embedded):
+    """benchmark_dno_nograd.py differences and back-propagates the decoder's unclamped output: saturated pixels
+    still pass gradient. Same keys, same scored images; only the chain's step differs between the two spaces, and
+    the embedded decoder does saturate (else the variants would agree and the test would prove nothing)."""
+    chains, reports = {}, {}
+    for variant in ("raw", "clipped"):
+        job = build(method_config("dno_hybrid", method_params={"image_gradient": variant}), embedded)
+        problem, key = make_problem(job, job.prompts[0], 0)
+        state = job.search.init(key, problem, job.search_params)
+        state, _ = job.search.advance(job.model_params, problem, job.search_params, state)
+        state, reports[variant] = job.search.advance(job.model_params, problem, job.search_params, state)
+        chains[variant] = np.asarray(state.method_state.noises)
+    raw_output = job.sampler.decode(job.model_params, job.sampler.denoise(job.model_params, problem.centre[None], problem.context, problem.uncond_context, 7.5), False)
+    assert float(raw_output.min()) < 0.0 or float(raw_output.max()) > 1.0
+    np.testing.assert_allclose(np.asarray(reports["raw"].fitness), np.asarray(reports["clipped"].fitness), rtol=1e-6)
+    assert not np.allclose(chains["raw"], chains["clipped"])
+    assert dict(METHODS["dno_hybrid"].static) == {"mode": "ode", "image_gradient": "raw"}
+    with pytest.raises(JaxalignError, match="unknown method_params.image_gradient 'pixels'; valid: raw, clipped"):
+        build(method_config("dno_hybrid", method_params={"image_gradient": "pixels"}), embedded)

@@ -6,7 +6,8 @@ paper's reference runs it (pjjajal/diffusion-trajectory ``benchmark_dno.py`` and
 their images, back-propagated through the whole sampler (each step's activations rematerialised, as
 the reference's ``torch.utils.checkpoint``): AdamW with torch's defaults (lr 0.01, betas 0.9/0.999,
 eps 1e-8, weight decay 0.01, which nobody set and so applies) after clipping each chain's gradient to
-global norm 1. ``mode="ode"`` (the benchmark's default, eta 0) optimises the initial noise only;
+global norm 1; a chain whose gradient has a non-finite entry skips that step, as the reference's fp16
+``GradScaler`` skips ``optimizer.step()``. ``mode="ode"`` (the benchmark's default, eta 0) optimises the initial noise only;
 ``mode="sde"`` (DNO's own default) samples with DDIM(eta) and optimises all T + 1 noises (the initial
 latent and every step's injected noise; the last step is deterministic, as DNO sets sigma_0 = 0).
 DNO's probability regulariser (``probability_regularizer``) is added with weight ``gamma`` (0 in the
@@ -89,14 +90,20 @@ def probability_regularizer(key, noise, subsample: int = 4, permutations: int = 
 def renderer(context: Context, mode: str):
     """``render(model_params, problem, params, noises [N, L]) -> images``: the sampler as a function of
     the initial noise (ode, any scheduler) or of all T + 1 noises (sde, DDIM(eta) steps)."""
+    denoise = latent_renderer(context, mode)
+    return lambda model_params, problem, params, noises: context.sampler.decode(model_params, denoise(model_params, problem, params, noises))
+
+
+def latent_renderer(context: Context, mode: str):
+    """As :func:`renderer`, up to the clean latents (before decoding)."""
     sampler, latent_shape = context.sampler, context.latent_shape
     steps = sampler.num_steps
     shard_population, _ = sharding_helpers(context.make_mesh(context.popsize))
 
-    def render(model_params, problem, params, noises):
+    def denoise(model_params, problem, params, noises):
         if mode == "ode":
             latents = shard_population(noises.reshape(-1, *latent_shape))
-            return sampler.sample(model_params, latents, problem.context, problem.uncond_context, params.guidance_scale)
+            return sampler.denoise(model_params, latents, problem.context, problem.uncond_context, params.guidance_scale)
         denoiser = sampler.bind(model_params, problem.context, problem.uncond_context, params.guidance_scale)
         slices = noises.reshape(-1, steps + 1, *latent_shape)  # [..., k, ...]: step j injects slice T - 1 - j; slice T is x_T
 
@@ -107,9 +114,9 @@ def renderer(context: Context, mode: str):
 
         if sampler.remat:
             step = jax.checkpoint(step)
-        return denoiser.decode(jax.lax.scan(step, shard_population(slices[:, steps]), jnp.arange(steps))[0])
+        return jax.lax.scan(step, shard_population(slices[:, steps]), jnp.arange(steps))[0]
 
-    return render
+    return denoise
 
 
 def _chain_length(context: Context, mode: str) -> int:
@@ -143,6 +150,15 @@ def _finite(x):
     return jnp.where(jnp.isfinite(x), x, 0.0)
 
 
+def _step_if_finite(optimizer, grad, opt_state, noises):
+    """One optimiser step, or none (the noises and the optimiser state kept, Adam's count too) where the gradient
+    has a non-finite entry: the reference's fp16 ``GradScaler.step`` skips ``optimizer.step()`` then."""
+    updates, new_state = optimizer.update(grad, opt_state, noises)
+    finite = jnp.all(jnp.isfinite(grad))
+    keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+    return keep(noises + updates, noises), jax.tree.map(keep, new_state, opt_state)
+
+
 def _dno(context: Context, numeric, mode: str):
     popsize, length, dim = context.popsize, _chain_length(context, mode), math.prod(context.latent_shape)
     render, optimizer = renderer(context, mode), _optimizer()
@@ -151,11 +167,11 @@ def _dno(context: Context, numeric, mode: str):
         images = render(model_params, problem, params, noises)
         total, components = score(context.objective, model_params, problem, params, images)
         regularizer = jax.vmap(lambda k, z: _regularizer(k, z, params))(jax.random.split(key, popsize), noises)
-        return jnp.sum(-_finite(signed_scores(context, total)) + regularizer), (total, components, images)
+        return jnp.sum(-signed_scores(context, total) + regularizer), (total, components, images)
 
     def evaluate(key, model_params, problem, params, noises):
         (_, (total, components, images)), grad = jax.value_and_grad(loss, has_aux=True)(noises, key, model_params, problem, params)
-        return total, components, images, _finite(grad)
+        return total, components, images, grad  # a chain's non-finite gradient skips its step (see update)
 
     def propose(key, state: ChainState, params, problem):
         return state.noises
@@ -164,8 +180,7 @@ def _dno(context: Context, numeric, mode: str):
         if first:
             chains = _start_chains(key, noises, mode, dim)
             return ChainState(chains, _with_knobs(jax.vmap(optimizer.init)(chains), params, (popsize,)))
-        updates, opt_state = jax.vmap(optimizer.update)(grad, _with_knobs(state.opt_state, params, (popsize,)), noises)
-        return ChainState(noises + updates, opt_state)
+        return ChainState(*jax.vmap(_step_if_finite, in_axes=(None, 0, 0, 0))(optimizer, grad, _with_knobs(state.opt_state, params, (popsize,)), noises))
 
     def init_state(centre, params):
         placeholder = jnp.zeros((popsize, length), jnp.float32)
@@ -184,19 +199,33 @@ def image_space_gradient(losses, images):
     return g / (jnp.linalg.norm(g) + 1e-3)
 
 
-def _dno_hybrid(context: Context, numeric, mode: str):
+# Where dno_hybrid differences images and pulls its estimate back: the decoder's raw output on its [-1, 1] scale (the
+# reference's benchmark_dno_nograd.py, so saturated pixels still pass gradient; a second decode), or the scored images.
+IMAGE_GRADIENTS = ("raw", "clipped")
+
+
+def _dno_hybrid(context: Context, numeric, mode: str, image_gradient: str):
     popsize, length, dim = context.popsize, _chain_length(context, mode), math.prod(context.latent_shape)
-    render, optimizer = renderer(context, mode), _optimizer()
+    denoise, decode, optimizer = latent_renderer(context, mode), context.sampler.decode, _optimizer()
+
+    def images_and_space(model_params, latents):
+        images = decode(model_params, latents)
+        return images, (2.0 * decode(model_params, latents, False) - 1.0 if image_gradient == "raw" else images)
 
     def propose(key, state: ChainState, params, problem):
         perturbations = params.method["perturbation"] * jax.random.normal(key, (popsize - 1, length))
         return jnp.concatenate([state.noises[None], state.noises + perturbations])
 
     def evaluate(key, model_params, problem, params, noises):
-        image, pullback = jax.vjp(lambda z: render(model_params, problem, params, z[None])[0], noises[0])
-        images = jnp.concatenate([image[None], render(model_params, problem, params, noises[1:])])
+        def first(z):  # member 0, the chain: its image in the gradient's space, and its scored image
+            image, space = images_and_space(model_params, denoise(model_params, problem, params, z[None]))
+            return space[0], image[0]
+
+        first_space, pullback, first_image = jax.vjp(first, noises[0], has_aux=True)
+        rest_images, rest_space = images_and_space(model_params, denoise(model_params, problem, params, noises[1:]))
+        images = jnp.concatenate([first_image[None], rest_images])
         total, components = score(context.objective, model_params, problem, params, images)
-        g = image_space_gradient(-signed_scores(context, total), images)
+        g = image_space_gradient(-signed_scores(context, total), jnp.concatenate([first_space[None], rest_space]))
         (grad,) = pullback(g)
         grad = grad + jax.grad(lambda z: _regularizer(key, z, params))(noises[0])
         return total, components, images, _finite(grad)
@@ -227,6 +256,8 @@ def _check(name: str):
         length = _chain_length(context, mode)
         if numeric["gamma"] and length % 4:
             raise JaxalignError(f"method {name!r}: the probability regulariser (gamma > 0) needs a noise size divisible by 4, got {length}")
+        if static.get("image_gradient", "raw") not in IMAGE_GRADIENTS:
+            raise JaxalignError(f"method {name!r}: unknown method_params.image_gradient {static['image_gradient']!r}; valid: {', '.join(IMAGE_GRADIENTS)}")
         if name == "dno_hybrid" and context.popsize < 2:
             raise JaxalignError("method 'dno_hybrid' needs popsize >= 2 (the chain and at least one perturbation)")
 
@@ -242,6 +273,10 @@ METHODS.register(
 METHODS.register(
     "dno_hybrid",
     MethodSpec(
-        _dno_hybrid, differentiates_sampler=True, static={"mode": "ode"}, numeric={**_ADAMW, "perturbation": 0.01}, check=_check("dno_hybrid")
+        _dno_hybrid,
+        differentiates_sampler=True,
+        static={"mode": "ode", "image_gradient": "raw"},
+        numeric={**_ADAMW, "perturbation": 0.01},
+        check=_check("dno_hybrid"),
     ),
 )
