@@ -412,21 +412,44 @@ def aesthetic(path: str | None = None, clip: str = "openai/clip-vit-large-patch1
     """The LAION aesthetic predictor (about 1-10): its MLP on the L2-normalised CLIP ViT-L/14 image
     embedding. ``path`` is the predictor's ``.pth`` (e.g. ``sac+logos+ava1-l14-linearMSE.pth``) or a
     safetensors copy; ``clip`` the CLIP model directory or cached repo id."""
+    return _aesthetic("aesthetic", path, clip, clip_preprocess, normalise_embedding=True, differentiable=True)
+
+
+@REWARDS.register("reference_aesthetic")
+def reference_aesthetic(path: str | None = None, clip: str = "openai/clip-vit-large-patch14") -> Reward:
+    """``aesthetic`` as pjjajal/diffusion-trajectory's evolution runs compute it (``fitness_fn.py``
+    ``aesthetic_fitness_fn`` on the pipeline's PIL images): CLIP's processor with ``do_rescale=False`` normalises
+    the uint8 values 0-255 as if they were 0-1, and the MLP reads the embedding without L2 normalisation. Another
+    function than the predictor's; it reproduces the paper's aesthetic numbers. Not differentiable (uint8 levels)."""
+    return _aesthetic("reference_aesthetic", path, clip, uint8_clip_preprocess, normalise_embedding=False, differentiable=False)
+
+
+def uint8_clip_preprocess(images: jax.Array, crop_size: int, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
+    """CLIP's processor on uint8 images with ``do_rescale=False``: the image's 8-bit levels round(255 x), resized
+    and cropped as :func:`clip_preprocess` (PIL rounds the resized uint8 image), normalised as if they were in [0, 1]."""
+    levels = jnp.round(jnp.clip(images, 0.0, 1.0) * 255.0) / 255.0
+    resized = clip_preprocess(levels, crop_size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    values = jnp.clip(jnp.round(resized * 255.0), 0.0, 255.0)
+    return (values - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
+def _aesthetic(name: str, path: str | None, clip: str, preprocess: Callable, normalise_embedding: bool, differentiable: bool) -> Reward:
     from jaxalign.models import load_clip, read_state_dict
 
     if path is None:
-        raise JaxalignError("reward 'aesthetic' needs its MLP weights: set --config.reward_paths.aesthetic=<sac+logos+ava1-l14-linearMSE.pth>")
+        raise JaxalignError(f"reward {name!r} needs its MLP weights: set --config.reward_paths.{name}=<sac+logos+ava1-l14-linearMSE.pth>")
     clip_model, clip_params = load_clip(clip)
     layers = aesthetic_mlp(read_state_dict(path), clip_model.module.config.projection_dim, path)
 
     def fn(images, params, prepared=None):
-        pixels = clip_preprocess(images, clip_model.crop_size, clip_model.mean, clip_model.std)
-        x = _unit(clip_model.image_features(params["clip"], pixels.astype(clip_model.module.dtype)).astype(jnp.float32))
+        pixels = preprocess(images, clip_model.crop_size, clip_model.mean, clip_model.std)
+        x = clip_model.image_features(params["clip"], pixels.astype(clip_model.module.dtype)).astype(jnp.float32)
+        x = _unit(x) if normalise_embedding else x
         for layer in params["mlp"]:  # the predictor's MLP is purely linear (dropout only in training)
             x = x @ layer["kernel"] + layer["bias"]
         return x[:, 0]
 
-    return Reward(fn, differentiable=True, params={"clip": clip_params, "mlp": layers})
+    return Reward(fn, differentiable=differentiable, params={"clip": clip_params, "mlp": layers})
 
 
 def aesthetic_mlp(state: Mapping[str, np.ndarray], input_dim: int, source) -> list[dict[str, jax.Array]]:

@@ -127,6 +127,39 @@ def test_aesthetic_matches_its_pytorch_mlp_on_normalised_clip_embeddings(tiny_cl
         parse_reward("aesthetic", {"aesthetic": {"path": str(tmp_path / "wrong.pth"), "clip": str(path)}})
 
 
+def test_reference_aesthetic_is_the_reference_evolution_path_uint8_quirk(tiny_clip, tmp_path):
+    """diffusion-trajectory's evolution runs give CLIP's processor PIL images with do_rescale=False (0-255 values
+    normalised as if 0-1) and feed the MLP the raw embedding: the preprocessing against that processor call to one
+    8-bit level, the score against PyTorch on those pixels, and both apart from the predictor's own `aesthetic`."""
+    from PIL import Image
+    from transformers import CLIPImageProcessor
+
+    from jaxalign.rewards import uint8_clip_preprocess
+
+    model, path = tiny_clip
+    batch = images()
+    levels = np.clip(np.round(np.asarray(batch) * 255), 0, 255).astype(np.uint8)  # diffusers' numpy_to_pil
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    expected_pixels = processor(images=[Image.fromarray(x) for x in levels], do_rescale=False, return_tensors="np").pixel_values.transpose(0, 2, 3, 1)
+    pixels = np.asarray(uint8_clip_preprocess(batch, 32, processor.image_mean, processor.image_std))
+    level = 1 / min(processor.image_std)  # one 8-bit level in these units
+    assert np.abs(pixels - expected_pixels).max() <= level + 1e-3 and np.abs(pixels - expected_pixels).mean() < 0.3 * level
+    assert expected_pixels.max() > 100  # the quirk: values far outside CLIP's normalised range
+
+    torch.manual_seed(1)
+    mlp = AestheticMLP(16).eval()
+    torch.save(mlp.state_dict(), tmp_path / "predictor.pth")
+    options = {"path": str(tmp_path / "predictor.pth"), "clip": str(path)}
+    reward = parse_reward("reference_aesthetic", {"reference_aesthetic": options})
+    with torch.no_grad():
+        embedding = model.get_image_features(pixel_values=torch.tensor(pixels).permute(0, 3, 1, 2))
+        expected = mlp(embedding)[:, 0].numpy()  # no L2 normalisation, as the reference
+    np.testing.assert_allclose(np.asarray(reward.score(batch, reward.params)), expected, rtol=1e-4, atol=1e-4)
+    assert not reward.differentiable
+    intended = np.asarray(parse_reward("aesthetic", {"aesthetic": options}).score(batch, reward.params))
+    assert np.abs(intended - expected).max() > 1e-3
+
+
 def to_open_clip(state):
     """transformers CLIPModel state dict -> open_clip's layout (the inverse of jaxalign's mapping),
     written independently here from open_clip's module names."""
