@@ -92,13 +92,13 @@ def load_config(path: str | Path, overrides: Sequence[str] = (), schema: ml_coll
         module = importlib.util.module_from_spec(spec)
         try:
             spec.loader.exec_module(module)
-        except Exception as error:  # a broken config file is bad input, reported on one line
+        except (Exception, SystemExit) as error:  # a broken config file (or one that exits) is bad input, on one line
             raise JaxalignError(f"cannot load config {path}: {type(error).__name__}: {error}") from None
         if not hasattr(module, "get_config"):
             raise JaxalignError(f"config {path} has no get_config() function")
         try:
             config = module.get_config(*arguments)
-        except Exception as error:  # noqa: BLE001 - a config whose get_config() fails is bad input too
+        except (Exception, SystemExit) as error:  # noqa: BLE001 - a config whose get_config() fails or exits is bad input too
             raise JaxalignError(f"config {path}: get_config() raised {type(error).__name__}: {error}") from None
     if not isinstance(config, ml_collections.ConfigDict):
         raise JaxalignError(f"config {path}: get_config() must return an ml_collections.ConfigDict (start from default_config()), got {type(config).__name__}")
@@ -224,13 +224,13 @@ def read_prompts(config: ml_collections.ConfigDict) -> list[str]:
             raise JaxalignError(f"prompt_file not found: {path}")
         try:
             if path.suffix.lower() == ".csv":
-                with path.open(newline="", encoding="utf-8") as handle:
+                with path.open(newline="", encoding="utf-8-sig") as handle:  # -sig: spreadsheets save a byte-order mark
                     reader = csv.DictReader(handle)
                     if "prompt" not in (reader.fieldnames or []):
                         raise JaxalignError(f"prompt_file {path} has no 'prompt' column; columns: {', '.join(reader.fieldnames or [])}")
-                    prompts = [row["prompt"].strip() for row in reader]
+                    prompts = [(row["prompt"] or "").strip() for row in reader]  # a short row has no cell (None)
             else:
-                prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+                prompts = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]
         except UnicodeDecodeError:
             raise JaxalignError(f"prompt_file {path} is not UTF-8 text") from None
     else:

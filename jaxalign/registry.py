@@ -18,6 +18,10 @@ class Registry(Mapping[str, T], Generic[T]):
         self._entries: dict[str, T] = {}
 
     def register(self, name: str, entry: T | None = None):
+        """Adds ``entry`` (or, without one, the decorated function) under ``name``; a name taken already is refused
+        (a second module choosing the same name would otherwise replace the first silently)."""
+        if name in self._entries:
+            raise ValueError(f"{self.kind} {name!r} is registered already")
         if entry is not None:
             self._entries[name] = entry
             return entry

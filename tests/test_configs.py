@@ -71,3 +71,38 @@ def test_config_argument_is_passed_to_get_config_and_a_bad_one_is_one_line():
         load_config(f"{ROOT / 'configs' / 'sd15.py'}:clip")  # a get_config() that takes no argument
     with pytest.raises(JaxalignError, match="config file not found: .*nothere.py"):
         load_config(f"{ROOT / 'configs' / 'nothere.py'}:clip")
+
+
+def test_a_config_file_that_exits_is_one_line_naming_it(tmp_path):
+    for body in ("import sys\nsys.exit(0)\n", "import sys\ndef get_config():\n    sys.exit(3)\n"):
+        path = tmp_path / "exits.py"
+        path.write_text(body)
+        with pytest.raises(JaxalignError, match=f"config {path}.*SystemExit"):
+            load_config(path)
+
+
+def test_csv_prompt_files_as_spreadsheets_save_them(tmp_path):
+    """A byte-order mark (Excel's "CSV UTF-8"), a short row (no prompt cell) and an empty cell read as a user expects."""
+    from jaxalign.config import read_prompts
+
+    path = tmp_path / "prompts.csv"
+    path.write_bytes("\ufeffnote,prompt\nx,a cat\nshort row\n\ny,a dog\nz,\n".encode("utf-8"))
+    config = default_config()
+    config.prompt_file = str(path)
+    assert read_prompts(config) == ["a cat", "a dog"]
+    text = tmp_path / "prompts.txt"
+    text.write_bytes("\ufeffa cat\na dog\n".encode("utf-8"))
+    config.prompt_file = str(text)
+    assert read_prompts(config) == ["a cat", "a dog"]
+
+
+def test_a_registry_refuses_a_name_registered_twice():
+    from jaxalign.registry import Registry
+
+    registry = Registry("widget")
+    registry.register("a", 1)
+    with pytest.raises(ValueError, match="widget 'a' is registered already"):
+        registry.register("a", 2)
+    with pytest.raises(ValueError, match="widget 'a' is registered already"):
+        registry.register("a")(lambda: None)
+    assert registry["a"] == 1
