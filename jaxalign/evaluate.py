@@ -25,7 +25,7 @@ from scipy.spatial.distance import pdist  # pairwise distances without a Python 
 
 from jaxalign import shapes
 from jaxalign.errors import JaxalignError
-from jaxalign.files import write_csv, write_json
+from jaxalign.files import RUN_MARKER, marker_kind, write_csv, write_json
 
 # Cross-rewards every evaluation adds to the run's own: the paper's weight-free rewards.
 CROSS_REWARDS = ("brightness", "contrast", "saturation")
@@ -35,6 +35,8 @@ def find_runs(workdir: Path) -> list[Path]:
     """Directories under ``workdir`` (itself included) holding one prompt's finished run."""
     if not workdir.is_dir():
         raise JaxalignError(f"eval: {workdir} is not a directory")
+    if marker_kind(workdir) is None:  # eval writes its files there: only into a folder jaxalign made
+        raise JaxalignError(f"eval: {workdir} holds no jaxalign run or sweep (no {RUN_MARKER})")
     found = [p.parent for p in sorted(workdir.rglob("summary.json")) if "prompt" in _read(p)]
     if not found:
         raise JaxalignError(f"eval: {workdir} holds no finished jaxalign run (no summary.json of a prompt)")

@@ -38,3 +38,29 @@ def write_csv(path: Path, rows: list[dict]) -> None:
         writer.writeheader()
         writer.writerows(rows)
     replace_atomically(path, text.getvalue().encode())
+
+
+# The file that makes a folder a jaxalign workdir, written before anything else: --overwrite, --resume and eval act
+# only on folders that hold it (a config.json could be anyone's). MARKER_FORMAT changes if its meaning does.
+RUN_MARKER, MARKER_FORMAT = ".jaxalign-workdir.json", 1
+
+
+def write_marker(workdir: Path, kind: str) -> None:
+    """Mark ``workdir`` as a jaxalign ``kind`` ("run" or "sweep")."""
+    write_json(workdir / RUN_MARKER, {"jaxalign": kind, "format": MARKER_FORMAT})
+
+
+def marker_kind(workdir: Path) -> str | None:
+    """The kind ``workdir``'s marker names, or None without one; a marker that is not jaxalign's JSON is an error."""
+    from jaxalign.errors import JaxalignError
+
+    path = workdir / RUN_MARKER
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        data = None
+    if not (isinstance(data, dict) and data.get("jaxalign") in ("run", "sweep") and data.get("format") == MARKER_FORMAT):
+        raise JaxalignError(f"{path} is damaged or from another jaxalign version; this folder is left alone (use a new workdir)")
+    return data["jaxalign"]

@@ -39,7 +39,7 @@ from PIL import Image
 from jaxalign.checkpoint import Checkpointer
 from jaxalign.config import OPEN_MAPPINGS, plain, read_prompts, validate
 from jaxalign.errors import JaxalignError
-from jaxalign.files import replace_atomically, write_json
+from jaxalign.files import RUN_MARKER, marker_kind, replace_atomically, write_json, write_marker
 from jaxalign.methods import METHODS, Context, build_method
 from jaxalign.models import CLASSIFIER_FREE, NO_GUIDANCE, DiffusionModel, load_model
 from jaxalign.rewards import Objective, weighted_sum
@@ -107,10 +107,10 @@ def build(config, loaded: tuple[DiffusionModel, Any] | None = None) -> Job:
     return Job(config, model, model_params, search, search_params, prompts, sampler, latent_shape, search.mesh, objective)
 
 
-def check_workdir(workdir: str | Path, resume: bool = False, overwrite: bool = False, marker: str = "config.json") -> Path:
+def check_workdir(workdir: str | Path, resume: bool = False, overwrite: bool = False, kind: str = "run") -> Path:
     """Fail early, before any output, when the workdir cannot be written or holds something a run
-    would damage: another run (unless ``resume`` continues it or ``overwrite`` replaces it) or files
-    that are not a run's (no ``marker`` file: ``config.json`` for runs, ``sweep_config.json`` for sweeps)."""
+    would damage: another run (unless ``resume`` continues it or ``overwrite`` replaces it) or anything
+    without jaxalign's marker of this ``kind`` ("run" or "sweep", :data:`jaxalign.files.RUN_MARKER`)."""
     path = Path(workdir).expanduser().absolute()
     if path.exists() and not path.is_dir():
         raise JaxalignError(f"workdir {path} exists and is not a directory")
@@ -122,25 +122,16 @@ def check_workdir(workdir: str | Path, resume: bool = False, overwrite: bool = F
     if resume and overwrite:
         raise JaxalignError("--resume and --overwrite exclude each other")
     if path.is_dir() and any(path.iterdir()):
-        holds_run = _holds_run(path / marker)
-        if not holds_run:
-            raise JaxalignError(f"workdir {path} is not empty and holds no jaxalign run (no {marker}); choose an empty or new directory")
+        found = marker_kind(path)
+        if found is None:
+            raise JaxalignError(f"workdir {path} is not empty and holds no jaxalign {kind} (no {RUN_MARKER}); choose an empty or new directory")
+        if found != kind:
+            raise JaxalignError(f"workdir {path} holds a jaxalign {found}, not a {kind}; choose an empty or new directory")
         if not (resume or overwrite):
             raise JaxalignError(f"workdir {path} already holds a run; pass --resume to continue it or --overwrite to replace it")
         if overwrite and (path.is_symlink() or path in (Path.cwd(), *Path.cwd().parents, Path.home())):
             raise JaxalignError(f"--overwrite will not clear {path} (a link, the current folder, one of its parents or home); name the run's own folder")
     return path
-
-
-def _holds_run(marker: Path) -> bool:
-    """Whether ``marker`` is the config a run or sweep wrote: a JSON object with the run schema's keys
-    (a model folder's config.json is not one, so --overwrite never clears it)."""
-    try:
-        data = json.loads(marker.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return marker.is_file()  # a run whose config.json was damaged: still refused unless --resume/--overwrite
-    data = data.get("base", data) if isinstance(data, dict) else data  # sweeps keep the run schema under "base"
-    return isinstance(data, dict) and {"prompts", "model", "method", "strategy", "popsize", "steps"} <= set(data)
 
 
 def _check_run_files(outs: list[Path]) -> None:
@@ -181,8 +172,9 @@ def run(job: Job, workdir: str | Path, progress: bool = True, resume: bool = Fal
         check_same_config(saved, config.to_dict())
         _check_run_files([workdir, *outs])
     if overwrite and workdir.is_dir():
-        shutil.rmtree(workdir)  # check_workdir made sure it holds a run (config.json) or nothing
+        shutil.rmtree(workdir)  # check_workdir made sure it holds a run (its marker) or nothing
     workdir.mkdir(parents=True, exist_ok=True)
+    write_marker(workdir, "run")  # first, so a run killed at any later instant is still recognised as one
     write_json(config_file, config.to_dict())
     with compilation_cache(config.compilation_cache_dir) as cache_hits:
         summaries = _search_prompts(job, workdir, outs, progress, resume, cache_hits)

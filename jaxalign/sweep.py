@@ -36,7 +36,7 @@ import numpy as np
 
 from jaxalign.config import apply_override, check_fields, default_config, load_config, read_prompts
 from jaxalign.errors import JaxalignError
-from jaxalign.files import replace_atomically, write_csv, write_json
+from jaxalign.files import replace_atomically, write_csv, write_json, write_marker
 from jaxalign.methods import METHODS
 
 AXES = ("strategies", "spaces", "seeds", "reward_sets")
@@ -131,7 +131,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path, progress: 
 
     check_shard(shard)
     check_sweep(config)
-    workdir = check_workdir(workdir, resume=True, marker="sweep_config.json")
+    workdir = check_workdir(workdir, resume=True, kind="sweep")
     cache = config.base.compilation_cache_dir
     if cache and not Path(cache).expanduser().is_absolute():  # a sweep's relative cache lives inside its workdir
         config = copy.deepcopy(config)
@@ -143,7 +143,8 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path, progress: 
         jobs = [(name, fit_to_budget(run_config, loaded, config.nfe_budget, config.min_generations)) for name, run_config in jobs]
     built = [(name, build(run_config, loaded)) for name, run_config in jobs]
     workdir.mkdir(parents=True, exist_ok=True)
-    # What makes it a sweep workdir; every shard writes the same file, so one finishing write wins whole.
+    # What makes it a sweep workdir; every shard writes the same files, so one finishing write wins whole.
+    write_marker(workdir, "sweep")
     write_json(workdir / "sweep_config.json", config.to_dict())
     start = time.perf_counter()
     ran = skipped = 0

@@ -96,6 +96,19 @@ def test_a_folder_of_other_files_is_never_cleared(tmp_path, capsys, config_json)
         fails_cleanly(["run", "--config", RED_PIXELS, "--workdir", str(workdir), *SMALL, *flag], capsys, "not empty and holds no jaxalign run", workdir)
 
 
+@pytest.mark.parametrize("marker", ['{"jaxalign": "sweep", "format": 1}', '{"jaxalign": "run", "format": 99}', "not json"])
+def test_only_a_run_marker_lets_a_run_touch_a_folder(finished, tmp_path, capsys, marker):
+    """A run's folder is recognised by jaxalign's own marker, written first; a finished run whose marker names a
+    sweep, another format or is damaged is neither resumed nor cleared (its files stay as they were)."""
+    assert (finished / ".jaxalign-workdir.json").is_file()
+    workdir = tmp_path / "run"
+    shutil.copytree(finished, workdir)
+    (workdir / ".jaxalign-workdir.json").write_text(marker)
+    pattern = "holds a jaxalign sweep, not a run" if "sweep" in marker else "is damaged or from another jaxalign version"
+    for flag in (["--resume"], ["--overwrite"]):
+        fails_cleanly(["run", "--config", RED_PIXELS, "--workdir", str(workdir), *SMALL, *flag], capsys, pattern, workdir)
+
+
 def test_resume_and_overwrite_exclude_each_other(tmp_path, capsys):
     fails_cleanly(["run", "--config", RED_PIXELS, "--workdir", str(tmp_path / "new"), "--resume", "--overwrite"], capsys, "exclude each other", tmp_path / "new")
 

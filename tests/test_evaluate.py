@@ -3,6 +3,7 @@ known, and its bad input."""
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +38,11 @@ def _fake_run(directory, seed, baseline, best):
 
 @pytest.fixture()
 def sweep(tmp_path):
+    from jaxalign.files import write_marker
+
     for seed in range(3):
         _fake_run(tmp_path / "sweep" / f"seed_{seed}", seed, WRONG, RIGHT)
+    write_marker(tmp_path / "sweep", "sweep")
     return tmp_path / "sweep"
 
 
@@ -79,7 +83,9 @@ def test_eval_scores_judges_and_measures_diversity(sweep, capsys):
 @pytest.mark.parametrize(
     "case, args, message",
     [
-        ("empty", [], "holds no finished jaxalign run"),
+        ("empty", [], "holds no jaxalign run or sweep \\(no .jaxalign-workdir.json\\)"),
+        ("marked but unfinished", [], "holds no finished jaxalign run"),
+        ("foreign files, no marker", [], "holds no jaxalign run or sweep"),
         ("missing image", [], "image missing: .*step_0003.png"),
         ("unknown reward", ["--rewards", "brightness,sparkle"], "unknown reward 'sparkle'"),
         ("bad reward path", ["--reward-path", "clip"], "--reward-path takes NAME=SOURCE"),
@@ -87,9 +93,13 @@ def test_eval_scores_judges_and_measures_diversity(sweep, capsys):
 )
 def test_eval_bad_input_is_one_line_and_writes_nothing(sweep, tmp_path, capsys, case, args, message):
     workdir = sweep
-    if case == "empty":
-        workdir = tmp_path / "empty"
+    if case in ("empty", "marked but unfinished", "foreign files, no marker"):
+        workdir = tmp_path / "other"
         workdir.mkdir()
+        if case == "marked but unfinished":
+            (workdir / ".jaxalign-workdir.json").write_text('{"jaxalign": "run", "format": 1}')
+        if case == "foreign files, no marker":  # a finished run's files copied without the marker: not eval's to write into
+            shutil.copytree(sweep / "seed_1", workdir / "copy")
     if case == "missing image":
         (sweep / "seed_2" / "images" / "step_0003.png").unlink()
     before = sorted(p.name for p in workdir.rglob("*"))
