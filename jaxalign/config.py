@@ -296,6 +296,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
         FAMILIES[config.model_family]
     if not config.rewards:
         raise JaxalignError("rewards is empty; give at least one reward name with its weight")
+    for mapping in ("rewards", "reward_paths"):
+        odd = [key for key in config[mapping] if not isinstance(key, str)]
+        if odd:
+            raise JaxalignError(f"{mapping} keys must be reward names (strings), got {odd[0]!r}")
     unused = sorted(set(config.reward_paths) - {name.partition(":")[0] for name in config.rewards})
     if unused:
         raise JaxalignError(f"reward_paths for {', '.join(unused)}, which is not among rewards ({', '.join(config.rewards)})")

@@ -55,6 +55,7 @@ Differences from the reference, all deliberate:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -81,6 +82,11 @@ class SearchSpace(NamedTuple):
     init: Callable[[jax.Array], jax.Array]
     apply: Callable[[dict, jax.Array, jax.Array], jax.Array]
     default_params: dict[str, Any]
+
+
+# The values each space parameter can take (closed ranges; every one must also be finite): the shift's scale is a
+# magnitude, and singular values clamped to [1 - bound, 1 + bound] stay positive only for a bound below 1.
+PARAM_RANGES = {"mean_scale": (0.0, math.inf), "bound": (0.0, 0.999)}
 
 
 SPACES: Registry[Callable[[], SearchSpace]] = Registry("space")

@@ -57,7 +57,7 @@ from evosax.core.optimizer import clipup
 from evosax.types import Fitness, Population, Solution
 from flax import struct
 
-from jaxalign.errors import JaxalignError, check_known
+from jaxalign.errors import JaxalignError, check_known, check_numbers
 from jaxalign.registry import Registry
 
 COSYNE_MODES = ("equal_budget", "reference")
@@ -344,6 +344,10 @@ def make_strategy(name: str, population_size: int, solution: jax.Array, options:
         raise JaxalignError(f"cannot build strategy {name!r} with popsize {population_size}: {error or 'invalid arguments'}") from None
 
 
+# Declared ranges of Params fields (closed; every field must also be finite): spreads and probabilities.
+PARAM_RANGES = {"std_init": (0.0, math.inf), "mutation_stdev": (0.0, math.inf), "mutation_probability": (0.0, 1.0), "std_max_change": (0.0, math.inf)}
+
+
 def make_params(strategy: EvolutionaryAlgorithm, overrides: Mapping[str, Any], name: str | None = None) -> Any:
     """The strategy's params: evosax's defaults, then the reference's, then ``overrides`` (Params fields only)."""
     params = strategy.default_params
@@ -351,6 +355,7 @@ def make_params(strategy: EvolutionaryAlgorithm, overrides: Mapping[str, Any], n
     name = name or type(strategy).__name__
     values = {**REFERENCE_DEFAULTS.get(name, Defaults()).params, **overrides}
     check_known("strategy_params", overrides, fields, where=f" for {name}")
+    check_numbers("strategy_params", overrides, PARAM_RANGES, where=f" for {name}")
     converted = {}
     for key, value in values.items():
         if key not in fields:

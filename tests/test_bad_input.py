@@ -19,6 +19,7 @@ import pytest
 from conftest import small_config
 
 from jaxalign.cli import main
+from jaxalign.errors import JaxalignError
 from jaxalign.run import build
 from jaxalign.testing import tiny_pytorch_pipeline
 
@@ -350,3 +351,48 @@ def test_a_prompt_longer_than_the_text_encoder_is_a_warning(embedded, capsys):
     assert "is longer than the text encoder's 77 tokens; the rest is ignored there" in capsys.readouterr().err
     build(small_config(), embedded)
     assert "longer than" not in capsys.readouterr().err
+
+
+# --- Every numeric knob: finite and in its declared range, generated from the declarations ----------------------
+
+
+def _knob_cases():
+    import math
+
+    from jaxalign.methods import METHODS
+    from jaxalign.spaces import PARAM_RANGES as SPACE_RANGES
+    from jaxalign.spaces import SPACES
+    from jaxalign.strategies import PARAM_RANGES as STRATEGY_RANGES
+    from jaxalign.strategies import REFERENCE_DEFAULTS
+
+    bad = {"inf": math.inf, "nan": math.nan}
+    cases = []
+    for method, spec in sorted(METHODS.items()):
+        for knob in spec.numeric:
+            settings = {"method": method, "method_params": {knob: None}, "rewards": {"brightness": 1.0}}
+            cases += [(f"{method}.{knob}={label}", settings, knob, value, "must be a finite number") for label, value in bad.items()]
+    for space in sorted(SPACES):
+        for knob in SPACES[space]().default_params:
+            settings = {"space": space, "space_params": {knob: None}}
+            cases += [(f"{space}.{knob}={label}", settings, knob, value, "must be a finite number") for label, value in bad.items()]
+            low, high = SPACE_RANGES.get(knob, (-math.inf, math.inf))
+            for outside in (low - 1.0, high + 1.0):
+                if math.isfinite(outside):
+                    cases.append((f"{space}.{knob}={outside}", settings, knob, outside, r"must be in \["))
+    for strategy in sorted(REFERENCE_DEFAULTS):
+        for knob, (low, high) in STRATEGY_RANGES.items():
+            settings = {"strategy": strategy, "strategy_params": {knob: None}}
+            # CoSyNE takes its mutation settings in its constructor, which checks them with its own words.
+            refused = r"must be a finite number|must be in \[|must be >= 0|unknown strategy_params"
+            cases.append((f"{strategy}.{knob}=inf", settings, knob, math.inf, refused))
+            if math.isfinite(low):
+                cases.append((f"{strategy}.{knob}={low - 1}", settings, knob, low - 1.0, refused))
+    return cases
+
+
+@pytest.mark.parametrize("name, settings, knob, value, message", _knob_cases(), ids=lambda c: c if isinstance(c, str) else "")
+def test_every_declared_knob_refuses_non_finite_and_out_of_range_values(name, settings, knob, value, message, embedded):
+    mapping = next(key for key in settings if key.endswith("_params"))
+    changes = {**settings, mapping: {knob: value}}
+    with pytest.raises(JaxalignError, match=message):
+        build(small_config(**changes), embedded)

@@ -102,13 +102,17 @@ def configure_from_method_params(name: str, spec: MethodSpec, context: Context, 
         default = spec.static[k]
         if type(default) in (int, float) and (isinstance(v, bool) or not isinstance(v, (int, float))):
             raise JaxalignError(f"method_params.{k} for method {name!r} must be a number, got {v!r}")
+        if type(default) is int:  # a count (candidates, steps) takes whole numbers
+            if not math.isfinite(v) or not float(v).is_integer():
+                raise JaxalignError(f"method_params.{k} for method {name!r} must be a whole number, got {v!r}")
+            static[k] = int(v)
         if isinstance(default, str) and not isinstance(v, str):
             raise JaxalignError(f"method_params.{k} for method {name!r} must be a name, got {v!r}")
     numeric = {}
     for k, v in spec.numeric.items():
         value = options.get(k, v)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise JaxalignError(f"method_params.{k} for method {name!r} must be a number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise JaxalignError(f"method_params.{k} for method {name!r} must be a finite number, got {value!r}")
         numeric[k] = float(value)
     if spec.check is not None:
         spec.check(context, static, numeric)

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxalign.config import MAX_POPSIZE
 from jaxalign.errors import JaxalignError
 from jaxalign.methods.base import METHODS, Context, MethodSpec, trajectory_method, value
 from jaxalign.sampler import Denoiser
@@ -224,6 +225,9 @@ def _check(context: Context, static, numeric) -> None:
             raise JaxalignError(f"method 'dsearch': replace_rate * beam must be at least 1 and replace_rate below 1 (beam {beam}); got replace_rate {rate}")
     if numeric["width"] <= 0:
         raise JaxalignError(f"method 'dsearch': method_params.width must be positive, got {numeric['width']}")
+    widest = numeric["width"] * static["num_candidates"] * popsize / max(popsize // oversampling, 1)
+    if widest > MAX_POPSIZE:  # each child is one model call; past this the int32 count overflows long before memory
+        raise JaxalignError(f"method 'dsearch': a search step would draw {widest:.3g} children per particle (width * num_candidates * N0 / beam), more than {MAX_POPSIZE}; lower width")
 
 
 METHODS.register(

@@ -13,10 +13,10 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from jaxalign.errors import check_known
+from jaxalign.errors import check_known, check_numbers
 from jaxalign.methods.base import METHODS, Context, MethodSpec
 from jaxalign.search import Search, make_search
-from jaxalign.spaces import SPACES
+from jaxalign.spaces import PARAM_RANGES, SPACES
 from jaxalign.strategies import initial_population_size, is_population_based, make_params, make_strategy, split_options
 
 
@@ -34,6 +34,7 @@ def _configure(name: str, spec: MethodSpec, context: Context, settings: Mapping[
     space_overrides = dict(settings.get("space_params") or {})
     space = SPACES[space_name]()
     check_known("space_params", space_overrides, space.default_params, where=f" for space {space_name!r}")
+    check_numbers("space_params", space_overrides, PARAM_RANGES, where=f" for space {space_name!r}")
     strategy_name = settings.get("strategy", "CoSyNE")
     options = dict(settings.get("strategy_params") or {})
     _, param_overrides = split_options(strategy_name, options)
