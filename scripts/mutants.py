@@ -141,6 +141,14 @@ MUTANTS = [
     Mutant("seeded weights drawn on the device without the fan-in scale", "jaxalign/models/weights.py",
            "return (multiplier * jax.random.normal(key, shape, jnp.float32) / divisor).astype(dtype)",
            "return (multiplier * jax.random.normal(key, shape, jnp.float32)).astype(dtype)", ("tests/test_model.py", "-k", "seeded")),
+    Mutant("CoSyNE equal-budget archive rounded up", "jaxalign/strategies.py",
+           "archive_size = max(2, round(2 * ask_size / 3))", "archive_size = max(2, math.ceil(2 * ask_size / 3))",
+           ("tests/test_strategies.py", "-k", "sizes_follow")),
+    Mutant("DNO regulariser's covariance gap without the absolute value", "jaxalign/methods/dno.py",
+           "covariance_gap = jnp.max(jnp.abs(jnp.linalg.eigvalsh(covariance - jnp.eye(subsample))))",
+           "covariance_gap = jnp.max(jnp.linalg.eigvalsh(covariance - jnp.eye(subsample)))", ("tests/test_dno.py", "-k", "regularizer")),
+    Mutant("hybrid DNO estimate normalised by its squared norm", "jaxalign/methods/dno.py",
+           "return g / (jnp.linalg.norm(g) + 1e-3)", "return g / (jnp.linalg.norm(g) ** 2 + 1e-3)", ("tests/test_dno.py", "-k", "hand_example")),
 ]  # fmt: skip
 
 

@@ -24,6 +24,10 @@ def test_regularizer_is_flat_on_typical_noise_and_matches_a_hand_computed_value(
     n = 1024
     expected = n + n * (1 - 2 / math.sqrt(n)) ** 2
     assert float(probability_regularizer(jax.random.key(2), jnp.ones(4 * n))) == pytest.approx(expected, rel=1e-5)
+    # A constant 0.5: mean norm 1 (log p_mean = -n / 8), covariance all-0.25 (eigenvalues 1, 0, 0, 0), so C - I has
+    # eigenvalues 0, -1, -1, -1: the spectral norm needs the absolute value (the largest eigenvalue is 0).
+    expected = n / 4 + n * (math.sqrt(2) - 1 - 2 / math.sqrt(n)) ** 2
+    assert float(probability_regularizer(jax.random.key(2), 0.5 * jnp.ones(4 * n))) == pytest.approx(expected, rel=1e-5)
 
 
 def _toy(method, popsize, steps=8, **options):
@@ -119,3 +123,12 @@ def test_a_chain_with_a_non_finite_gradient_skips_its_step_as_the_reference_grad
     assert count_leaf and all(np.array_equal(np.asarray(c), [1, 0, 0]) for c in count_leaf)
     for new, old in zip(jax.tree.leaves(new_state), jax.tree.leaves(state)):
         np.testing.assert_array_equal(np.asarray(new)[1:], np.asarray(old)[1:])
+
+
+def test_hybrid_image_space_estimate_is_the_normalised_sum_on_a_hand_example():
+    """sum_i (l_i - l_0)(img_i - img_0) / (||.|| + 1e-3): a sum over perturbations (not a mean), normalised by the
+    norm plus 1e-3 (not its square). l = (1, 3, 0.5), images (0, 0), (1, 2), (-2, 1): g = 2 (1, 2) - 0.5 (-2, 1)."""
+    g = np.asarray([3.0, 3.5])
+    expected = g / (math.sqrt(21.25) + 1e-3)
+    got = image_space_gradient(jnp.asarray([1.0, 3.0, 0.5]), jnp.asarray([[0.0, 0.0], [1.0, 2.0], [-2.0, 1.0]]))
+    np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-6)

@@ -137,6 +137,8 @@ def test_dsearch_bad_options_are_one_line_errors():
         _toy_search("dsearch", 4, {})
     with pytest.raises(JaxalignError, match="replace_rate \\* beam must be at least 1"):
         _toy_search("dsearch", 8, {"oversampling": 1, "drop_schedule": "none", "replace_rate": 0.05})
+    with pytest.raises(JaxalignError, match="replace_rate \\* beam must be at least 1"):  # int(0.8) = 0; round would give 1
+        _toy_search("dsearch", 8, {"oversampling": 1, "drop_schedule": "none", "replace_rate": 0.1})
     with pytest.raises(JaxalignError, match="unknown drop_schedule 'cubic'; valid: exponential, quadratic, linear, sigmoid, none"):
         _toy_search("dsearch", 10, {"drop_schedule": "cubic"})
     with pytest.raises(JaxalignError, match="unknown search_schedule"):

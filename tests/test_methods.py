@@ -150,3 +150,16 @@ def test_hybrid_dno_differences_the_raw_decoder_output_by_default_as_the_referen
     assert dict(METHODS["dno_hybrid"].static) == {"mode": "ode", "image_gradient": "raw"}
     with pytest.raises(JaxalignError, match="unknown method_params.image_gradient 'pixels'; valid: raw, clipped"):
         build(method_config("dno_hybrid", method_params={"image_gradient": "pixels"}), embedded)
+
+
+def test_method_defaults_are_the_official_numbers():
+    """Literal numbers of the official code, not the project's own table: DSearch's README run (M 5, E 5, w 5,
+    exponential schedules), SVDD's and DSearch's script default of 20 candidates (inference_decoding_nonp.py
+    --duplicate_size), the reference's zero-order threshold 0.95 (configs/baselines/sd.yaml), DNO's lr 0.01 and the
+    hybrid's mu 0.01 (benchmark_dno.py, benchmark_dno_nograd.py), torch AdamW's weight decay 0.01."""
+    assert dict(METHODS["dsearch"].static) == {"num_candidates": 5, "oversampling": 5, "search_schedule": "exponential", "drop_schedule": "exponential"}
+    assert dict(METHODS["dsearch"].numeric) == {"width": 5.0, "replace_rate": 0.0, "eta": 1.0}
+    assert dict(METHODS["svdd"].static) == {"num_candidates": 20} and dict(METHODS["svdd"].numeric) == {"eta": 1.0}
+    assert dict(METHODS["zero_order"].numeric) == {"cosine": 0.95}
+    dno = {"learning_rate": 0.01, "max_grad_norm": 1.0, "weight_decay": 0.01, "gamma": 0.0, "eta": 1.0}
+    assert dict(METHODS["dno"].numeric) == dno and dict(METHODS["dno_hybrid"].numeric) == {**dno, "perturbation": 0.01}

@@ -74,6 +74,11 @@ def test_cosyne_improves_a_simple_function():
         # Equal budget: archive round(2/3 popsize), children fill the popsize.
         ("equal_budget", 16, 11, 2, 5, 16, 0),
         ("equal_budget", 24, 16, 4, 8, 24, 0),
+        # Where the plausible alternatives differ: round(16 / 3) = 5 (ceil: 6), int(60 * 0.01) = 0 elites (round: 1),
+        # and max(1, archive // 4) at an archive of 3.
+        ("equal_budget", 8, 5, 1, 3, 8, 0),
+        ("reference", 60, 60, 15, 30, 90, 0),
+        ("equal_budget", 4, 3, 1, 1, 4, 0),
     ],
 )
 def test_cosyne_sizes_follow_evotorch(mode, popsize, archive, parents, children, asked, elites):

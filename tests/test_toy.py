@@ -49,3 +49,18 @@ def test_flow_samplers_draw_the_mixture(eta):
     if eta == 0.0:  # the deterministic sampler is the flow Euler scheduler itself
         deterministic = np.asarray(jax.jit(sampler.denoise)({}, jax.random.normal(jax.random.key(0), (100_000, 2, 1, 1)), problem.context, problem.uncond_context, 1.0))
         np.testing.assert_array_equal(deterministic.reshape(-1, 2), samples)
+
+
+def test_tilted_mixture_matches_hand_computed_weights_and_means():
+    """p(x) exp(b.x / alpha) for Gaussian components: weight w_k exp(mu_k.b / alpha + v_k |b|^2 / (2 alpha^2)), mean
+    mu_k + v_k b / alpha. Equal variances (two_modes) hide the variance term, so unequal ones check it too."""
+    from jaxalign.toy import GaussianMixture
+
+    even = two_modes().tilted([1.0, 0.0], 4.0)  # weights 1 / (1 + e^-1), means -2 + 1/16 and 2 + 1/16
+    np.testing.assert_allclose(even.weights, [0.2689414213699951, 0.7310585786300049], rtol=1e-12)
+    assert even.mean()[0] == pytest.approx(0.9867343145200196, rel=1e-12)
+    uneven = GaussianMixture(means=((-2.0, 0.0), (2.0, 0.0)), variances=(0.25, 1.0), weights=(0.5, 0.5)).tilted([1.0, 0.0], 4.0)
+    # log-weight difference 1 + 1/32 - 1/128; means -2 + 0.25/4 and 2 + 1/4
+    np.testing.assert_allclose(uneven.weights[1], 0.7356416417389247, rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(uneven.means)[:, 0], [-1.9375, 2.25], rtol=1e-12)
+    assert uneven.mean()[0] == pytest.approx(1.142999374781747, rel=1e-12)
