@@ -64,6 +64,16 @@ def test_resampling_is_unbiased(scheme):
         assert np.all(counts <= floors + 1)  # and at most one more
     if scheme == "ssp":
         assert np.all(np.diff(np.asarray(indices), axis=1) >= 0)  # sorted, as the official repeat(arange, counts)
+    # The defining property beyond the mean: multinomial counts have variance K w (1 - w) (within 15% over 4000
+    # draws), and stratified draws one uniform per stratum, so particle 1 (K w = 2 exactly) gets 1 or 3 copies in
+    # about a third of the draws, where systematic (one shared uniform) always gives exactly 2.
+    variance = counts.var(axis=0)
+    if scheme == "multinomial":
+        np.testing.assert_allclose(variance, k * WEIGHTS * (1 - WEIGHTS), rtol=0.15)
+    if scheme == "stratified":
+        assert 0.2 < np.mean(counts[:, 1] != 2) < 0.45
+    if scheme == "systematic":
+        assert np.all(counts[:, 1] == 2)
 
 
 def _official_ssp(weights, uniforms):
