@@ -53,6 +53,7 @@ class Sampler(NamedTuple):
     stochastic: bool = False  # whether the scheduler has a stochastic transition (see ``bind``)
     remat: bool = False  # backward passes recompute each step's forward pass (budgets count it)
     bind: Callable[..., Denoiser] | None = None  # (params, context, uncond_context, guidance_scale) -> Denoiser
+    clip_images: Callable[[jax.Array], jax.Array] | None = None  # decode(p, z) == clip_images(decode(p, z, clip=False))
 
 
 def make_sampler(
@@ -160,5 +161,6 @@ def make_sampler(
         stochastic=solver.stochastic,
         remat=remat,
         bind=bind,
+        clip_images=model.clip_images,
     )
 

@@ -97,6 +97,10 @@ class GaussianMixture:
     def decode(self, params, latents, clip: bool = True):
         return latents.reshape(latents.shape[0], *self.image_shape)
 
+    @staticmethod
+    def clip_images(images):
+        return images  # the toy's "images" are points: nothing to clip
+
     def sample(self, key, count: int) -> jax.Array:
         """Exact draws from the mixture: [count, dim]."""
         component_key, noise_key = jax.random.split(key)

@@ -200,7 +200,7 @@ def image_space_gradient(losses, images):
 
 
 # Where dno_hybrid differences images and pulls its estimate back: the decoder's raw output on its [-1, 1] scale (the
-# reference's benchmark_dno_nograd.py, so saturated pixels still pass gradient; a second decode), or the scored images.
+# reference's benchmark_dno_nograd.py, so saturated pixels still pass gradient), or the scored (clipped) images.
 IMAGE_GRADIENTS = ("raw", "clipped")
 
 
@@ -208,9 +208,12 @@ def _dno_hybrid(context: Context, numeric, mode: str, image_gradient: str):
     popsize, length, dim = context.popsize, _chain_length(context, mode), math.prod(context.latent_shape)
     denoise, decode, optimizer = latent_renderer(context, mode), context.sampler.decode, _optimizer()
 
-    def images_and_space(model_params, latents):
+    def images_and_space(model_params, latents):  # one decode per member either way
+        if image_gradient == "raw":
+            raw = decode(model_params, latents, False)
+            return context.sampler.clip_images(raw), 2.0 * raw - 1.0
         images = decode(model_params, latents)
-        return images, (2.0 * decode(model_params, latents, False) - 1.0 if image_gradient == "raw" else images)
+        return images, images
 
     def propose(key, state: ChainState, params, problem):
         perturbations = params.method["perturbation"] * jax.random.normal(key, (popsize - 1, length))

@@ -150,6 +150,11 @@ class DiffusionModel:
         """Images [B, H, W, 3] in [0, 1] from latents [B, c, h, w]; ``clip=False`` leaves them unclipped."""
         return self.autoencoder.decode(params["vae"], latents, clip)
 
+    @staticmethod
+    def clip_images(images: jax.Array) -> jax.Array:
+        """What ``decode`` does to its unclipped output (``decode(p, z) == clip_images(decode(p, z, False))``)."""
+        return jnp.clip(images, 0.0, 1.0)
+
     def encode(self, params: Params, images: jax.Array) -> tuple[jax.Array, jax.Array]:
         """The autoencoder posterior's mean and log-variance [B, c, h, w] (normalised like the sampler's
         latents) for images [B, H, W, 3] in [0, 1]."""
