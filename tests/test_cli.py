@@ -96,7 +96,7 @@ BAD_INPUTS = {
     "unknown CoSyNE mode": (["--config.strategy_params.mode=fast"], "cannot build strategy 'CoSyNE' with popsize 16: mode must be one of equal_budget, reference, got 'fast'"),
     "too many CoSyNE elites": (["--config.strategy_params.num_elites=20"], r"cannot build strategy 'CoSyNE' with popsize 16: num_elites must be in \[0, 11\]"),
     "odd reference children": (["--config.strategy_params={'mode': 'reference', 'num_children': 3}"], "num_children must be even in reference mode"),
-    "non-numeric strategy param": (["--config.strategy=SNES", "--config.strategy_params.std_init=abc"], "strategy_params.std_init must be a number, got 'abc'"),
+    "non-numeric strategy param": (["--config.strategy=SNES", "--config.strategy_params.std_init=abc"], "strategy_params.std_init for SNES must be a finite number, got 'abc'"),
     "missing prompt file": (["--config.prompt_file=/nonexistent/prompts.txt"], "prompt_file not found"),
     "learned reward without weights": (["--config.rewards={'hpsv2': 1.0}"], "reward 'hpsv2' needs its checkpoint: set --config.reward_paths.hpsv2"),
     "missing reward weights": (["--config.rewards={'aesthetic': 1.0}", "--config.reward_paths.aesthetic={'path': '/nonexistent/a.pth', 'clip': '/nonexistent/clip'}"],

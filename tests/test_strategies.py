@@ -265,7 +265,7 @@ def test_strategy_params_overrides_and_unknown_fields():
     assert float(params.std_init) == 0.25
     with pytest.raises(JaxalignError, match="unknown strategy_params bogus for SNES; valid: .*std_init"):
         split_options("SNES", {"bogus": 1.0})
-    with pytest.raises(JaxalignError, match="strategy_params.std_init must be a number, got 'abc'"):
+    with pytest.raises(JaxalignError, match="strategy_params.std_init for SNES must be a finite number, got 'abc'"):
         make_params(strategy, {"std_init": "abc"}, "SNES")
 
 
