@@ -62,6 +62,30 @@ def test_dno_takes_a_clipped_adamw_step_on_the_true_gradient():
         np.testing.assert_allclose(updated, expected, rtol=1e-4, atol=1e-6)
 
 
+def test_dno_second_step_is_adamw_with_the_official_moments_and_bias_correction():
+    """Adam's first step is sign-like whatever b1, b2 and the bias correction are; the second one tells them apart:
+    a NumPy AdamW (b1 0.9, b2 0.999, eps 1e-8, bias-corrected, decay lr * wd * z, gradients clipped to norm 1) on the
+    true gradients at both points."""
+    model, sampler, search = _toy("dno", 4)
+    params, problem = search.default_params(guidance_scale=1.0), model.problem()
+    state = search.start({}, problem, params, search.init(jax.random.key(0), problem, params))[0]
+    chains = [np.asarray(state.method_state.noises, np.float64)]
+    for _ in range(2):
+        state = search.step({}, problem, params, state)[0]
+        chains.append(np.asarray(state.method_state.noises, np.float64))
+    gradient = jax.grad(_rendered_reward(model, sampler))
+    lr, wd, b1, b2, eps = 0.01, 0.01, 0.9, 0.999, 1e-8
+    for member in range(len(chains[0])):
+        z, m, v = chains[0][member], 0.0, 0.0
+        for t in (1, 2):
+            g = -np.asarray(gradient(jnp.asarray(z, jnp.float32)), np.float64)
+            g = g * min(1.0, 1.0 / np.linalg.norm(g))
+            m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+            z = z - lr * ((m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps) + wd * z)
+            # The step's size is lr ~ 0.01 per entry: 1e-6 is a thousandth of it.
+            np.testing.assert_allclose(chains[t][member], z, rtol=0, atol=2e-6)
+
+
 def test_hybrid_estimate_points_along_the_true_gradient():
     model, sampler, _ = _toy("dno_hybrid", 4)
     problem = model.problem()

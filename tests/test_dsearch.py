@@ -8,7 +8,7 @@ import pytest
 
 from jaxalign.errors import JaxalignError
 from jaxalign.methods import Context, build_method
-from jaxalign.methods.dsearch import drop_sizes, prune, replace_worst, search_probabilities, select_children
+from jaxalign.methods.dsearch import beam_search, drop_sizes, expected_cost, prune, replace_worst, search_probabilities, select_children
 from jaxalign.sampler import Denoiser, make_sampler
 from jaxalign.toy import linear_reward, two_modes
 
@@ -193,3 +193,47 @@ def test_widened_child_count_is_the_official_integer_part_without_float32_shortf
                 assert got[n0, beam] == int(exact), (width, num_candidates, popsize[n0, 0], alive[0, beam])
             assert np.all(got[np.arange(2, 65)[:, None] <= np.arange(1, 65)[None, :]] == int(width * num_candidates))
     assert int(widened_count(3.0, 5, 21, 5)) == 63 and int(np.floor(np.float32(3.0) * 5 * (np.float32(21) / np.float32(5)))) == 62
+
+
+def _still_denoiser(num_steps):
+    """Children equal their parents (std 0), so a run's beam shows only what selection, pruning and replacement did."""
+    return Denoiser(
+        output=lambda x, i: jnp.zeros_like(x),
+        transition=lambda x, out, i, eta: (x, jnp.float32(0.0)),
+        predicted_clean=lambda x, out, i: x,
+        decode=lambda z: z,
+        num_steps=num_steps,
+    )
+
+
+@pytest.mark.parametrize("width,num_candidates", [(1.5, 3), (1.0, 2), (2.0, 1)])
+def test_expected_cost_is_a_deterministic_runs_spend(width, num_candidates):
+    # With every search coin fixed at 0 or 1 the expectation has nothing to average: it must be the run's own count.
+    # Sizes where alive * count is not a multiple of N0, so a floor or a round of the chunk count would differ.
+    popsize, final_beam, steps = 7, 2, 6
+    beam_after = drop_sizes("exponential", steps, popsize, final_beam)
+    for probability in ([0, 1, 1, 0, 1], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0], [1, 0, 0, 1, 0]):
+        probability = np.asarray(probability, np.float32)
+        _, spent = beam_search(
+            jax.random.key(1), _still_denoiser(steps), lambda clean: clean[:, 0], popsize=popsize, latent_shape=(1,),
+            final_beam=final_beam, num_candidates=num_candidates, search_probability=probability, beam_after=beam_after,
+            width=width, replace_rate=0.0, eta=1.0,
+        )  # fmt: skip
+        expected = expected_cost(popsize, final_beam, num_candidates, probability, beam_after, width)
+        assert {k: int(v) for k, v in spent.items()} == expected, probability
+
+
+@pytest.mark.parametrize("replace_rate,replaced", [(0.45, 3), (0.3, 2), (0.74, 5)])
+def test_beam_search_replaces_the_floor_of_rate_times_beam(replace_rate, replaced):
+    # 8 x 0.45 = 3.6 (floor 3, round 4), 8 x 0.3 = 2.4, 8 x 0.74 = 5.92 (floor 5, round 6): the official int().
+    popsize = 8
+    start = np.asarray(jax.random.normal(jax.random.split(jax.random.key(4), 3)[1], (popsize, 1)))[:, 0]
+    final, _ = beam_search(
+        jax.random.key(4), _still_denoiser(2), lambda clean: clean[:, 0], popsize=popsize, latent_shape=(1,),
+        final_beam=popsize, num_candidates=1, search_probability=np.zeros(1, np.float32),
+        beam_after=np.full(1, popsize, np.int32), width=1.0, replace_rate=replace_rate, eta=1.0,
+    )  # fmt: skip
+    final = np.asarray(final)[:, 0]
+    survivors = start[np.sort(np.argsort(start)[replaced:])]  # the lowest `replaced` gone, the order kept
+    np.testing.assert_array_equal(final[: popsize - replaced], survivors)
+    assert np.isin(final[popsize - replaced :], survivors).all()
