@@ -74,6 +74,8 @@ def default_config() -> ml_collections.ConfigDict:
     # Long runs.
     c.checkpoint_every = 5  # save the search state every K generations (0: never); `--resume` continues
     c.compilation_cache_dir = ""  # persistent XLA compilation cache shared by runs; "" disables it
+    # Experiment trackers beside metrics.jsonl, comma-separated: tensorboard | wandb (offline without network); "" none
+    c.loggers = ""
     return c
 
 
@@ -250,6 +252,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     from jaxalign.schedulers import AUTO, SCHEDULERS
     from jaxalign.spaces import SPACES
     from jaxalign.strategies import STRATEGIES
+    from jaxalign.trackers import parse_loggers
 
     check_fields(config)
     if not 2 <= config.popsize <= MAX_POPSIZE:
@@ -308,6 +311,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
             parse_reward(name)
         if not isinstance(weight, (int, float)) or not math.isfinite(weight):
             raise JaxalignError(f"reward weight for {name!r} must be a finite number, got {weight!r}")
+    parse_loggers(config.loggers)
     read_prompts(config)
 
 

@@ -11,7 +11,8 @@ each prompt with the same compiled generation step and writes, per prompt:
   generation's own outputs);
 * ``images/final_population.npy``: the images of the last generation, uint8 [P, H, W, 3] (for
   ``jaxalign eval``'s population diversity);
-* ``summary.json``, ``fitness.png``, and ``best_solution.npy`` / ``best_latent.npy``.
+* ``summary.json``, ``fitness.png``, and ``best_solution.npy`` / ``best_latent.npy``;
+* with ``config.loggers``, the same lines and best images in TensorBoard or W&B (:mod:`jaxalign.trackers`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from jaxalign.models import CLASSIFIER_FREE, NO_GUIDANCE, DiffusionModel, load_m
 from jaxalign.rewards import Objective, weighted_sum
 from jaxalign.sampler import make_sampler
 from jaxalign.search import Problem, Search, SearchParams, batched, device_mesh, prompt_sharding, shard_over_devices
+from jaxalign.trackers import Tracker, open_trackers, parse_loggers
 
 
 @dataclasses.dataclass
@@ -144,11 +146,19 @@ def _check_run_files(outs: list[Path]) -> None:
 
 def make_problem(job: Job, prompt: str, index: int) -> tuple[Problem, jax.Array]:
     """The prompt's conditioning and centre latent, and the key its search starts from."""
-    key = jax.random.fold_in(jax.random.key(job.config.seed), index)
+    key = jax.random.fold_in(seed_key(job.config.seed), index)
     centre_key, search_key = jax.random.split(key)
     context, uncond_context = job.model.conditioning(job.model_params, prompt, job.config.negative_prompt)
     centre = jax.random.normal(centre_key, job.latent_shape, jnp.float32)
     return Problem(context=context, uncond_context=uncond_context, centre=centre, reward_inputs=job.objective.prepare(prompt)), search_key
+
+
+def seed_key(seed: int) -> jax.Array:
+    """The key of a seed in [0, 2**63). With 64-bit types off, ``jax.random.key`` keeps only a seed's low 32 bits
+    (2**32 + 5 would alias 5); threefry's key data is the seed's two 32-bit halves, as JAX makes it with x64 on."""
+    if seed < 2**32:
+        return jax.random.key(seed)
+    return jax.random.wrap_key_data(np.asarray([seed >> 32, seed & 0xFFFFFFFF], np.uint32), impl="threefry2x32")
 
 
 def run(job: Job, workdir: str | Path, progress: bool = True, resume: bool = False, overwrite: bool = False) -> list[dict]:
@@ -176,15 +186,19 @@ def run(job: Job, workdir: str | Path, progress: bool = True, resume: bool = Fal
     workdir.mkdir(parents=True, exist_ok=True)
     write_marker(workdir, "run")  # first, so a run killed at any later instant is still recognised as one
     write_json(config_file, config.to_dict())
-    with compilation_cache(config.compilation_cache_dir) as cache_hits:
-        summaries = _search_prompts(job, workdir, outs, progress, resume, cache_hits)
+    tracker = open_trackers(parse_loggers(config.loggers), workdir, config.to_dict(), resume)
+    try:
+        with compilation_cache(config.compilation_cache_dir) as cache_hits:
+            summaries = _search_prompts(job, workdir, outs, progress, resume, cache_hits, tracker)
+    finally:
+        tracker.close()
     ordered = [summaries[i] for i in range(len(job.prompts))]
     if several:
         write_json(workdir / "summary.json", {"prompts": ordered})
     return ordered
 
 
-def _search_prompts(job: Job, workdir: Path, outs: list[Path], progress: bool, resume: bool, cache_hits) -> dict[int, dict]:
+def _search_prompts(job: Job, workdir: Path, outs: list[Path], progress: bool, resume: bool, cache_hits, tracker: Tracker) -> dict[int, dict]:
     """Search every prompt not finished yet (all together with ``batch_prompts``); their summaries by index."""
     config = job.config
     several = len(job.prompts) > 1
@@ -213,7 +227,7 @@ def _search_prompts(job: Job, workdir: Path, outs: list[Path], progress: bool, r
             compiled[len(members)] = (first, later)
             memory[len(members)] = step_memory_bytes(later)
             compile_s, from_cache = time.perf_counter() - began, cache_hits() > hits
-        recorders = [Recorder(job, job.prompts[i], outs[i]) for i in members]
+        recorders = [Recorder(job, job.prompts[i], outs[i], tracker, "" if outs[i] == workdir else outs[i].name) for i in members]
         for recorder, summary in zip(recorders, search_group(job, compiled[len(members)], problem, state, recorders, checkpoints, progress, resume)):
             summary["compile_s"] = round(compile_s, 3)
             summary["prompts_per_step"] = len(members)
@@ -282,8 +296,8 @@ def compilation_cache(directory: str | Path | None):
 class Recorder:
     """One prompt's outputs: its metrics lines, images and summary."""
 
-    def __init__(self, job: Job, prompt: str, out: Path):
-        self.job, self.prompt, self.out = job, prompt, out
+    def __init__(self, job: Job, prompt: str, out: Path, tracker: Tracker | None = None, run_key: str = ""):
+        self.job, self.prompt, self.out, self.tracker, self.run_key = job, prompt, out, tracker, run_key
         self.lines: list[dict] = []
         self.stopped_because: str | None = None
         (out / "images").mkdir(parents=True, exist_ok=True)
@@ -305,15 +319,17 @@ class Recorder:
         used = {k: int(v) for k, v in jax.device_get(report.spent).items()}
         if generation == 0:
             baseline = (state.baseline_fitness, state.baseline_components, state.baseline_image)
-            line = _baseline_line(baseline, report, seconds, used)
-            _save_image(state.baseline_image, self.out / "images" / "baseline.png")
+            line, image = _baseline_line(baseline, report, seconds, used), state.baseline_image
+            _save_image(image, self.out / "images" / "baseline.png")
         else:
-            line = _generation_line(generation, report, seconds, used, config.maximize)
-            _save_image(report.best_image, self.out / "images" / f"step_{generation:04d}.png")
+            line, image = _generation_line(generation, report, seconds, used, config.maximize), report.best_image
+            _save_image(image, self.out / "images" / f"step_{generation:04d}.png")
         line["elapsed_s"] = round(elapsed, 4)
         self._file.write(json.dumps(line) + "\n")
         self._file.flush()
         os.fsync(self._file.fileno())
+        if self.tracker is not None:
+            self.tracker.log(self.run_key, generation, line, _to_uint8(image))
         self.lines.append(line)
         self.stopped_because = _stop_reason(config, line, generation)
 

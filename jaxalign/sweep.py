@@ -79,6 +79,11 @@ def check_sweep(config: ml_collections.ConfigDict) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise JaxalignError(f"sweep {field} must be an integer >= {least}, got {value!r}")
     read_prompts(config.base)
+    seen: dict[str, int] = {}
+    for index, (name, _) in enumerate(expand(config)):
+        if name in seen:  # one folder for two runs: the aggregate would count one twice, or the sweep never finish
+            raise JaxalignError(f"sweep jobs {seen[name]} and {index} both run in folder {name!r}: an axis repeats an entry, or two entries print alike (e.g. reward weights equal to 6 digits); make them distinct")
+        seen[name] = index
 
 
 def expand(config: ml_collections.ConfigDict) -> list[tuple[str, ml_collections.ConfigDict]]:

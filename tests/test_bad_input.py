@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+import jax
+import numpy as np
 import pytest
 from conftest import small_config
 
@@ -270,6 +272,17 @@ def test_binary_and_directory_prompt_files(tmp_path, capsys):
     binary.write_bytes(bytes(range(256)) * 4)
     fails_cleanly(["run", "--config", RED_PIXELS, f"--config.prompt_file={binary}", "--workdir", str(tmp_path / "out")], capsys, "is not UTF-8 text", tmp_path / "out")
     fails_cleanly(["run", "--config", RED_PIXELS, f"--config.prompt_file={tmp_path}", "--workdir", str(tmp_path / "out")], capsys, "is a directory", tmp_path / "out")
+
+
+def test_seeds_use_all_63_bits_as_jax_keys_them_with_64_bit_types():
+    from jaxalign.run import seed_key
+
+    for seed in (5, 2**32 - 1, 2**32 + 5, 2**40 + 7, 2**63 - 1):
+        with jax.enable_x64(True):
+            expected = np.asarray(jax.random.key_data(jax.random.key(seed)))
+        np.testing.assert_array_equal(np.asarray(jax.random.key_data(seed_key(seed))), expected)
+    np.testing.assert_array_equal(jax.random.key_data(seed_key(5)), jax.random.key_data(jax.random.key(5)))  # small seeds: as before
+    assert not np.array_equal(jax.random.key_data(seed_key(2**32 + 5)), jax.random.key_data(seed_key(5)))
 
 
 def test_sweep_seeds_must_be_integers(tmp_path):

@@ -80,42 +80,79 @@ def run_here(workdir, *extra):
     return json.loads(Path(workdir, "summary.json").read_text())
 
 
+EIGHT = {**ENV, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+POPULATION = ["--config.popsize=8", "--config.steps=4", "--config.checkpoint_every=2", "--config.rewards={'brightness': 1.0, 'contrast': 1.0}"]
+AXES = ["--config.popsize=8", "--config.steps=3", "--config.batch_prompts=true", f"--config.prompts={PROMPTS[:2]!r}", "--config.rewards={'brightness': 1.0}"]
+FLUX = ["--config.popsize=4", "--config.steps=2", "--config.guidance_scale=3.5", "--config.rewards={'brightness': 1.0}"]
+RUNS_ON_EIGHT = {  # workdir -> arguments
+    "evolution": [*POPULATION, "--config.method=evolution"],
+    "random": [*POPULATION, "--config.method=random"],
+    "axes": AXES,
+    "flux": [*FLUX, "--config.shard_params=true"],
+}
+
+
+@pytest.fixture(scope="module")
+def eight_devices(tmp_path_factory):
+    """The 8-device runs, all in one process on 8 CPU devices (one JAX start and model load for all of them; their
+    programs go to a compilation cache that the resume test's process reads)."""
+    from jaxalign.testing import tiny_pytorch_pipeline
+
+    root = tmp_path_factory.mktemp("eight_devices")
+    tiny_pytorch_pipeline("flux", root / "flux_model", seed=2)
+    runs = {
+        name: ["run", "--config", RED_PIXELS, "--workdir", str(root / name), "--no-progress", *SMALL, f"--config.compilation_cache_dir={root / 'xla-cache'}",
+               *args, *([f"--config.model={root / 'flux_model'}"] if name == "flux" else [])]
+        for name, args in RUNS_ON_EIGHT.items()
+    }  # fmt: skip
+    script = "import json, sys\nfrom jaxalign.cli import main\nsys.exit(max(main(args) for args in json.loads(sys.argv[1])))"
+    result = subprocess.run([sys.executable, "-c", script, json.dumps(list(runs.values()))], env=EIGHT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr
+    return root, runs
+
+
+def _summary(folder):
+    return json.loads(Path(folder, "summary.json").read_text())
+
+
+@pytest.mark.xdist_group("eight_devices")
 @pytest.mark.parametrize("method", ["evolution", "random"])
-def test_population_sharded_over_eight_devices_matches_one_device(tmp_path, method):
-    extra = ["--config.popsize=8", "--config.steps=3", "--config.rewards={'brightness': 1.0, 'contrast': 1.0}", f"--config.method={method}"]
-    eight = {**ENV, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-    sharded = run_cli(tmp_path / "sharded", *extra, env=eight)
-    single = run_here(tmp_path / "single", *extra)
+def test_population_sharded_over_eight_devices_matches_one_device(tmp_path, eight_devices, method):
+    root, _ = eight_devices
+    single = run_here(tmp_path / "single", *RUNS_ON_EIGHT[method])
+    sharded = _summary(root / method)
     assert sharded["num_devices"] == 8 and sharded["population_sharded_over"] == 8
     assert single["num_devices"] == 1 and single["population_sharded_over"] == 1
-    assert_same_metrics(metrics(tmp_path / "sharded"), metrics(tmp_path / "single"), rel=1e-4)
+    assert_same_metrics(metrics(root / method), metrics(tmp_path / "single"), rel=1e-4)
 
 
-def test_prompt_and_population_axes_sharded_over_eight_devices(tmp_path):
-    extra = ["--config.popsize=8", "--config.steps=3", "--config.batch_prompts=true", f"--config.prompts={PROMPTS[:2]!r}",
-             "--config.rewards={'brightness': 1.0}"]  # fmt: skip
-    eight = {**ENV, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-    run_cli(tmp_path / "sharded", *extra, env=eight)
-    run_here(tmp_path / "single", *extra)
+@pytest.mark.xdist_group("eight_devices")
+def test_prompt_and_population_axes_sharded_over_eight_devices(tmp_path, eight_devices):
+    root, _ = eight_devices
+    run_here(tmp_path / "single", *AXES)
     for folder in ("000_a_red_circle", "001_a_blue_square"):
-        summary = json.loads((tmp_path / "sharded" / folder / "summary.json").read_text())
+        summary = _summary(root / "axes" / folder)
         assert (summary["prompts_sharded_over"], summary["population_sharded_over"]) == (2, 4)
-        assert_same_metrics(metrics(tmp_path / "sharded" / folder), metrics(tmp_path / "single" / folder), rel=1e-4)
+        assert_same_metrics(metrics(root / "axes" / folder), metrics(tmp_path / "single" / folder), rel=1e-4)
 
 
-def test_sharded_run_resumes_from_checkpoint(tmp_path):
-    extra = ["--config.popsize=8", "--config.steps=4", "--config.checkpoint_every=2", "--config.rewards={'brightness': 1.0}"]
-    eight = {**ENV, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-    run_cli(tmp_path / "run", *extra, env=eight)
-    complete = metrics(tmp_path / "run")
+@pytest.mark.xdist_group("eight_devices")
+def test_sharded_run_resumes_from_checkpoint(tmp_path, eight_devices):
+    root, runs = eight_devices
+    run = tmp_path / "run"
+    shutil.copytree(root / "evolution", run)
+    complete = metrics(run)
     # As if killed after generation 3 was logged: the newest usable checkpoint is generation 2.
-    (tmp_path / "run" / "summary.json").unlink()
-    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-    (tmp_path / "run" / "metrics.jsonl").write_text("\n".join(lines[:4]) + "\n")
-    shutil.rmtree(tmp_path / "run" / "checkpoints" / "4")
-    summary = run_cli(tmp_path / "run", *extra, "--resume", env=eight)
-    assert summary["population_sharded_over"] == 8
-    assert metrics(tmp_path / "run") == complete
+    (run / "summary.json").unlink()
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text("\n".join(lines[:4]) + "\n")
+    shutil.rmtree(run / "checkpoints" / "4")
+    arguments = runs["evolution"]
+    arguments = [*arguments[: arguments.index("--workdir") + 1], str(run), *arguments[arguments.index("--workdir") + 2 :], "--resume"]
+    result = subprocess.run([sys.executable, "-m", "jaxalign", *arguments], env=EIGHT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert _summary(run)["population_sharded_over"] == 8
+    assert metrics(run) == complete
 
 
 def test_persistent_compilation_cache_is_reused_across_processes(tmp_path):
@@ -130,17 +167,13 @@ def test_persistent_compilation_cache_is_reused_across_processes(tmp_path):
     assert metrics(tmp_path / "first") == metrics(tmp_path / "second")
 
 
-def test_flux_weights_sharded_over_eight_devices_give_the_same_run(tmp_path):
+@pytest.mark.xdist_group("eight_devices")
+def test_flux_weights_sharded_over_eight_devices_give_the_same_run(tmp_path, eight_devices):
     """shard_params=true splits a tiny Flux's weights over a "model" axis of 8 CPU devices: the same metrics as the
     unsharded run on one device."""
-    from jaxalign.testing import tiny_pytorch_pipeline
-
-    model = tmp_path / "flux"
-    tiny_pytorch_pipeline("flux", model, seed=2)
-    extra = [f"--config.model={model}", "--config.popsize=4", "--config.steps=2", "--config.guidance_scale=3.5", "--config.rewards={'brightness': 1.0}"]
-    eight = {**ENV, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-    sharded = run_cli(tmp_path / "sharded", *extra, "--config.shard_params=true", env=eight)
-    single = run_here(tmp_path / "single", *extra)
+    root, _ = eight_devices
+    single = run_here(tmp_path / "single", *FLUX, f"--config.model={root / 'flux_model'}")
+    sharded = _summary(root / "flux")
     assert sharded["num_devices"] == 8 and sharded["population_sharded_over"] == 1
     assert sharded["params_split"] > 4 and single["params_split"] == 1.0  # each device holds a fraction of the weights
-    assert_same_metrics(metrics(tmp_path / "sharded"), metrics(tmp_path / "single"), rel=1e-4)
+    assert_same_metrics(metrics(root / "flux"), metrics(tmp_path / "single"), rel=1e-4)

@@ -59,6 +59,19 @@ def test_bad_sweep_configs(tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
+@pytest.mark.parametrize(
+    "override, jobs",
+    [
+        ("--config.strategies=[{'name': 'CoSyNE'}, {'name': 'SNES'}, {'name': 'CoSyNE'}]", (0, 4)),  # seeds [0, 1]: 2 jobs each
+        ("--config.seeds=[3, 3]", (0, 1)),
+        ("--config.reward_sets=[{'brightness': 0.5000001}, {'brightness': 0.5000002}]", (0, 1)),  # both print as 0.5
+    ],
+)  # fmt: skip
+def test_sweep_refuses_two_jobs_in_one_folder(override, jobs):
+    with pytest.raises(JaxalignError, match=rf"sweep jobs {jobs[0]} and {jobs[1]} both run in folder"):
+        load_sweep_config(SWEEP, [*TINY, override])
+
+
 def test_sweep_script_reports_bad_input_in_one_line(tmp_path):
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "sweep.py"), "--config", str(SWEEP), "--workdir", str(tmp_path / "s"), "--config.spaces=[]"],
