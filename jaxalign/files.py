@@ -3,7 +3,9 @@ shards on other hosts), leaves the previous version or the new one, never half o
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import io
 import json
 import os
@@ -64,3 +66,38 @@ def marker_kind(workdir: Path) -> str | None:
     if not (isinstance(data, dict) and data.get("jaxalign") in ("run", "sweep") and data.get("format") == MARKER_FORMAT):
         raise JaxalignError(f"{path} is damaged or from another jaxalign version; this folder is left alone (use a new workdir)")
     return data["jaxalign"]
+
+
+# Held (flock) by the process working in a run folder; the OS releases it when that process ends, however it ends.
+LOCK = ".jaxalign-lock"
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: Path):
+    """Hold ``workdir``'s lock while the block runs (creating the folder); a second process is refused in one line."""
+    from jaxalign.errors import JaxalignError
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    handle = (workdir / LOCK).open("a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise JaxalignError(f"workdir {workdir} is in use by another jaxalign process; let it finish (or stop it) first") from None
+    try:
+        yield
+    finally:
+        handle.close()
+
+
+def clear_folder(workdir: Path) -> None:
+    """Remove everything in ``workdir`` but its lock (which this process holds)."""
+    import shutil
+
+    for child in workdir.iterdir():
+        if child.name == LOCK:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()

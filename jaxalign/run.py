@@ -24,7 +24,6 @@ import json
 import math
 import os
 import re
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -40,7 +39,7 @@ from PIL import Image
 from jaxalign.checkpoint import Checkpointer
 from jaxalign.config import OPEN_MAPPINGS, plain, read_prompts, validate
 from jaxalign.errors import JaxalignError
-from jaxalign.files import RUN_MARKER, marker_kind, replace_atomically, write_json, write_marker
+from jaxalign.files import LOCK, RUN_MARKER, clear_folder, marker_kind, replace_atomically, workdir_lock, write_json, write_marker
 from jaxalign.methods import METHODS, Context, build_method
 from jaxalign.models import CLASSIFIER_FREE, NO_GUIDANCE, DiffusionModel, load_model
 from jaxalign.rewards import Objective, weighted_sum
@@ -123,7 +122,7 @@ def check_workdir(workdir: str | Path, resume: bool = False, overwrite: bool = F
         raise JaxalignError(f"workdir {path} is not writable ({existing} is not a writable directory)")
     if resume and overwrite:
         raise JaxalignError("--resume and --overwrite exclude each other")
-    if path.is_dir() and any(path.iterdir()):
+    if path.is_dir() and any(child.name != LOCK for child in path.iterdir()):
         found = marker_kind(path)
         if found is None:
             raise JaxalignError(f"workdir {path} is not empty and holds no jaxalign {kind} (no {RUN_MARKER}); choose an empty or new directory")
@@ -170,6 +169,12 @@ def run(job: Job, workdir: str | Path, progress: bool = True, resume: bool = Fal
     A workdir holding another run is refused unless ``resume`` or ``overwrite`` (which clears it first).
     """
     workdir = check_workdir(workdir, resume=resume, overwrite=overwrite)
+    with workdir_lock(workdir):  # one process at a time in a run folder
+        summaries = _run_locked(job, workdir, progress, resume, overwrite)
+    return summaries
+
+
+def _run_locked(job: Job, workdir: Path, progress: bool, resume: bool, overwrite: bool) -> list[dict]:
     config = job.config
     config_file = workdir / "config.json"
     several = len(job.prompts) > 1
@@ -181,9 +186,8 @@ def run(job: Job, workdir: str | Path, progress: bool = True, resume: bool = Fal
             raise JaxalignError(f"cannot resume: {config_file} is not the JSON a run writes") from None
         check_same_config(saved, config.to_dict())
         _check_run_files([workdir, *outs])
-    if overwrite and workdir.is_dir():
-        shutil.rmtree(workdir)  # check_workdir made sure it holds a run (its marker) or nothing
-    workdir.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        clear_folder(workdir)  # check_workdir made sure it holds a run (its marker) or nothing
     write_marker(workdir, "run")  # first, so a run killed at any later instant is still recognised as one
     write_json(config_file, config.to_dict())
     tracker = open_trackers(parse_loggers(config.loggers), workdir, config.to_dict(), resume)

@@ -409,3 +409,28 @@ def test_every_declared_knob_refuses_non_finite_and_out_of_range_values(name, se
     changes = {**settings, mapping: {knob: value}}
     with pytest.raises(JaxalignError, match=message):
         build(small_config(**changes), embedded)
+
+
+def test_a_second_process_in_a_working_run_folder_is_refused_and_the_lock_dies_with_its_holder(tmp_path, capsys):
+    """A process that holds the folder's lock (as a running `jaxalign run` does) keeps out a second run and a resume;
+    once it is killed (SIGKILL: nothing cleans up) the folder is usable again."""
+    from jaxalign.files import LOCK
+
+    workdir = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import fcntl, pathlib, sys, time; p = pathlib.Path({str(workdir)!r}); p.mkdir(); h = (p / {LOCK!r}).open('a'); "
+         "fcntl.flock(h, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(600)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        for extra in ([], ["--resume"]):
+            assert main(["run", "--config", RED_PIXELS, "--workdir", str(workdir), *SMALL, "--config.steps=1", *extra]) == 2
+            err = capsys.readouterr().err.strip()
+            assert err == f"jaxalign: error: workdir {workdir} is in use by another jaxalign process; let it finish (or stop it) first"
+        assert [path.name for path in workdir.iterdir()] == [LOCK]  # nothing written
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(["run", "--config", RED_PIXELS, "--workdir", str(workdir), *SMALL, "--config.steps=1"]) == 0
+    assert (workdir / "summary.json").is_file()
