@@ -49,10 +49,11 @@ class Checkpointer:
             self._manager.save(generation, args=self._ocp.args.StandardSave(_to_storable(state)), force=True)
             self._manager.wait_until_finished()
 
-    def restore_latest(self, template: Any) -> tuple[int, Any] | None:
-        """The newest readable checkpoint as (step, state) shaped like ``template``, or None when there is none."""
+    def restore_latest(self, template: Any, at_most: int | None = None) -> tuple[int, Any] | None:
+        """The newest readable checkpoint (at step ``at_most`` or before, if given) as (step, state) shaped like
+        ``template``, or None when there is none; later steps are deleted (they are recomputed and saved again)."""
         target = jax.eval_shape(lambda: _to_storable(template))
-        steps = sorted(self._manager.all_steps(), reverse=True)
+        steps = sorted((step for step in self._manager.all_steps() if at_most is None or step <= at_most), reverse=True)
         for i, step in enumerate(steps):
             try:
                 restored = self._manager.restore(step, args=self._ocp.args.StandardRestore(target))

@@ -306,13 +306,13 @@ class Recorder:
         self.stopped_because: str | None = None
         (out / "images").mkdir(parents=True, exist_ok=True)
 
-    def resume_from(self, generation: int) -> bool:
-        kept = _read_lines(self.out / "metrics.jsonl")[: generation + 1]
-        if len(kept) != generation + 1:  # lines are written before each checkpoint; only a hand-edited file gets here
-            return False
-        self.lines = kept
-        self.stopped_because = _stop_reason(self.job.config, kept[-1], len(kept) - 1)
-        return True
+    def surviving_generation(self) -> int:
+        """The last generation whose metrics line is whole (-1: none)."""
+        return len(_read_lines(self.out / "metrics.jsonl")) - 1
+
+    def resume_from(self, generation: int) -> None:
+        self.lines = _read_lines(self.out / "metrics.jsonl")[: generation + 1]
+        self.stopped_because = _stop_reason(self.job.config, self.lines[-1], generation)
 
     def open(self):
         _rewrite_lines(self.out / "metrics.jsonl", self.lines)
@@ -400,14 +400,13 @@ def search_group(job: Job, steps, problem: Problem, state, recorders: list[Recor
     checkpointer = Checkpointer(checkpoints, config.checkpoint_every) if config.checkpoint_every > 0 else None
     done = -1
     if resume and checkpointer is not None:
-        restored = checkpointer.restore_latest(state)
-        if restored is not None and all(r.resume_from(restored[0]) for r in recorders):
+        # The newest checkpoint the surviving metrics reach: a file cut mid-line (a kill, a full disk) resumes from
+        # an earlier checkpoint instead of discarding them.
+        restored = checkpointer.restore_latest(state, at_most=min(recorder.surviving_generation() for recorder in recorders))
+        if restored is not None:
             done, state = restored
-        else:
-            if restored is not None:
-                print(f"jaxalign: warning: metrics in {recorders[0].out} are shorter than their checkpoint; starting over", file=sys.stderr)
             for recorder in recorders:
-                recorder.lines, recorder.stopped_because = [], None
+                recorder.resume_from(done)
     try:
         state = _search_generations(job, steps, problem, state, recorders, checkpointer, progress, done)
     finally:  # an interrupt still closes the checkpointer (removing a partial step) and the metrics files
@@ -512,7 +511,7 @@ def _read_lines(path: Path) -> list[dict]:
     if not path.is_file():
         return []
     lines = []
-    for text in path.read_text().splitlines():
+    for text in path.read_text(errors="replace").splitlines():
         try:
             lines.append(json.loads(text))
         except json.JSONDecodeError:  # a line cut short by a kill

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -48,6 +49,23 @@ def uninterrupted(tmp_path_factory, cache):
     return workdir
 
 
+@pytest.mark.xdist_group("resume")
+def test_metrics_cut_mid_line_resume_from_the_checkpoint_they_reach(uninterrupted, cache, tmp_path):
+    """A metrics file cut inside generation 5's line (a kill or a full disk while appending) reaches generation 4: the
+    resume restores checkpoint 4 (not the newer 6 and 7, which the lost lines belonged to) and ends as the
+    uninterrupted run."""
+    workdir = tmp_path / "run"
+    shutil.copytree(uninterrupted, workdir)
+    (workdir / "summary.json").unlink()
+    lines = (workdir / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (workdir / "metrics.jsonl").write_text("".join(lines[:5]) + lines[5][: len(lines[5]) // 2])
+    resumed = subprocess.run(command(workdir, cache, "--resume"), env=ENV, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert metrics(workdir) == metrics(uninterrupted)
+    assert sorted(int(step.name) for step in (workdir / "checkpoints").iterdir() if step.name.isdigit()) == [4, 6, 7]
+
+
+@pytest.mark.xdist_group("resume")
 @pytest.mark.parametrize("kill_after_lines", [2, 5])
 def test_sigkill_then_resume_matches_uninterrupted_run(uninterrupted, cache, tmp_path, kill_after_lines):
     workdir = tmp_path / "run"
@@ -68,6 +86,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(uninterrupted, cache, tmp
     assert summary["best_fitness"] == reference["best_fitness"] and summary["generations"] == 7
 
 
+@pytest.mark.xdist_group("resume")
 @pytest.mark.parametrize("method", ["dno"])
 def test_sigkill_then_resume_is_exact_for_optimizer_and_smc_methods(tmp_path, cache, method):
     """DNO's state is optax's (AdamW moments and step count): it resumes exactly. (The SMC methods, DAS and FK
