@@ -135,6 +135,38 @@ def check_workdir(workdir: str | Path, resume: bool = False, overwrite: bool = F
     return path
 
 
+INPUTS = "inputs.json"  # what the config points to, as the run found it: a resume must find the same
+
+
+def run_inputs(job: Job) -> dict:
+    """The prompts as read (a prompt file may be edited after a crash) and each local reward weight file's size and
+    modification time (hashing gigabytes of weights on every start would cost more than a replaced file is likely)."""
+    files = {}
+    for option in job.config.reward_paths.to_dict().values():
+        for value in option.values() if isinstance(option, dict) else [option]:
+            path = Path(str(value)).expanduser()
+            for file in sorted(path.rglob("*") if path.is_dir() else [path] if path.is_file() else []):
+                if file.is_file():
+                    files[str(file.absolute())] = [file.stat().st_size, file.stat().st_mtime_ns]
+    return {"prompts": job.prompts, "reward_files": files}
+
+
+def _check_same_inputs(path: Path, job: Job) -> None:
+    if not path.is_file():  # a run from before this record: nothing to compare
+        return
+    try:
+        saved = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise JaxalignError(f"cannot resume: {path} is not the JSON a run writes") from None
+    current = run_inputs(job)
+    if saved.get("prompts") != current["prompts"]:
+        raise JaxalignError(f"cannot resume: the prompts differ from the ones this run started with ({job.config.prompt_file or 'config.prompts'} changed); use a new workdir")
+    before, now = ({(name, tuple(stat)) for name, stat in files.items()} for files in (saved.get("reward_files", {}), current["reward_files"]))
+    changed = sorted(before ^ now)
+    if changed:
+        raise JaxalignError(f"cannot resume: reward weights changed since this run started ({changed[0][0]}); use a new workdir")
+
+
 def _check_run_files(outs: list[Path]) -> None:
     """A resumed workdir's files must be what a run writes (a hand-made directory named metrics.jsonl would crash later)."""
     for out in outs:
@@ -186,10 +218,12 @@ def _run_locked(job: Job, workdir: Path, progress: bool, resume: bool, overwrite
             raise JaxalignError(f"cannot resume: {config_file} is not the JSON a run writes") from None
         check_same_config(saved, config.to_dict())
         _check_run_files([workdir, *outs])
+        _check_same_inputs(workdir / INPUTS, job)
     if overwrite:
         clear_folder(workdir)  # check_workdir made sure it holds a run (its marker) or nothing
     write_marker(workdir, "run")  # first, so a run killed at any later instant is still recognised as one
     write_json(config_file, config.to_dict())
+    write_json(workdir / INPUTS, run_inputs(job))
     tracker = open_trackers(parse_loggers(config.loggers), workdir, config.to_dict(), resume)
     try:
         with compilation_cache(config.compilation_cache_dir) as cache_hits:

@@ -434,3 +434,33 @@ def test_a_second_process_in_a_working_run_folder_is_refused_and_the_lock_dies_w
         holder.wait()
     assert main(["run", "--config", RED_PIXELS, "--workdir", str(workdir), *SMALL, "--config.steps=1"]) == 0
     assert (workdir / "summary.json").is_file()
+
+
+def test_resume_refuses_other_prompts_or_changed_reward_weights(finished, tmp_path, capsys):
+    """A prompt file edited after a crash would mix two prompts in one run, and replaced weights two rewards: the run
+    keeps what it started with (inputs.json) and a resume that finds something else is refused, writing nothing."""
+    from types import SimpleNamespace
+
+    from jaxalign.config import default_config
+    from jaxalign.files import write_json
+    from jaxalign.run import _check_same_inputs, run_inputs
+
+    workdir = tmp_path / "run"
+    shutil.copytree(finished, workdir)
+    (workdir / "summary.json").unlink()  # as if interrupted
+    inputs = json.loads((workdir / "inputs.json").read_text())
+    assert inputs["prompts"] == ["a red circle on a blue background"]
+    (workdir / "inputs.json").write_text(json.dumps({**inputs, "prompts": ["a green square"]}))  # as the prompt file read then
+    fails_cleanly(["run", "--config", RED_PIXELS, "--workdir", str(workdir), *SMALL, "--resume"], capsys, "the prompts differ from the ones this run started with", workdir)
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "model.msgpack").write_bytes(b"1234")
+    config = default_config()
+    config.reward_paths = {"aesthetic": {"path": str(weights), "clip": "openai/clip-vit-large-patch14"}}
+    job = SimpleNamespace(config=config, prompts=["x"])
+    write_json(tmp_path / "inputs.json", run_inputs(job))
+    _check_same_inputs(tmp_path / "inputs.json", job)  # unchanged: accepted
+    (weights / "model.msgpack").write_bytes(b"12345")
+    with pytest.raises(JaxalignError, match=r"reward weights changed since this run started \(.*model\.msgpack\)"):
+        _check_same_inputs(tmp_path / "inputs.json", job)
