@@ -13,6 +13,7 @@ and ``eval.png`` (baselines above best images); in a sweep's workdir, ``runs.csv
 from __future__ import annotations
 
 import itertools
+import os
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -48,7 +49,11 @@ def load_image(path: Path) -> np.ndarray:
 
     if not path.is_file():
         raise JaxalignError(f"eval: image missing: {path}")
-    return np.asarray(Image.open(path).convert("RGB"), np.float32) / 255.0
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"), np.float32) / 255.0
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise JaxalignError(f"eval: {path} is not a readable image ({type(error).__name__}); re-run that run or remove it") from None
 
 
 def evaluate(workdir: str | Path, rewards: Sequence[str] | None = None, reward_paths: Mapping[str, Any] | None = None, clip: str | None = None) -> dict:
@@ -64,10 +69,16 @@ def evaluate(workdir: str | Path, rewards: Sequence[str] | None = None, reward_p
 
     workdir = Path(workdir)
     runs = find_runs(workdir)
+    if not os.access(workdir, os.W_OK | os.X_OK):  # before any scoring: eval's files go there
+        raise JaxalignError(f"eval: {workdir} is not writable (eval writes eval.json, eval.csv and eval.png there)")
     for name in rewards or ():
         REWARDS[name.partition(":")[0]]  # unknown names fail before any work
     summaries = [_read(run / "summary.json") for run in runs]
     images = [(load_image(run / "images" / "baseline.png"), load_image(run / s.get("best_image", "images/best.png"))) for run, s in zip(runs, summaries)]
+    sizes = {pair[k].shape for pair in images for k in (0, 1)}
+    if len(sizes) > 1:  # one grid and pairwise diversities need one size
+        odd = next(run for run, pair in zip(runs, images) if {pair[0].shape, pair[1].shape} != {images[0][0].shape})
+        raise JaxalignError(f"eval: images of different sizes ({', '.join(f'{h}x{w}' for h, w, _ in sorted(sizes))}), e.g. in {odd}; evaluate runs of one size together")
     # Runs on a shipped model draw the shapes world: its tiny CLIP and judge apply.
     clip_source = clip if clip is not None else (EMBEDDED if all(s.get("model") in EMBEDDED_MODELS for s in summaries) else None)
     embed = _clip_embedder(clip_source) if clip_source else None
@@ -130,7 +141,13 @@ def _population_diversity(path: Path, embed) -> dict[str, float]:
     """Diversity of a run's final population (none for runs from before it was saved, or of one image)."""
     if not path.is_file():
         return {}
-    population = np.load(path).astype(np.float32) / 255.0
+    try:
+        population = np.load(path, allow_pickle=False)  # never unpickle a file found in a folder
+    except (OSError, ValueError) as error:
+        raise JaxalignError(f"eval: {path} is not a saved population ({type(error).__name__}); re-run that run or remove the file") from None
+    if population.dtype != np.uint8 or population.ndim != 4 or population.shape[-1] != 3:
+        raise JaxalignError(f"eval: {path} is not a saved population (uint8 [P, H, W, 3]; got {population.dtype} {list(population.shape)})")
+    population = population.astype(np.float32) / 255.0
     if len(population) < 2:  # methods that return one image per generation (DAS, DSearch's final beam of one)
         return {}
     diversity = {"population_pixel_diversity": pixel_diversity(population)}

@@ -89,6 +89,10 @@ def test_eval_scores_judges_and_measures_diversity(sweep, capsys):
         ("missing image", [], "image missing: .*step_0003.png"),
         ("unknown reward", ["--rewards", "brightness,sparkle"], "unknown reward 'sparkle'"),
         ("bad reward path", ["--reward-path", "clip"], "--reward-path takes NAME=SOURCE"),
+        ("corrupt image", [], "seed_2/images/step_0003.png is not a readable image \\(OSError\\)"),
+        ("pickled population", [], "seed_2/images/final_population.npy is not a saved population \\(ValueError\\)"),
+        ("population of floats", [], "final_population.npy is not a saved population \\(uint8 \\[P, H, W, 3\\]; got float64 \\[3, 32, 32, 3\\]\\)"),
+        ("mixed sizes", [], "images of different sizes \\(32x32, 48x48\\), e.g. in .*seed_2"),
     ],
 )
 def test_eval_bad_input_is_one_line_and_writes_nothing(sweep, tmp_path, capsys, case, args, message):
@@ -100,8 +104,17 @@ def test_eval_bad_input_is_one_line_and_writes_nothing(sweep, tmp_path, capsys, 
             (workdir / ".jaxalign-workdir.json").write_text('{"jaxalign": "run", "format": 1}')
         if case == "foreign files, no marker":  # a finished run's files copied without the marker: not eval's to write into
             shutil.copytree(sweep / "seed_1", workdir / "copy")
+    images = sweep / "seed_2" / "images"
     if case == "missing image":
-        (sweep / "seed_2" / "images" / "step_0003.png").unlink()
+        (images / "step_0003.png").unlink()
+    if case == "corrupt image":
+        (images / "step_0003.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"cut short")
+    if case == "pickled population":  # never unpickled: a pickle can run code
+        np.save(images / "final_population.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    if case == "population of floats":
+        np.save(images / "final_population.npy", np.load(images / "final_population.npy") / 255.0)
+    if case == "mixed sizes":
+        Image.fromarray(np.zeros((48, 48, 3), np.uint8)).save(images / "step_0003.png")
     before = sorted(p.name for p in workdir.rglob("*"))
     assert main(["eval", "--workdir", str(workdir), *args]) == 2
     error = capsys.readouterr().err.strip()

@@ -16,7 +16,7 @@ from jaxalign.errors import JaxalignError
 from jaxalign.models.diffusion import DTYPES, Params
 from jaxalign.models.hub import EMBEDDED, EMBEDDED_CLIP_DIR, EMBEDDED_DIR, resolve_component
 from jaxalign.models.text import clip_tokenizer
-from jaxalign.models.weights import checked_tree, flatten_shapes, read_json, read_state_dict, read_weights, torch_to_flax
+from jaxalign.models.weights import checked_tree, flatten_shapes, quiet_flax_deprecation_notices, read_json, read_state_dict, read_weights, torch_to_flax
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -60,6 +60,7 @@ def load_clip(source: str, dtype: str = "float32") -> tuple[ClipModel, Params]:
     files, CLIP's own BPE tokenizer (the one shipped with the embedded model) is used: every OpenAI
     and LAION CLIP shares it, and the causal text tower ignores what the padding token is.
     """
+    quiet_flax_deprecation_notices()
     from transformers import CLIPConfig
 
     path = EMBEDDED_CLIP_DIR if source == EMBEDDED else resolve_component(source, "CLIP model")
@@ -74,6 +75,7 @@ def load_clip(source: str, dtype: str = "float32") -> tuple[ClipModel, Params]:
 def init_clip(config, seed: int = 0, mean: Sequence[float] = _CLIP_MEAN, std: Sequence[float] = _CLIP_STD) -> tuple[ClipModel, Params]:
     """A CLIP model of ``config`` (a transformers ``CLIPConfig``) with seeded random weights, for training;
     CLIP's BPE tokenizer (the embedded model's), images at the vision tower's size normalised by ``mean``/``std``."""
+    quiet_flax_deprecation_notices()
     from transformers import FlaxCLIPModel
 
     params = FlaxCLIPModel(config, seed=seed).params
@@ -84,6 +86,7 @@ def load_open_clip(checkpoint: str, architecture: dict, dtype: str = "float32") 
     """A CLIP model from an open_clip checkpoint (HPSv2's ``HPS_v2*_compressed.pt``), mapped to the
     transformers layout. ``architecture`` is open_clip's model config (``embed_dim``, ``vision_cfg``,
     ``text_cfg``), ViT-H-14's for HPSv2. Read with ``torch.load(weights_only=True)`` or safetensors."""
+    quiet_flax_deprecation_notices()
     from transformers import CLIPConfig
 
     path = Path(checkpoint).expanduser()

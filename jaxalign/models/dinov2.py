@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from jaxalign.errors import JaxalignError
 from jaxalign.models.diffusion import DTYPES, Params
 from jaxalign.models.hub import resolve_component
-from jaxalign.models.weights import read_json, read_weights
+from jaxalign.models.weights import quiet_flax_deprecation_notices, read_json, read_weights
 
 # BitImageProcessor's defaults, which DINOv2's preprocessor configs use.
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -37,6 +37,7 @@ class Dinov2:
 def load_dinov2(source: str, dtype: str = "float32") -> tuple[Dinov2, Params]:
     """DINOv2 from a transformers-format directory or a cached Hub repo id: ``config.json``, weights
     (safetensors / ``.bin`` / Flax) and ``preprocessor_config.json`` when present."""
+    quiet_flax_deprecation_notices()
     from transformers import Dinov2Config, FlaxDinov2Model
 
     path = resolve_component(source, "DINOv2 model")

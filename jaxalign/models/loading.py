@@ -14,9 +14,7 @@ Sources:
 
 from __future__ import annotations
 
-import functools
 import json
-import logging
 import os
 from pathlib import Path
 
@@ -28,7 +26,7 @@ from jaxalign.errors import JaxalignError
 from jaxalign.models.diffusion import DTYPES, DiffusionModel, Params
 from jaxalign.models.families import FAMILIES, ModelFamily, detect_family
 from jaxalign.models.hub import EMBEDDED, EMBEDDED_MODELS, resolve_model_dir
-from jaxalign.models.weights import read_json, read_weights, seeded_init
+from jaxalign.models.weights import quiet_flax_deprecation_notices, read_json, read_weights, seeded_init
 
 
 def load_model(source: str = EMBEDDED, dtype: str = "float32", family: str = "auto", shard_params: bool = False) -> tuple[DiffusionModel, Params]:
@@ -43,7 +41,7 @@ def load_model(source: str = EMBEDDED, dtype: str = "float32", family: str = "au
         raise JaxalignError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
     if family != "auto":
         FAMILIES[family]
-    _quiet_flax_deprecation_warnings()
+    quiet_flax_deprecation_notices()
     if source in EMBEDDED_MODELS:
         path, name = EMBEDDED_MODELS[source], source
     else:
@@ -61,7 +59,7 @@ def init_model(config_dir: str | os.PathLike, seed: int = 0, dtype: str = "float
     """A model from a diffusers-format directory's configs with fresh seeded weights (for training), or with
     ``abstract`` params (``jax.ShapeDtypeStruct``: nothing allocated), enough to lower and compile a program.
     ``on_device``: the weights drawn on the device (``seeded_init``'s ``device_dtype``), for large random models."""
-    _quiet_flax_deprecation_warnings()
+    quiet_flax_deprecation_notices()
     path = Path(config_dir)
     return _load(path, str(path), DTYPES[dtype], detect_family(path), seed=seed, abstract=abstract, on_device=on_device)
 
@@ -135,20 +133,3 @@ def save_model(model: DiffusionModel, params: Params, path: str | os.PathLike, w
     (path / "scheduler").mkdir(exist_ok=True)
     (path / "scheduler" / "scheduler_config.json").write_text(json.dumps(model.scheduler_config, indent=2) + "\n")
     (path / "model_index.json").write_text(json.dumps(model.family.index(model), indent=2) + "\n")
-
-class _DropFlaxDeprecationNotice(logging.Filter):
-    """Drops diffusers'/transformers' "Flax (JAX) classes are deprecated" notice, which they log each time a
-    Flax module is built or traced (the pins in pyproject.toml keep those classes); every other message passes."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "classes are deprecated and will be removed" not in record.getMessage()
-
-@functools.cache
-def _quiet_flax_deprecation_warnings() -> None:
-    # A filter on the libraries' own handlers rather than their verbosity: a caller's log levels stay as set.
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    for library in (diffusers_logging, transformers_logging):
-        for handler in library.get_logger().handlers:
-            handler.addFilter(_DropFlaxDeprecationNotice())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import re
 import zlib
@@ -239,3 +240,22 @@ def checked_tree(flat: dict, shapes: Any, source: Path) -> Any:
                 f"weight {'/'.join(key)} in {source} has shape {tuple(np.shape(leaf))}, its config expects {tuple(expected[key].shape)}"
             )
     return unflatten_dict(flat)
+
+
+class _DropFlaxDeprecationNotice(logging.Filter):
+    """Drops diffusers'/transformers' "Flax (JAX) classes are deprecated" notice, which they log each time a
+    Flax module is built or traced (the pins in pyproject.toml keep those classes); every other message passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "classes are deprecated and will be removed" not in record.getMessage()
+
+
+@functools.cache
+def quiet_flax_deprecation_notices() -> None:
+    # A filter on the libraries' own handlers rather than their verbosity: a caller's log levels stay as set.
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    for library in (diffusers_logging, transformers_logging):
+        for handler in library.get_logger().handlers:
+            handler.addFilter(_DropFlaxDeprecationNotice())
