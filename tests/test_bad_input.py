@@ -314,19 +314,20 @@ def test_loading_a_config_does_not_touch_sys_path(tmp_path):
 INTERRUPTED = [sys.executable, "-m", "jaxalign", "run", "--config", RED_PIXELS, *SMALL, "--config.steps=12", "--config.checkpoint_every=1"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # with the group below, built once on the worker that runs the signal tests
 def interrupted_command(tmp_path_factory):
     # The reference, interrupted and resumed processes share a compilation cache: they compile the same programs.
     return [*INTERRUPTED, f"--config.compilation_cache_dir={tmp_path_factory.mktemp('compilation_cache')}"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def uninterrupted(tmp_path_factory, interrupted_command):
     reference = tmp_path_factory.mktemp("uninterrupted") / "run"
     subprocess.run([*interrupted_command, "--workdir", str(reference)], env=ENV, check=True, capture_output=True, timeout=600)
     return reference
 
 
+@pytest.mark.xdist_group("signals")
 @pytest.mark.parametrize("signal_number, exit_code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_interrupt_is_one_line_and_resume_is_exact(uninterrupted, interrupted_command, tmp_path, signal_number, exit_code):
     workdir = tmp_path / "interrupted"

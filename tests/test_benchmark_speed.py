@@ -38,7 +38,7 @@ def test_gpu_benchmark_script_dry_run(tmp_path, size="tiny_flux"):
     """scripts/gpu_benchmarks.sh on CPU with a tiny pipeline of a transformer size's layout: every part (jaxalign and
     the diffusers reference at the size's settings, EA and DNO at the lean ones) runs pinned to one CPU and reports.
     Flux only (packed latents, embedded guidance): the SD 3.5 size goes through the same code (3 min more of suite)."""
-    env = {**os.environ, "OUT": str(tmp_path), "BENCH_ARGS": "--generations 1 --threads 1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env = {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "true", "OUT": str(tmp_path), "BENCH_ARGS": "--generations 1 --threads 1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     subprocess.run(["bash", "scripts/gpu_benchmarks.sh", "float32", size], cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
     default, lean = ((tmp_path / f"{name}_{size}_float32.txt").read_text() for name in ("default", "lean"))
     ours, reference, lean_ours, ea, dno = (json.loads(line) for text in (default, lean) for line in text.splitlines() if line.startswith("{"))

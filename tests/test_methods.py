@@ -136,12 +136,12 @@ def test_hybrid_dno_differences_the_raw_decoder_output_by_default_as_the_referen
     still pass gradient. Same keys, same scored images; only the chain's step differs between the two spaces, and
     the embedded decoder does saturate (else the variants would agree and the test would prove nothing)."""
     chains, reports = {}, {}
-    for variant in ("raw", "clipped"):
-        job = build(method_config("dno_hybrid", method_params={"image_gradient": variant}), embedded)
-        problem, key = make_problem(job, job.prompts[0], 0)
-        state = job.search.init(key, problem, job.search_params)
-        state, _ = job.search.advance(job.model_params, problem, job.search_params, state)
-        state, reports[variant] = job.search.advance(job.model_params, problem, job.search_params, state)
+    jobs = {variant: build(method_config("dno_hybrid", method_params={"image_gradient": variant}), embedded) for variant in ("raw", "clipped")}
+    job = jobs["raw"]
+    problem, key = make_problem(job, job.prompts[0], 0)
+    start, _ = job.search.start(job.model_params, problem, job.search_params, job.search.init(key, problem, job.search_params))
+    for variant, job in jobs.items():  # one generation 0 (the variants differ only in their steps), then each one's step
+        state, reports[variant] = job.search.step(job.model_params, problem, job.search_params, start)
         chains[variant] = np.asarray(state.method_state.noises)
     raw_output = job.sampler.decode(job.model_params, job.sampler.denoise(job.model_params, problem.centre[None], problem.context, problem.uncond_context, 7.5), False)
     assert float(raw_output.min()) < 0.0 or float(raw_output.max()) > 1.0

@@ -28,7 +28,7 @@ def command(workdir, cache, *extra):
             *SMALL, "--config.steps=7", "--config.checkpoint_every=2", f"--config.compilation_cache_dir={cache}", *extra]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not module: with other modules run between, a module fixture is rebuilt
 def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("compilation_cache")
 
@@ -42,7 +42,7 @@ def count_lines(path):
     return len(path.read_text().splitlines()) if path.is_file() else 0
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def uninterrupted(tmp_path_factory, cache):
     workdir = tmp_path_factory.mktemp("reference") / "run"
     subprocess.run(command(workdir, cache), env=ENV, check=True, capture_output=True, timeout=600)
@@ -91,7 +91,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(uninterrupted, cache, tmp
 def test_sigkill_then_resume_is_exact_for_optimizer_and_smc_methods(tmp_path, cache, method):
     """DNO's state is optax's (AdamW moments and step count): it resumes exactly. (The SMC methods, DAS and FK
     steering, carry nothing across generations but the key, as the evolution run above; dropped for suite time.)"""
-    extra = [f"--config.method={method}", "--config.popsize=4", "--config.steps=5"]  # killed after generation 3, resumed at 2
+    extra = [f"--config.method={method}", "--config.popsize=2", "--config.steps=4"]  # killed after generation 3, resumed at 2
     reference = tmp_path / "reference"
     subprocess.run(command(reference, cache, *extra), env=OPTIMISED, check=True, capture_output=True, timeout=600)
     workdir = tmp_path / "run"
@@ -108,37 +108,37 @@ def test_sigkill_then_resume_is_exact_for_optimizer_and_smc_methods(tmp_path, ca
     assert (workdir / "best_solution.npy").read_bytes() == (reference / "best_solution.npy").read_bytes()
 
 
-def test_resume_refuses_a_changed_config(tmp_path, capsys):
+def _copy(uninterrupted, tmp_path):
     workdir = tmp_path / "run"
-    args = ["run", "--config", RED_PIXELS, "--workdir", str(workdir), "--no-progress", *SMALL, "--config.steps=2"]
-    assert main(args) == 0
-    capsys.readouterr()
-    assert main([*args, "--config.popsize=8", "--config.seed=3", "--resume"]) == 2
+    shutil.copytree(uninterrupted, workdir)
+    return workdir
+
+
+@pytest.mark.xdist_group("resume")
+def test_resume_refuses_a_changed_config(uninterrupted, cache, tmp_path, capsys):
+    workdir = _copy(uninterrupted, tmp_path)
+    # In this process: the refusal comes before anything is compiled.
+    assert main([*command(workdir, cache)[3:], "--config.popsize=8", "--config.seed=3", "--resume"]) == 2
     err = capsys.readouterr().err
     assert err.strip() == "jaxalign: error: cannot resume: the config differs from the one this workdir was started with in popsize, seed"
 
 
-def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
-    workdir = tmp_path / "run"
-    args = ["run", "--config", RED_PIXELS, "--workdir", str(workdir), "--no-progress", *SMALL, "--config.steps=3",
-            "--config.checkpoint_every=1"]  # fmt: skip
-    assert main(args) == 0
-    complete = metrics(workdir)
+@pytest.mark.xdist_group("resume")
+def test_corrupt_checkpoint_falls_back_to_the_previous_one(uninterrupted, cache, tmp_path):
+    workdir = _copy(uninterrupted, tmp_path)
     (workdir / "summary.json").unlink()  # as if killed after the last checkpoint was written
-    for file in (workdir / "checkpoints" / "3").rglob("*"):
+    for file in (workdir / "checkpoints" / "7").rglob("*"):
         if file.is_file():
             file.write_bytes(b"garbage")
-    capsys.readouterr()
-    assert main([*args, "--resume"]) == 0
-    err = capsys.readouterr().err
-    assert "checkpoint at generation 3 is unreadable" in err and "falling back to generation 2" in err
-    assert metrics(workdir) == complete
+    resumed = subprocess.run(command(workdir, cache, "--resume"), env=ENV, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "checkpoint at generation 7 is unreadable" in resumed.stderr and "falling back to generation 6" in resumed.stderr
+    assert metrics(workdir) == metrics(uninterrupted)
 
 
-def test_finished_prompts_are_skipped_on_resume(tmp_path, capsys):
-    workdir = tmp_path / "run"
-    args = ["run", "--config", RED_PIXELS, "--workdir", str(workdir), "--no-progress", *SMALL, "--config.steps=2"]
-    assert main(args) == 0
+@pytest.mark.xdist_group("resume")
+def test_finished_prompts_are_skipped_on_resume(uninterrupted, cache, tmp_path):
+    workdir = _copy(uninterrupted, tmp_path)
     before = (workdir / "metrics.jsonl").read_text()
-    assert main([*args, "--resume"]) == 0
+    assert main([*command(workdir, cache)[3:], "--resume"]) == 0  # nothing left to run: nothing compiled
     assert (workdir / "metrics.jsonl").read_text() == before

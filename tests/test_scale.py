@@ -92,7 +92,7 @@ RUNS_ON_EIGHT = {  # workdir -> arguments
 }
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: a module fixture would be rebuilt if the worker ran other modules between
 def eight_devices(tmp_path_factory):
     """The 8-device runs, all in one process on 8 CPU devices (one JAX start and model load for all of them; their
     programs go to a compilation cache that the resume test's process reads)."""
