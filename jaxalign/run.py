@@ -358,6 +358,12 @@ class Recorder:
         if generation == 0:
             baseline = (state.baseline_fitness, state.baseline_components, state.baseline_image)
             line, image = _baseline_line(baseline, report, seconds, used), state.baseline_image
+            if line["best_fitness"] is None and line["initial_population_best_fitness"] is None:
+                # Every image non-finite: later generations could only rank NaNs, and a run "succeeding" on them says nothing.
+                raise JaxalignError(
+                    f"generation 0 scored no image finitely (the baseline and all {self.job.config.popsize} candidates of {self.prompt[:40]!r}): "
+                    "the reward or a knob makes every candidate NaN or infinite; nothing to search from"
+                )  # fmt: skip
             _save_image(image, self.out / "images" / "baseline.png")
         else:
             line, image = _generation_line(generation, report, seconds, used, config.maximize), report.best_image
