@@ -17,6 +17,8 @@ one before. Training (:mod:`jaxalign.train`) saves its optimiser state through t
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import shutil
 import signal
 import sys
@@ -25,6 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import jax
+
+from jaxalign.errors import output_error, write_refused
+
+_METADATA_BYTES = 256 * 1024  # what orbax writes besides the arrays (metadata, manifests), with room to spare
 
 
 
@@ -45,9 +51,22 @@ class Checkpointer:
         return self.every > 0 and (last or generation % self.every == 0)
 
     def save(self, generation: int, state: Any) -> None:
-        with _signals_held():
-            self._manager.save(generation, args=self._ocp.args.StandardSave(_to_storable(state)), force=True)
-            self._manager.wait_until_finished()
+        """Save ``state`` as step ``generation``; a refused write (a full disk) is one :class:`OutputError`, and the
+        partial step it leaves is removed when the checkpointer closes."""
+        storable = _to_storable(state)
+        # Checked first: orbax's threads fail a full disk noisily (tracebacks from its event loop), however it is caught.
+        needed, free = sum(leaf.nbytes for leaf in jax.tree.leaves(storable)) + _METADATA_BYTES, shutil.disk_usage(self.directory).free
+        if free < needed:
+            raise write_refused(self.directory / str(generation), errno.ENOSPC, f" (a checkpoint needs about {needed} bytes, {free} are free)")
+        try:
+            with _signals_held(), _without_logged_write_failures():
+                self._manager.save(generation, args=self._ocp.args.StandardSave(storable), force=True)
+                self._manager.wait_until_finished()
+        except Exception as error:
+            refused = output_error(error, self.directory / str(generation))
+            if refused is None:
+                raise
+            raise refused from None
 
     def restore_latest(self, template: Any, at_most: int | None = None) -> tuple[int, Any] | None:
         """The newest readable checkpoint (at step ``at_most`` or before, if given) as (step, state) shaped like
@@ -79,6 +98,23 @@ class Checkpointer:
     def _remove_partial_steps(self) -> None:
         for partial in self.directory.glob("*.orbax-checkpoint-tmp*"):  # left by a process killed mid-save
             shutil.rmtree(partial, ignore_errors=True)
+
+
+class _DropWriteFailures(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "os_error_code" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_logged_write_failures():
+    """orbax's threads log each refused write (a screenful per array) before the save raises; the raised error is
+    reported in one line instead. Other records pass, and the filter is removed afterwards."""
+    logger, drop = logging.getLogger("absl"), _DropWriteFailures()
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
 
 
 @contextlib.contextmanager

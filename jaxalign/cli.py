@@ -13,7 +13,7 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from jaxalign.errors import JaxalignError
+from jaxalign.errors import JaxalignError, OutputError
 
 
 USAGE = (
@@ -74,6 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if stray:
             raise JaxalignError(f"unrecognised arguments: {' '.join(stray)}")
         return _run(args, overrides)
+    except OutputError as error:  # the disk or folder refused a write: not bad input
+        print(f"jaxalign: error: {error}", file=sys.stderr)
+        return 1
     except JaxalignError as error:
         print(f"jaxalign: error: {error}", file=sys.stderr)
         return 2

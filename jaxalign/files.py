@@ -23,8 +23,10 @@ def replace_atomically(path: Path, content: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(partial, path)
-    except BaseException:
+    except BaseException as error:
         partial.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            error.filename = str(path)  # the file meant, not its temporary name (or none, for a failed write)
         raise
 
 

@@ -38,7 +38,7 @@ from PIL import Image
 
 from jaxalign.checkpoint import Checkpointer
 from jaxalign.config import OPEN_MAPPINGS, plain, read_prompts, validate
-from jaxalign.errors import JaxalignError
+from jaxalign.errors import JaxalignError, output_error
 from jaxalign.files import LOCK, RUN_MARKER, clear_folder, marker_kind, replace_atomically, workdir_lock, write_json, write_marker
 from jaxalign.methods import METHODS, Context, build_method
 from jaxalign.models import CLASSIFIER_FREE, NO_GUIDANCE, DiffusionModel, load_model
@@ -202,8 +202,13 @@ def run(job: Job, workdir: str | Path, progress: bool = True, resume: bool = Fal
     """
     workdir = check_workdir(workdir, resume=resume, overwrite=overwrite)
     with workdir_lock(workdir):  # one process at a time in a run folder
-        summaries = _run_locked(job, workdir, progress, resume, overwrite)
-    return summaries
+        try:
+            return _run_locked(job, workdir, progress, resume, overwrite)
+        except OSError as error:
+            refused = output_error(error, error.filename or workdir)
+            if refused is None:
+                raise
+            raise refused from None
 
 
 def _run_locked(job: Job, workdir: Path, progress: bool, resume: bool, overwrite: bool) -> list[dict]:
@@ -369,9 +374,13 @@ class Recorder:
             line, image = _generation_line(generation, report, seconds, used, config.maximize), report.best_image
             _save_image(image, self.out / "images" / f"step_{generation:04d}.png")
         line["elapsed_s"] = round(elapsed, 4)
-        self._file.write(json.dumps(line) + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        try:
+            self._file.write(json.dumps(line) + "\n")
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as error:  # a write to an open file names none
+            error.filename = str(self.out / "metrics.jsonl")
+            raise
         if self.tracker is not None:
             self.tracker.log(self.run_key, generation, line, _to_uint8(image))
         self.lines.append(line)
@@ -384,7 +393,10 @@ class Recorder:
 
     def close(self) -> None:
         if getattr(self, "_file", None) is not None:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError:  # every line was flushed when written: only a line whose write already failed is left
+                pass
 
     def summary(self, state, problem: Problem) -> dict:
         config, lines = self.job.config, self.lines

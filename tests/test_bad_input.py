@@ -483,3 +483,41 @@ def test_a_run_whose_generation_0_is_entirely_non_finite_stops_in_one_line(tmp_p
     # One finite image is enough to search from: a reward finite on bright images only runs to the end.
     monkeypatch.setitem(REWARDS._entries, "nan_when_dark", lambda: Reward(lambda images: jnp.where(images.mean((1, 2, 3)) > 0.3, 1.0, jnp.nan), True))
     assert main(["run", "--config", RED_PIXELS, "--workdir", str(tmp_path / "ok"), *SMALL, "--config.rewards={'nan_when_dark': 1.0}"]) == 0
+
+
+def test_a_refused_write_ends_the_run_in_one_line_and_resume_finishes_it(tmp_path):
+    """A file-size limit (RLIMIT_FSIZE: writes past it fail with EFBIG, as a full disk fails them with ENOSPC; it works
+    without mounting a small file system) stops the run when metrics.jsonl outgrows it: one line, exit 1, no traceback;
+    without the limit, --resume finishes it exactly as an uninterrupted run. (Checkpoints off: their arrays would
+    outgrow the limit first; the checkpoint's own free-space check is the next test.)"""
+    args = ["run", "--config", RED_PIXELS, *SMALL, "--config.steps=12", "--config.checkpoint_every=0"]
+    limited = "import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (3000, 3000)); from jaxalign.cli import main; sys.exit(main(sys.argv[1:]))"
+    workdir = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-c", limited, *args, "--workdir", str(workdir)], env=ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and re.fullmatch(
+        rf"jaxalign: error: cannot write {re.escape(str(workdir))}/metrics.jsonl: file too large for the file system or limit; make room .* continue with --resume", lines[0]
+    ), result.stderr  # fmt: skip
+    assert main([*args, "--workdir", str(workdir), "--resume"]) == 0
+    assert main([*args, "--workdir", str(tmp_path / "uninterrupted")]) == 0
+    without_times = [[{k: v for k, v in json.loads(line).items() if k not in ("wall_s", "elapsed_s")} for line in (w / "metrics.jsonl").read_text().splitlines()] for w in (workdir, tmp_path / "uninterrupted")]
+    assert without_times[0] == without_times[1] and len(without_times[0]) == 13
+
+
+def test_a_checkpoint_that_would_not_fit_is_refused_before_orbax_writes(tmp_path, monkeypatch):
+    import collections
+
+    from jaxalign import checkpoint
+    from jaxalign.errors import OutputError
+
+    saver = checkpoint.Checkpointer(tmp_path / "checkpoints", every=1)
+    state = {"x": np.zeros(1000, np.float32)}
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 5000, 5000))
+    with pytest.raises(OutputError, match=r"cannot write .*checkpoints/3: no space left on the device \(a checkpoint needs about \d+ bytes, 5000 are free\)"):
+        saver.save(3, state)
+    monkeypatch.undo()
+    saver.save(4, state)  # with room, the same save goes through
+    assert saver.restore_latest(state)[0] == 4 and not (tmp_path / "checkpoints" / "3").exists()
+    saver.close()
