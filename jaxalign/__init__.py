@@ -16,21 +16,26 @@ registries (``METHODS``, ``STRATEGIES``, ``SPACES``, ``REWARDS``, ``SCHEDULERS``
 can name, and take new entries with ``register``.
 """
 
-from jaxalign.config import default_config, load_config
-from jaxalign.methods import METHODS
-from jaxalign.models import FAMILIES, load_model, save_model
-from jaxalign.rewards import REWARDS, host_reward, weighted_sum
-from jaxalign.run import Job, build, make_problem
-from jaxalign.run import run as run_job  # not `run`: that name is the module jaxalign.run
-from jaxalign.sampler import make_sampler
-from jaxalign.schedulers import SCHEDULERS
-from jaxalign.search import Problem, SearchParams, SearchState
-from jaxalign.spaces import SPACES
-from jaxalign.strategies import STRATEGIES
-from jaxalign.trackers import TRACKERS
+import importlib
 
-__all__ = [
-    "FAMILIES", "METHODS", "REWARDS", "SCHEDULERS", "SPACES", "STRATEGIES", "TRACKERS", "Job", "Problem", "SearchParams", "SearchState",
-    "build", "default_config", "host_reward", "load_config", "load_model", "make_problem", "make_sampler", "run_job", "save_model",
-    "weighted_sum",
-]  # fmt: skip
+# Public name -> the module defining it. Resolved on first use (PEP 562): `jaxalign run` imports jaxalign.cli, which
+# must start in a fraction of a second, before JAX and the models load, so its signal handlers are in from the start.
+_API = {
+    "default_config": "config", "load_config": "config", "METHODS": "methods", "FAMILIES": "models", "load_model": "models",
+    "save_model": "models", "REWARDS": "rewards", "host_reward": "rewards", "weighted_sum": "rewards", "Job": "run", "build": "run",
+    "make_problem": "run", "make_sampler": "sampler", "SCHEDULERS": "schedulers", "Problem": "search", "SearchParams": "search",
+    "SearchState": "search", "SPACES": "spaces", "STRATEGIES": "strategies", "TRACKERS": "trackers",
+}  # fmt: skip
+__all__ = sorted([*_API, "run_job"])
+
+
+def __getattr__(name: str):
+    if name == "run_job":  # not `run`: that name is the module jaxalign.run
+        return importlib.import_module("jaxalign.run").run
+    if name in _API:
+        return getattr(importlib.import_module(f"jaxalign.{_API[name]}"), name)
+    raise AttributeError(f"module 'jaxalign' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *__all__])

@@ -26,8 +26,28 @@ class _Terminated(BaseException):
     """SIGTERM, raised like KeyboardInterrupt so every ``finally`` runs (checkpoints and files are closed)."""
 
 
-def _terminate(number, frame):
-    raise _Terminated
+# SIGINT/SIGTERM this process received. The handler raises, but a raise that lands inside a callback the interpreter
+# calls from C (a garbage-collection callback while JAX loads) is dropped as "unraisable"; main checks this record
+# too, so no signal is lost, and the dropped copy is not printed.
+_SIGNALS: list[int] = []
+
+
+def _on_signal(number, frame):
+    _SIGNALS.append(number)
+    raise KeyboardInterrupt if number == signal.SIGINT else _Terminated
+
+
+def _raise_if_signalled() -> None:
+    if _SIGNALS:
+        raise KeyboardInterrupt if _SIGNALS[0] == signal.SIGINT else _Terminated
+
+
+def _quiet_dropped_signals(default):
+    def hook(unraisable):
+        if not isinstance(unraisable.exc_value, (KeyboardInterrupt, _Terminated)):
+            default(unraisable)
+
+    return hook
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -59,21 +79,27 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    previous = None
+    previous, unraisable = {}, sys.unraisablehook
     try:
-        if "--distributed" not in argv and threading.current_thread() is threading.main_thread():
-            # The command line's own process: exit 143 cleanly. Distributed runs keep JAX's preemption handler.
-            previous = signal.signal(signal.SIGTERM, _terminate)
+        if threading.current_thread() is threading.main_thread():
+            # The command line's own process: exit 130/143 cleanly. Distributed runs keep JAX's preemption handler.
+            for number in (signal.SIGINT,) if "--distributed" in argv else (signal.SIGINT, signal.SIGTERM):
+                if number == signal.SIGTERM or signal.getsignal(number) is signal.default_int_handler:
+                    previous[number] = signal.signal(number, _on_signal)
+            sys.unraisablehook = _quiet_dropped_signals(unraisable)
         if not argv or argv[0] not in ("run", "eval", "-h", "--help"):
             raise JaxalignError(f"the commands are run and eval; usage: {USAGE}")
         if argv[0] == "eval":
-            return _eval(_parser().parse_args(argv))
-        args, rest = _parser().parse_known_args(argv)
-        overrides = [a for a in rest if a.startswith("--config.")]
-        stray = [a for a in rest if not a.startswith("--config.")]
-        if stray:
-            raise JaxalignError(f"unrecognised arguments: {' '.join(stray)}")
-        return _run(args, overrides)
+            code = _eval(_parser().parse_args(argv))
+        else:
+            args, rest = _parser().parse_known_args(argv)
+            overrides = [a for a in rest if a.startswith("--config.")]
+            stray = [a for a in rest if not a.startswith("--config.")]
+            if stray:
+                raise JaxalignError(f"unrecognised arguments: {' '.join(stray)}")
+            code = _run(args, overrides)
+        _raise_if_signalled()
+        return code
     except OutputError as error:  # the disk or folder refused a write: not bad input
         print(f"jaxalign: error: {error}", file=sys.stderr)
         return 1
@@ -87,8 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("jaxalign: terminated; continue with --resume", file=sys.stderr)
         return 143
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        _SIGNALS.clear()
+        sys.unraisablehook = unraisable
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def _run(args, overrides: list[str]) -> int:
@@ -105,6 +133,7 @@ def _run(args, overrides: list[str]) -> int:
             workdir = f"{str(workdir).rstrip('/')}.process_{jax.process_index()}"
     check_workdir(workdir, resume=args.resume, overwrite=args.overwrite)
     job = build(config)
+    _raise_if_signalled()  # before anything is written
     summaries = run(job, workdir, progress=not args.no_progress, resume=args.resume, overwrite=args.overwrite)
     for summary in summaries:
         print(

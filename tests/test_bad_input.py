@@ -521,3 +521,18 @@ def test_a_checkpoint_that_would_not_fit_is_refused_before_orbax_writes(tmp_path
     saver.save(4, state)  # with room, the same save goes through
     assert saver.restore_latest(state)[0] == 4 and not (tmp_path / "checkpoints" / "3").exists()
     saver.close()
+
+
+@pytest.mark.parametrize("signal_number, exit_code, after_s", [(signal.SIGTERM, 143, 0.3), (signal.SIGTERM, 143, 1.5), (signal.SIGINT, 130, 1.0)])
+def test_a_signal_during_start_up_is_one_line_and_writes_nothing(tmp_path, signal_number, exit_code, after_s):
+    """While modules import and the model loads (the first generation is seconds away): the documented one line and
+    exit status, never a swallowed signal and a run that goes on, and no workdir yet."""
+    workdir = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-m", "jaxalign", "run", "--config", RED_PIXELS, "--workdir", str(workdir), *SMALL],
+                               env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    time.sleep(after_s)
+    process.send_signal(signal_number)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == exit_code, err
+    assert err.strip().splitlines() == [f"jaxalign: {'terminated' if exit_code == 143 else 'interrupted'}; continue with --resume"]
+    assert not workdir.exists()
