@@ -93,6 +93,7 @@ def test_eval_scores_judges_and_measures_diversity(sweep, capsys):
         ("pickled population", [], "seed_2/images/final_population.npy is not a saved population \\(ValueError\\)"),
         ("population of floats", [], "final_population.npy is not a saved population \\(uint8 \\[P, H, W, 3\\]; got float64 \\[3, 32, 32, 3\\]\\)"),
         ("mixed sizes", [], "images of different sizes \\(32x32, 48x48\\), e.g. in .*seed_2"),
+        ("summary cut short", [], "eval: cannot read .*seed_2/summary.json: "),
     ],
 )
 def test_eval_bad_input_is_one_line_and_writes_nothing(sweep, tmp_path, capsys, case, args, message):
@@ -113,6 +114,8 @@ def test_eval_bad_input_is_one_line_and_writes_nothing(sweep, tmp_path, capsys, 
         np.save(images / "final_population.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     if case == "population of floats":
         np.save(images / "final_population.npy", np.load(images / "final_population.npy") / 255.0)
+    if case == "summary cut short":
+        (sweep / "seed_2" / "summary.json").write_text((sweep / "seed_2" / "summary.json").read_text()[:40])
     if case == "mixed sizes":
         Image.fromarray(np.zeros((48, 48, 3), np.uint8)).save(images / "step_0003.png")
     before = sorted(p.name for p in workdir.rglob("*"))
