@@ -121,7 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args, overrides: list[str]) -> int:
     from jaxalign.config import load_config
-    from jaxalign.run import build, check_workdir, run
+    from jaxalign.run import build, run
+    from jaxalign.workdir import check_workdir
 
     config = load_config(args.config, overrides)
     workdir = args.workdir

@@ -132,7 +132,8 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path, progress: 
     """Run (or resume) this shard's jobs (all of them by default), then write the aggregate CSVs and plots of
     every finished run in ``workdir``. Returns counts and wall time."""
     from jaxalign.models import load_model
-    from jaxalign.run import build, check_workdir, run
+    from jaxalign.run import build, run
+    from jaxalign.workdir import check_workdir
 
     check_shard(shard)
     check_sweep(config)

@@ -444,7 +444,7 @@ def test_resume_refuses_other_prompts_or_changed_reward_weights(finished, tmp_pa
 
     from jaxalign.config import default_config
     from jaxalign.files import write_json
-    from jaxalign.run import _check_same_inputs, run_inputs
+    from jaxalign.workdir import check_same_inputs, run_inputs
 
     workdir = tmp_path / "run"
     shutil.copytree(finished, workdir)
@@ -461,10 +461,10 @@ def test_resume_refuses_other_prompts_or_changed_reward_weights(finished, tmp_pa
     config.reward_paths = {"aesthetic": {"path": str(weights), "clip": "openai/clip-vit-large-patch14"}}
     job = SimpleNamespace(config=config, prompts=["x"])
     write_json(tmp_path / "inputs.json", run_inputs(job))
-    _check_same_inputs(tmp_path / "inputs.json", job)  # unchanged: accepted
+    check_same_inputs(tmp_path / "inputs.json", job)  # unchanged: accepted
     (weights / "model.msgpack").write_bytes(b"12345")
     with pytest.raises(JaxalignError, match=r"reward weights changed since this run started \(.*model\.msgpack\)"):
-        _check_same_inputs(tmp_path / "inputs.json", job)
+        check_same_inputs(tmp_path / "inputs.json", job)
 
 
 def test_a_run_whose_generation_0_is_entirely_non_finite_stops_in_one_line(tmp_path, capsys, monkeypatch):
