@@ -13,8 +13,8 @@ and ``eval.png`` (baselines above best images); in a sweep's workdir, ``runs.csv
 from __future__ import annotations
 
 import itertools
-import os
 import json
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
