@@ -22,7 +22,7 @@ import importlib
 # must start in a fraction of a second, before JAX and the models load, so its signal handlers are in from the start.
 _API = {
     "default_config": "config", "load_config": "config", "METHODS": "methods", "FAMILIES": "models", "load_model": "models",
-    "save_model": "models", "REWARDS": "rewards", "host_reward": "rewards", "weighted_sum": "rewards", "Job": "run", "build": "run",
+    "save_model": "models", "REWARDS": "rewards", "host_reward": "rewards", "weighted_sum": "rewards", "oriented": "rewards", "Job": "run", "build": "run",
     "make_problem": "run", "make_sampler": "sampler", "SCHEDULERS": "schedulers", "Problem": "search", "SearchParams": "search",
     "SearchState": "search", "SPACES": "spaces", "STRATEGIES": "strategies", "TRACKERS": "trackers",
 }  # fmt: skip

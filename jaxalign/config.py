@@ -41,7 +41,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.negative_prompt = ""
     c.rewards = ml_collections.ConfigDict({"color_fraction:red": 1.0})  # reward name (or name:argument) -> weight
     c.reward_paths = ml_collections.ConfigDict()  # learned reward -> local weights path / cached repo id, or its options
-    c.maximize = True
+    c.maximize = True  # False: the weighted total is negated once, so fitness (and target_reward) is higher-is-better
     # Model and sampler.
     c.model = "embedded"  # "embedded", a local diffusers-format directory, or a Hub repo id in the local HF cache
     c.model_family = "auto"  # auto, or a name in jaxalign.models.FAMILIES (sd, sdxl); a config for one family refuses another family's weights
@@ -65,7 +65,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.popsize = 16  # images per generation (CoSyNE mode="reference": its archive, 1.5x the images)
     c.steps = 10  # generations after generation 0 (the baseline, and the first archive of population-based strategies)
     c.max_seconds = 0.0  # stop after this much search time; 0 means no limit
-    c.target_reward = config_dict.placeholder(float)  # stop once the best reaches it; None: no target
+    c.target_reward = config_dict.placeholder(float)  # stop once best_fitness (higher is better) reaches it; None: no target
     c.seed = 0  # centre latents and search keys
     # Scale.
     c.batch_prompts = False  # search all prompts together in one vmapped compiled step

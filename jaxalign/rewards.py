@@ -520,6 +520,20 @@ class Objective(NamedTuple):
     prepare: Callable[[str], dict[str, Any]] = _no_prompt_inputs
 
 
+def oriented(objective: Objective, maximize: bool) -> Objective:
+    """The objective with "higher is better": its total negated when it is minimised. The one place the direction is
+    applied; searches, methods and outputs maximise the result, and only the evosax boundary (strategies minimise)
+    negates again. Components stay the rewards as they are."""
+    if maximize:
+        return objective
+
+    def fn(*args):
+        total, components = objective.fn(*args)
+        return -total, components
+
+    return objective._replace(fn=fn)
+
+
 def needs_path(name: str) -> bool:
     """Whether a reward reads weights (its constructor takes a ``path``)."""
     return "path" in inspect.signature(REWARDS[name.partition(":")[0]]).parameters

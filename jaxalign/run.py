@@ -41,7 +41,7 @@ from jaxalign.errors import JaxalignError, output_error
 from jaxalign.files import clear_folder, replace_atomically, workdir_lock, write_json, write_marker
 from jaxalign.methods import METHODS, Context, build_method
 from jaxalign.models import CLASSIFIER_FREE, NO_GUIDANCE, DiffusionModel, load_model
-from jaxalign.rewards import Objective, weighted_sum
+from jaxalign.rewards import Objective, oriented, weighted_sum
 from jaxalign.sampler import make_sampler
 from jaxalign.search import Problem, Search, SearchParams, batched, device_mesh, prompt_sharding, shard_over_devices
 from jaxalign.trackers import Tracker, open_trackers, parse_loggers
@@ -82,7 +82,7 @@ def build(config, loaded: tuple[DiffusionModel, Any] | None = None) -> Job:
     if model.guidance != CLASSIFIER_FREE and config.negative_prompt and config.true_cfg_scale <= 1:
         print(f"jaxalign: warning: model {model.name!r} takes one conditional pass per step (no classifier-free guidance); negative_prompt is not used", file=sys.stderr)
     spec = METHODS[config.method]
-    objective = weighted_sum(dict(config.rewards), config.reward_paths.to_dict())
+    objective = oriented(weighted_sum(dict(config.rewards), config.reward_paths.to_dict()), config.maximize)
     if objective.params:  # learned rewards' weights travel with the model's, as arguments of the step
         model_params = {**model_params, "rewards": objective.params}
     if config.shard_params:  # the devices hold the weights between them (a no-op where load_model placed them so)
@@ -99,7 +99,6 @@ def build(config, loaded: tuple[DiffusionModel, Any] | None = None) -> Job:
         image_shape=(config.height, config.width, 3),
         latent_shape=latent_shape,
         popsize=config.popsize,
-        maximize=config.maximize,
         make_mesh=lambda batch: device_mesh(batch, num_prompt_shards) if config.shard_population and not config.shard_params else None,
     )
     settings = {field: plain(config[field]) for field in spec.reads}
@@ -291,7 +290,7 @@ class Recorder:
                 )  # fmt: skip
             _save_image(image, self.out / "images" / "baseline.png")
         else:
-            line, image = _generation_line(generation, report, seconds, used, config.maximize), report.best_image
+            line, image = _generation_line(generation, report, seconds, used), report.best_image
             _save_image(image, self.out / "images" / f"step_{generation:04d}.png")
         line["elapsed_s"] = round(elapsed, 4)
         try:
@@ -464,13 +463,13 @@ def _baseline_line(baseline, report, seconds: float, used: dict) -> dict:
     return line
 
 
-def _generation_line(generation: int, report, seconds: float, used: dict, maximize: bool) -> dict:
+def _generation_line(generation: int, report, seconds: float, used: dict) -> dict:
     line = {
         "step": generation,
         "best_fitness": _num(report.best_fitness),
         "mean_fitness": _nanstat(np.nanmean, report.fitness),
         "median_fitness": _nanstat(np.nanmedian, report.fitness),
-        "generation_best_fitness": _nanstat(np.nanmax if maximize else np.nanmin, report.fitness),
+        "generation_best_fitness": _nanstat(np.nanmax, report.fitness),
     }
     for name, value in report.best_components.items():
         line[name] = _num(value)
@@ -502,7 +501,7 @@ def _reached(config, best: float | None) -> bool:
     target = config.target_reward
     if best is None or target is None:
         return False
-    return best >= target if config.maximize else best <= target
+    return best >= target  # fitness is higher-is-better (``oriented``)
 
 
 def _num(x) -> float | None:

@@ -15,9 +15,9 @@ reference initialises evotorch's Cosyne; distribution-based strategies (SNES, CM
 from the centre as their mean and evaluate only it, the baseline, as the reference does before
 its first ``solver.step()``.
 
-Strategies minimise; the objective's direction (``maximize``) is applied in exactly one place,
-:class:`Direction`. Non-finite scores rank last for the strategy, never become the best, and are
-counted.
+The objective is "higher is better" (:func:`jaxalign.rewards.oriented` applies ``maximize`` once, where it is
+built); evosax strategies minimise, so the scores they are told are negated here and nowhere else. Non-finite
+scores rank last for the strategy, never become the best, and are counted.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ class SearchState:
     key: jax.Array
     generation: jax.Array
     method_state: Any  # the evosax strategy state, or a method's own state
-    best_fitness: jax.Array  # in the objective's own direction
+    best_fitness: jax.Array  # the objective (higher is better)
     best_solution: jax.Array
     best_image: jax.Array
     best_components: dict[str, jax.Array]
@@ -90,21 +90,6 @@ class Generation:
     best_image: jax.Array
     spent: dict[str, jax.Array]  # the cumulative budget after this generation
     images: jax.Array  # [P, H, W, 3], the generation's own images (the runner fetches only the last generation's)
-
-
-class Direction(NamedTuple):
-    """The one place that knows whether the objective is maximised; strategies always minimise."""
-
-    maximize: bool
-
-    def to_minimised(self, scores: jax.Array) -> jax.Array:
-        return -scores if self.maximize else scores
-
-    def from_minimised(self, values: jax.Array) -> jax.Array:
-        return -values if self.maximize else values
-
-    def worst(self) -> float:
-        return -jnp.inf if self.maximize else jnp.inf
 
 
 def rank_last(minimised: jax.Array, finite: jax.Array) -> jax.Array:
@@ -158,7 +143,7 @@ class Search(NamedTuple):
         }
 
 
-def initial_state(key, method_state, best_solution, component_names, image_shape, direction: Direction) -> SearchState:
+def initial_state(key, method_state, best_solution, component_names, image_shape) -> SearchState:
     """A state before generation 0, strongly typed so ``step``'s output state has the same avals."""
     nan = jnp.float32(jnp.nan)
     no_components = {name: nan for name in component_names}
@@ -167,7 +152,7 @@ def initial_state(key, method_state, best_solution, component_names, image_shape
         key=key,
         generation=jnp.int32(0),
         method_state=method_state,
-        best_fitness=jnp.float32(direction.worst()),
+        best_fitness=jnp.float32(-jnp.inf),
         best_solution=best_solution,
         best_image=blank,
         best_components=no_components,
@@ -179,7 +164,7 @@ def initial_state(key, method_state, best_solution, component_names, image_shape
     return jax.tree.map(lambda x: jnp.asarray(x, x.dtype), state)
 
 
-def record(state: SearchState, key, method_state, solutions, total, components, images, direction: Direction, cost: Mapping[str, Any]) -> tuple[SearchState, Generation]:
+def record(state: SearchState, key, method_state, solutions, total, components, images, cost: Mapping[str, Any]) -> tuple[SearchState, Generation]:
     """The next state and the report of a generation that evaluated ``solutions`` to ``images`` and scores.
 
     Tracks the best so far (non-finite scores never become it) and, at generation 0, takes member 0
@@ -188,9 +173,9 @@ def record(state: SearchState, key, method_state, solutions, total, components, 
     """
     first = state.generation == 0
     finite = jnp.isfinite(total)
-    candidates = jnp.where(finite, direction.to_minimised(total), jnp.inf)
-    best = jnp.argmin(candidates)
-    improved = candidates[best] < direction.to_minimised(state.best_fitness)
+    candidates = jnp.where(finite, total, -jnp.inf)
+    best = jnp.argmax(candidates)
+    improved = candidates[best] > state.best_fitness
     pick = lambda new, old: jnp.where(improved, new, old)  # noqa: E731
     pick_baseline = lambda new, old: jnp.where(first, new, old)  # noqa: E731
     member = lambda tree, i: jax.tree.map(lambda x: x[i], tree)  # noqa: E731
@@ -264,7 +249,6 @@ def make_search(
     strategy,
     objective: Objective,
     image_shape: tuple[int, int, int],
-    maximize: bool = True,
     mesh: jax.sharding.Mesh | None = None,
 ) -> Search:
     """Compose the pieces into ``init`` and the one-generation ``step``.
@@ -275,7 +259,6 @@ def make_search(
     """
     popsize = strategy.population_size  # solutions asked per generation
     first_size = initial_population_size(strategy)  # solutions evaluated in generation 0
-    direction = Direction(maximize)
     population_based = is_population_based(strategy)
     component_names = tuple(objective.default_weights)
     shard_population, replicate = sharding_helpers(mesh)
@@ -289,12 +272,12 @@ def make_search(
             strategy_state = strategy.init(init_key, placeholder, jnp.full((first_size,), jnp.inf), params.strategy)
         else:
             strategy_state = strategy.init(init_key, centre_solution, params.strategy)
-        return initial_state(key, strategy_state, centre_solution, component_names, image_shape, direction)
+        return initial_state(key, strategy_state, centre_solution, component_names, image_shape)
 
     def evaluate(model_params, problem: Problem, params: SearchParams, solutions):
         latents = jax.vmap(space.apply, in_axes=(None, 0, None))(params.space, solutions, problem.centre)
         total, components, images = sample_and_score(sampler, objective, model_params, problem, params, shard_population(latents))
-        return total, components, images, rank_last(direction.to_minimised(total), jnp.isfinite(total))
+        return total, components, images, rank_last(-total, jnp.isfinite(total))  # evosax minimises
 
     def start(model_params: ModelParams, problem: Problem, params: SearchParams, state: SearchState):
         key, tell_key, population_key = jax.random.split(state.key, 3)
@@ -305,7 +288,7 @@ def make_search(
         else:
             strategy_state = state.method_state  # already centred at the baseline by ``init``
         cost = {"nfe": first_size * sampler.num_steps, "images": first_size}
-        return replicate(record(state, key, strategy_state, solutions, total, components, images, direction, cost))
+        return replicate(record(state, key, strategy_state, solutions, total, components, images, cost))
 
     def step(model_params: ModelParams, problem: Problem, params: SearchParams, state: SearchState):
         key, ask_key, tell_key = jax.random.split(state.key, 3)
@@ -313,7 +296,7 @@ def make_search(
         total, components, images, strategy_fitness = evaluate(model_params, problem, params, solutions)
         strategy_state = strategy.tell(tell_key, solutions, strategy_fitness, asked_state, params.strategy)[0]
         cost = {"nfe": popsize * sampler.num_steps, "images": popsize}
-        return replicate(record(state, key, strategy_state, solutions, total, components, images, direction, cost))
+        return replicate(record(state, key, strategy_state, solutions, total, components, images, cost))
 
     def default_params(strategy_overrides: Any = None, space_overrides: Mapping | None = None, reward_weights=None, guidance_scale=7.5):
         return SearchParams(

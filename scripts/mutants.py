@@ -36,7 +36,7 @@ class Mutant(NamedTuple):
 
 MUTANTS = [
     Mutant("strategy told the opposite direction", "jaxalign/search.py",
-           "return -scores if self.maximize else scores", "return scores if self.maximize else -scores",
+           "rank_last(-total, jnp.isfinite(total))", "rank_last(total, jnp.isfinite(total))",
            ("tests/test_directions.py", "-k", "evolution")),
     Mutant("CoSyNE tournament picks the worse entrant", "jaxalign/strategies.py",
            "jnp.argmin(parent_fitness[entrants], axis=-1)", "jnp.argmax(parent_fitness[entrants], axis=-1)",
@@ -113,7 +113,7 @@ MUTANTS = [
            "return PivotState(noises[0], scores[0])", "return PivotState(noises[jnp.argmax(scores)], jnp.max(scores))",
            ("tests/test_methods.py", "-k", "zero_order")),
     Mutant("DNO ascends the loss", "jaxalign/methods/dno.py",
-           "return jnp.sum(-_finite(signed_scores(context, total)) + regularizer)", "return jnp.sum(_finite(signed_scores(context, total)) + regularizer)",
+           "return jnp.sum(-finite_scores(total) + regularizer)", "return jnp.sum(finite_scores(total) + regularizer)",
            ("tests/test_dno.py",)),
     Mutant("DNO without torch's default weight decay", "jaxalign/methods/dno.py",
            '"weight_decay": 0.01', '"weight_decay": 0.0', ("tests/test_dno.py",)),

@@ -82,6 +82,21 @@ def test_target_reward_and_several_prompts_from_csv(tmp_path, capsys):
     assert all((workdir / f / "metrics.jsonl").is_file() for f in folders)
 
 
+
+def test_minimising_reports_higher_is_better_fitness_and_target(tmp_path, capsys):
+    workdir = tmp_path / "darker"
+    code = main(
+        ["run", "--config", RED_PIXELS, "--workdir", str(workdir), "--no-progress", *SMALL, "--config.steps=5",
+         "--config.rewards={'brightness': 1.0}", "--config.maximize=false", "--config.target_reward=-1.0"]
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    for line in lines:  # fitness is the brightness negated once; the component is brightness itself
+        assert 0.0 < line["brightness"] < 1.0 and line["best_fitness"] == pytest.approx(-line["brightness"])
+    # -brightness >= -1 always: the target (on the higher-is-better fitness) is reached at the first generation.
+    assert len(lines) == 2 and lines[1]["best_fitness"] >= lines[0]["best_fitness"]
+    assert json.loads((workdir / "summary.json").read_text())["stopped_because"] == "target_reward"
+
 BAD_INPUTS = {
     "unknown strategy": (["--config.strategy=Nope"], "unknown strategy 'Nope'; valid: .*CoSyNE.*SNES"),
     "unknown space": (["--config.space=spiral"], "unknown space 'spiral'; valid: additive_noise, multi_axis_rotation, multi_axis_svd_rotation, noise, rotation, svd_rotation"),

@@ -275,7 +275,7 @@ def test_das_on_lcm_matches_the_tilted_chain():
 
 def _toy_context(popsize, steps):
     model = two_modes()
-    return model, Context(make_sampler(model, "ddim", steps), linear_reward([1.0, 0.0]), model.image_shape, model.latent_shape, popsize, True)
+    return model, Context(make_sampler(model, "ddim", steps), linear_reward([1.0, 0.0]), model.image_shape, model.latent_shape, popsize)
 
 
 def test_das_defaults_are_the_official_sd_config():

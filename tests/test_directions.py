@@ -3,8 +3,8 @@
 A wrong sign anywhere (the strategy told the opposite direction, a selection reversed, a gradient
 ascended instead of descended) turns a method's late generations the other way; best-of-N (``random``)
 is the control, whose generations do not move. Two-mode toy mixture, linear reward r(x) = x_1 + x_2 / 2,
-fixed seeds; the statistic is the mean fitness of the last two generations minus generation 0's, in the
-objective's own direction, averaged over seeds.
+fixed seeds; the statistic is the mean raw reward of the last two generations minus generation 0's, times +1
+when maximising and -1 when minimising, averaged over seeds.
 """
 
 import jax
@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from jaxalign.methods import METHODS, Context, build_method
+from jaxalign.rewards import oriented
 from jaxalign.sampler import make_sampler
 from jaxalign.toy import linear_reward, two_modes
 
@@ -32,14 +33,14 @@ def _search(method, maximize):
     model = two_modes()
     popsize = POPSIZE.get(method, 8)
     sampler = make_sampler(model, "ddim", 8, remat=METHODS[method].differentiates_sampler)
-    context = Context(sampler, linear_reward([1.0, 0.5]), model.image_shape, model.latent_shape, popsize, maximize)
+    context = Context(sampler, oriented(linear_reward([1.0, 0.5]), maximize), model.image_shape, model.latent_shape, popsize)
     options = OPTIONS.get(method, {})  # static options and numeric defaults alike, as a run config gives them
     search = build_method(method, context, {"method_params": options} if options else {})
     return model, search, search.default_params(guidance_scale=1.0)
 
 
 def movement(method, maximize):
-    """Mean over seeds of (late generations' mean fitness - generation 0's), signed so that better is positive."""
+    """Mean over seeds of (late generations' mean raw reward - generation 0's), signed so that better is positive."""
     model, search, params = _search(method, maximize)
     sign = 1.0 if maximize else -1.0
     moves = []
@@ -49,7 +50,7 @@ def movement(method, maximize):
         fitness = []
         for _ in range(GENERATIONS + 1):
             state, report = search.advance({}, problem, params, state)
-            fitness.append(np.nanmean(np.asarray(report.fitness)))
+            fitness.append(np.nanmean(np.asarray(report.components["linear"])))  # the reward before orientation
         moves.append(sign * (np.mean(fitness[-2:]) - fitness[0]))
     return float(np.mean(moves))
 

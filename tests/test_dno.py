@@ -33,7 +33,7 @@ def test_regularizer_is_flat_on_typical_noise_and_matches_a_hand_computed_value(
 def _toy(method, popsize, steps=8, **options):
     model = two_modes()
     sampler = make_sampler(model, "ddim", steps, remat=True)
-    context = Context(sampler, linear_reward([1.0, 0.5]), model.image_shape, model.latent_shape, popsize, True)
+    context = Context(sampler, linear_reward([1.0, 0.5]), model.image_shape, model.latent_shape, popsize)
     return model, sampler, build_method(method, context, {"method_params": options})
 
 

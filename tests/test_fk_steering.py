@@ -165,7 +165,7 @@ def test_fk_steering_particles_follow_the_tilted_mixture():
 
 def _context(popsize=4, steps=10):
     model = two_modes()
-    return model, Context(make_sampler(model, "ddim", steps), linear_reward([1.0, 0.0]), model.image_shape, model.latent_shape, popsize, True)
+    return model, Context(make_sampler(model, "ddim", steps), linear_reward([1.0, 0.0]), model.image_shape, model.latent_shape, popsize)
 
 
 def test_the_method_returns_every_particle_and_counts_its_budget():

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxalign.rewards import Objective, weighted_sum
+from jaxalign.rewards import Objective, oriented, weighted_sum
 from jaxalign.run import make_problem
 from jaxalign.search import make_search
 from jaxalign.spaces import SPACES
@@ -67,7 +67,7 @@ def test_best_so_far_is_the_running_maximum_and_its_image_scores_it(small_job):
     np.testing.assert_allclose(np.asarray(image[0]), np.asarray(state.best_image), atol=1e-4)
 
 
-def _search(job, objective, maximize=True, strategy="CoSyNE"):
+def _search(job, objective, strategy="CoSyNE"):
     space = SPACES[job.config.space]()
     centre_solution = space.init(jnp.zeros(job.latent_shape))
     return make_search(
@@ -76,21 +76,23 @@ def _search(job, objective, maximize=True, strategy="CoSyNE"):
         strategy=make_strategy(strategy, job.config.popsize, centre_solution),  # reference defaults (e.g. SNES std 0.2)
         objective=objective,
         image_shape=(job.config.height, job.config.width, 3),
-        maximize=maximize,
     )
 
 
 def test_minimising_keeps_the_smallest(small_job):
-    search = _search(small_job, weighted_sum({"brightness": 1.0}), maximize=False)
+    search = _search(small_job, oriented(weighted_sum({"brightness": 1.0}), maximize=False))
     problem, key = make_problem(small_job, "a red circle", 0)
     params = search.default_params()
     state = search.init(key, problem, params)
-    seen = []
+    seen, fitness = [], []
     for _ in range(3):
         state, report = search.advance(small_job.model_params, problem, params, state)
-        seen.append(np.asarray(report.fitness))
-    assert float(state.best_fitness) == pytest.approx(float(np.min(np.concatenate(seen))))
-    assert float(state.best_fitness) <= float(state.baseline_fitness)
+        seen.append(np.asarray(report.components["brightness"]))
+        fitness.append(np.asarray(report.fitness))
+    np.testing.assert_allclose(np.concatenate(fitness), -np.concatenate(seen), rtol=1e-6)  # negated once, and only once
+    assert float(state.best_components["brightness"]) == pytest.approx(float(np.min(np.concatenate(seen))))
+    assert float(state.best_fitness) == pytest.approx(-float(state.best_components["brightness"]))
+    assert float(state.best_components["brightness"]) <= float(state.baseline_components["brightness"])
 
 
 def test_nonfinite_scores_rank_last_and_are_counted(small_job):

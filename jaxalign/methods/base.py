@@ -23,7 +23,6 @@ from jaxalign.rewards import Objective
 from jaxalign.sampler import Denoiser, Sampler
 from jaxalign.schedulers import stochastic_schedulers
 from jaxalign.search import (
-    Direction,
     Problem,
     Search,
     SearchParams,
@@ -74,7 +73,6 @@ class Context(NamedTuple):
     image_shape: tuple[int, ...]
     latent_shape: tuple[int, ...]
     popsize: int
-    maximize: bool
     make_mesh: Callable[[int], Any] = _single_device
 
 
@@ -132,31 +130,30 @@ def default_params_fn(context: Context, numeric: Mapping[str, float]):
     return default_params
 
 
-def signed_scores(context: Context, total):
-    """Scores in the maximised direction; non-finite ones become -inf."""
-    signed = total if context.maximize else -total
-    return jnp.where(jnp.isfinite(signed), signed, -jnp.inf)
+def finite_scores(total):
+    """The objective's scores (higher is better) with non-finite ones at -inf."""
+    return jnp.where(jnp.isfinite(total), total, -jnp.inf)
 
 
 def value(context: Context, denoiser: Denoiser, model_params, problem, params, clean):
-    """Reward of the images decoded from clean latents, in the maximised direction (the methods' value function)."""
+    """The objective of the images decoded from clean latents, non-finite at -inf (the methods' value function)."""
     total, _ = score(context.objective, model_params, problem, params, denoiser.decode(clean))
-    return signed_scores(context, total)
+    return finite_scores(total)
 
 
 def noise_method(context: Context, numeric, propose, update, init_method_state, evaluate_fn=None, cost=None, solution_size=None) -> Search:
     """A method over initial noises: ``propose`` a population, sample and score it, ``update`` its state.
 
     ``propose(key, method_state, params, problem) -> noises [P, L]`` and
-    ``update(key, method_state, noises, scores, extra, params, first) -> method_state``, with scores in
-    the maximised direction (non-finite -> -inf) and ``first`` a Python bool (generation 0).
+    ``update(key, method_state, noises, scores, extra, params, first) -> method_state``, with the objective's
+    scores (higher is better, non-finite -> -inf) and ``first`` a Python bool (generation 0).
     ``evaluate_fn(key, model_params, problem, params, noises)`` replaces plain sampling in later
     generations (DNO's value-and-gradient); it returns (total, components, images, extra). ``cost``:
     the budget of a later generation (default: one sampler run per member). ``solution_size`` L: the
     length of a solution when it holds more than the initial latent (DNO's sde mode; generation 0's
     solutions are its initial latents preceded by zeros).
     """
-    popsize, direction = context.popsize, Direction(context.maximize)
+    popsize = context.popsize
     names = tuple(context.objective.default_weights)
     dim = math.prod(context.latent_shape)
     solution_size = solution_size or dim
@@ -173,7 +170,7 @@ def noise_method(context: Context, numeric, propose, update, init_method_state, 
 
     def init(key, problem: Problem, params: SearchParams) -> SearchState:
         centre = jnp.pad(problem.centre.reshape(-1), (solution_size - dim, 0))
-        return initial_state(key, init_method_state(centre, params), centre, names, context.image_shape, direction)
+        return initial_state(key, init_method_state(centre, params), centre, names, context.image_shape)
 
     def generation(first: bool):
         def step(model_params, problem: Problem, params: SearchParams, state: SearchState):
@@ -185,10 +182,10 @@ def noise_method(context: Context, numeric, propose, update, init_method_state, 
             else:
                 noises = propose(propose_key, state.method_state, params, problem)
                 total, components, images, extra = evaluate(evaluate_key, model_params, problem, params, noises)
-            scores = signed_scores(context, total)
+            scores = finite_scores(total)
             method_state = update(update_key, state.method_state, noises, scores, extra, params, first)
             spent = plain_cost if first else cost
-            return replicate(record(state, key, method_state, noises, total, components, images, direction, spent))
+            return replicate(record(state, key, method_state, noises, total, components, images, spent))
 
         return step
 
@@ -219,18 +216,17 @@ def trajectory_method(context: Context, numeric, guided_run, cost: Mapping[str, 
     latent of the best returned sample.
     """
     popsize, sampler, objective = context.popsize, context.sampler, context.objective
-    direction = Direction(context.maximize)
     names = tuple(objective.default_weights)
     mesh = context.make_mesh(popsize)
     shard_population, replicate = sharding_helpers(mesh)
 
     def init(key, problem: Problem, params: SearchParams) -> SearchState:
-        return initial_state(key, jnp.zeros((), jnp.int32), problem.centre.reshape(-1), names, context.image_shape, direction)
+        return initial_state(key, jnp.zeros((), jnp.int32), problem.centre.reshape(-1), names, context.image_shape)
 
     def finish(model_params, problem, params, state, key, final, spent):
         images = sampler.decode(model_params, final)
         total, components = score(objective, model_params, problem, params, images)
-        return replicate(record(state, key, state.method_state, final.reshape(final.shape[0], -1), total, components, images, direction, spent))
+        return replicate(record(state, key, state.method_state, final.reshape(final.shape[0], -1), total, components, images, spent))
 
     def start(model_params, problem: Problem, params: SearchParams, state: SearchState):
         key, population_key = jax.random.split(state.key)

@@ -24,7 +24,7 @@ the SSP resampler and the other four schemes (:mod:`jaxalign.resampling`); the f
 the argmax output; the defaults of ``config/sd.py`` (alpha = ``kl_coeff`` 0.005 for the aesthetic
 reward, gamma 0.008, ESS threshold 0.5, eta 1, ``ssp``); and the budget (per particle and step one
 guided model call and one backward pass through model, decoder and reward, step 0 included; T P + P
-decodes, and one more for the returned image, which ``DAS.py`` re-scores). The twist uses the raw reward in the maximised direction, as the official (a NaN reward
+decodes, and one more for the returned image, which ``DAS.py`` re-scores). The twist uses the raw objective (higher is better), as the official (a NaN reward
 becomes a 0 twist through ``nan_to_num``), not :func:`~jaxalign.methods.base.value`'s non-finite
 -> -inf.
 
@@ -74,7 +74,7 @@ class DASRun(NamedTuple):
     ess: jax.Array  # [T + 1] effective sample size at each step's resampling check, then of the final weights
     resampled: jax.Array  # [T] whether step i resampled
     ancestors: jax.Array  # [T, P] step i's ancestor indices (arange where it did not resample)
-    rewards: jax.Array  # [P] r(x_T), the final reward in the maximised direction
+    rewards: jax.Array  # [P] r(x_T), the final objective (higher is better)
 
 
 def tempering(num_steps: int, gamma) -> jax.Array:
@@ -124,7 +124,7 @@ def _gaussian_log_density(x, mean, variance):
 def das_particles(key, denoiser: Denoiser, value_fn: Callable[[jax.Array], jax.Array], popsize: int, latent_shape, knobs: Mapping, resample: Callable) -> DASRun:
     """One DAS run of ``popsize`` particles from fresh N(0, I) noise (the official SD pipeline's loop).
 
-    ``value_fn(clean latents [P, ...]) -> r [P]`` is the reward in the maximised direction (it must be
+    ``value_fn(clean latents [P, ...]) -> r [P]`` is the objective (higher is better) (it must be
     differentiable); ``knobs`` holds ``alpha``, ``tempering_gamma``, ``ess_threshold`` and ``eta``
     (traced); ``resample(key, normalised weights [P]) -> ancestors [P]``. Keys: ``start, loop =
     split(key)``; x_0 = normal(start); step i uses ``resample_key, noise_key =
@@ -193,9 +193,9 @@ def _das(context: Context, numeric, resampling: str) -> Search:
 
     def guided_run(key, denoiser, model_params, problem, params):
         def reward(clean):
-            # The raw reward in the maximised direction: the official twist has no non-finite -> -inf.
+            # The raw objective: the official twist has no non-finite -> -inf.
             total, _ = score(context.objective, model_params, problem, params, denoiser.decode(clean))
-            return total if context.maximize else -total
+            return total
 
         run = das_particles(key, denoiser, reward, context.popsize, context.latent_shape, params.method, resample)
         best = jnp.argmax(run.log_weights)  # pipeline l.413: the single particle of largest final weight

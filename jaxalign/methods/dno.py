@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxalign.errors import JaxalignError
-from jaxalign.methods.base import METHODS, Context, MethodSpec, noise_method, signed_scores
+from jaxalign.methods.base import METHODS, Context, MethodSpec, noise_method, finite_scores
 from jaxalign.schedulers import stochastic_schedulers
 from jaxalign.search import score, sharding_helpers
 
@@ -167,7 +167,7 @@ def _dno(context: Context, numeric, mode: str):
         images = render(model_params, problem, params, noises)
         total, components = score(context.objective, model_params, problem, params, images)
         regularizer = jax.vmap(lambda k, z: _regularizer(k, z, params))(jax.random.split(key, popsize), noises)
-        return jnp.sum(-signed_scores(context, total) + regularizer), (total, components, images)
+        return jnp.sum(-finite_scores(total) + regularizer), (total, components, images)
 
     def evaluate(key, model_params, problem, params, noises):
         (_, (total, components, images)), grad = jax.value_and_grad(loss, has_aux=True)(noises, key, model_params, problem, params)
@@ -228,7 +228,7 @@ def _dno_hybrid(context: Context, numeric, mode: str, image_gradient: str):
         rest_images, rest_space = images_and_space(model_params, denoise(model_params, problem, params, noises[1:]))
         images = jnp.concatenate([first_image[None], rest_images])
         total, components = score(context.objective, model_params, problem, params, images)
-        g = image_space_gradient(-signed_scores(context, total), jnp.concatenate([first_space[None], rest_space]))
+        g = image_space_gradient(-finite_scores(total), jnp.concatenate([first_space[None], rest_space]))
         (grad,) = pullback(g)
         grad = grad + jax.grad(lambda z: _regularizer(key, z, params))(noises[0])
         return total, components, images, _finite(grad)

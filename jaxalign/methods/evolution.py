@@ -42,7 +42,7 @@ def _configure(name: str, spec: MethodSpec, context: Context, settings: Mapping[
     strategy_params = make_params(strategy, param_overrides, strategy_name)
     search = make_search(
         sampler=context.sampler, space=space, strategy=strategy, objective=context.objective,
-        image_shape=context.image_shape, maximize=context.maximize, mesh=context.make_mesh(shardable_batch(strategy, context.popsize)),
+        image_shape=context.image_shape, mesh=context.make_mesh(shardable_batch(strategy, context.popsize)),
     )  # fmt: skip
     generic_defaults = search.default_params
 

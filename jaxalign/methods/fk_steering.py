@@ -98,7 +98,7 @@ def fk_particles(
     potential: str, steps_to_resample: np.ndarray, adaptive: bool,
 ) -> FKRun:  # fmt: skip
     """One run of ``popsize`` particles from fresh N(0, I) noise. ``value_fn(clean latents) -> rewards [P]`` in the
-    maximised direction; ``knobs``: ``lmbda``, ``eta``, ``reward_min_value``, ``ess_threshold`` (traced); static
+    objective (higher is better); ``knobs``: ``lmbda``, ``eta``, ``reward_min_value``, ``ess_threshold`` (traced); static
     ``steps_to_resample`` (:func:`resampling_steps`). Keys: ``start, loop = split(key)``; step i uses
     ``resample_key, noise_key = split(fold_in(loop, i))``."""
     chosen = POTENTIALS[potential]
@@ -151,7 +151,7 @@ def _fk_steering(context: Context, numeric, potential_type: str, resample_freque
     def guided_run(key, denoiser, model_params, problem, params):
         def reward(clean):
             total, _ = score(context.objective, model_params, problem, params, denoiser.decode(clean))
-            return total if context.maximize else -total
+            return total
 
         run = fk_particles(key, denoiser, reward, context.popsize, context.latent_shape, params.method, potential_type, steps, adaptive_resampling)
         return run.clean, cost

@@ -22,7 +22,7 @@ from jaxalign.search import Search
 
 class PivotState(NamedTuple):
     pivot: jax.Array  # [d]
-    score: jax.Array  # the pivot's score, maximised direction
+    score: jax.Array  # the pivot's score (higher is better)
 
 
 def sphere_neighbours(key, pivot, cosine, count: int):
