@@ -248,7 +248,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     from jaxalign.methods import METHODS
     from jaxalign.methods.base import method_fields
     from jaxalign.models import ATTENTION, FAMILIES
-    from jaxalign.rewards import needs_path, parse_reward
+    from jaxalign.rewards import is_learned, parse_reward
     from jaxalign.schedulers import AUTO, SCHEDULERS
     from jaxalign.spaces import SPACES
     from jaxalign.strategies import STRATEGIES
@@ -307,7 +307,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if unused:
         raise JaxalignError(f"reward_paths for {', '.join(unused)}, which is not among rewards ({', '.join(config.rewards)})")
     for name, weight in config.rewards.items():
-        if not needs_path(name):  # learned rewards load (and check) their weights when the job is built
+        if not is_learned(name):  # learned rewards load (and check) their weights when the job is built
             parse_reward(name)
         if not isinstance(weight, (int, float)) or not math.isfinite(weight):
             raise JaxalignError(f"reward weight for {name!r} must be a finite number, got {weight!r}")

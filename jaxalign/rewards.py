@@ -66,8 +66,8 @@ _LUMA = np.array([0.2126, 0.7152, 0.0722], np.float32)
 
 
 class Reward(NamedTuple):
-    """``fn(images) -> [N]``; a reward with ``params`` or ``prepare`` is called
-    ``fn(images, params, prepared)``, where ``prepared = prepare(prompt)`` was computed on the host."""
+    """``fn(images, params, prepared) -> [N]``, one signature for every reward: ``params`` are its weights (None for
+    weight-free rewards) and ``prepared = prepare(prompt)`` its host-side prompt encoding (None when it reads none)."""
 
     fn: Callable[..., jax.Array]
     differentiable: bool
@@ -75,9 +75,24 @@ class Reward(NamedTuple):
     prepare: Callable[[str], Any] | None = None
 
     def score(self, images: jax.Array, params: Any = None, prepared: Any = None) -> jax.Array:
-        if self.params is None and self.prepare is None:
-            return self.fn(images)
         return self.fn(images, params, prepared)
+
+
+def images_only(fn: Callable[[jax.Array], jax.Array]) -> Callable[..., jax.Array]:
+    """A function of the images alone in the reward signature (weight-free, prompt-free rewards)."""
+    return lambda images, params=None, prepared=None: fn(images)
+
+
+def learned(constructor: Callable[..., Reward]) -> Callable[..., Reward]:
+    """Marks a reward constructor that reads weights (``reward_paths`` or its default repo id): such a reward is
+    built, and its files checked, when the job is built, not while the config is checked."""
+    constructor.learned = True
+    return constructor
+
+
+def is_learned(name: str) -> bool:
+    """Whether the reward of a config name (``name`` or ``name:argument``) reads weights."""
+    return getattr(REWARDS[name.partition(":")[0]], "learned", False)
 
 
 REWARDS: Registry[Callable[[], Reward]] = Registry("reward")
@@ -116,7 +131,7 @@ def brightness() -> Reward:
     The reference's uint8 rounding of 255 x is skipped (it changes the value by at most 0.5 / 255).
     The old mean over channels is ``mean_intensity``.
     """
-    return Reward(lambda images: _per_image_mean(_scaled(images).max(axis=-1)) / 255.0, differentiable=True)
+    return Reward(images_only(lambda images: _per_image_mean(_scaled(images).max(axis=-1)) / 255.0), differentiable=True)
 
 
 @REWARDS.register("relative_luminance")
@@ -127,7 +142,7 @@ def relative_luminance() -> Reward:
     sRGB values that are not linearised, in [0, 1]. The reference's uint8 rounding of 255 x is skipped
     (at most 0.5 / 255). The linearised (WCAG) one is ``wcag_luminance``.
     """
-    return Reward(lambda images: _per_image_mean((_scaled(images) * _LUMA).sum(axis=-1)) / 255.0, differentiable=True)
+    return Reward(images_only(lambda images: _per_image_mean((_scaled(images) * _LUMA).sum(axis=-1)) / 255.0), differentiable=True)
 
 
 @REWARDS.register("contrast")
@@ -138,7 +153,7 @@ def contrast() -> Reward:
     Not divided by 255, so it ranges over [0, 127.5]. The reference's uint8 rounding of 255 x is
     skipped (at most 0.5). The old standard deviation of Rec. 709 luma in [0, 0.5] is ``luma_rms_contrast``.
     """
-    return Reward(lambda images: _rms(_scaled(images).mean(axis=-1)), differentiable=True)
+    return Reward(images_only(lambda images: _rms(_scaled(images).mean(axis=-1))), differentiable=True)
 
 
 @REWARDS.register("saturation")
@@ -156,6 +171,7 @@ def saturation() -> Reward:
     ``continuous_saturation``.
     """
 
+    @images_only
     def fn(images):
         scaled = _scaled(images)
         high, low = scaled.max(axis=-1), scaled.min(axis=-1)
@@ -175,7 +191,7 @@ def saturation() -> Reward:
 @REWARDS.register("mean_intensity")
 def mean_intensity() -> Reward:
     """Mean pixel value over all pixels and channels: mean(R, G, B) in [0, 1]. (Not the paper's ``brightness``.)"""
-    return Reward(_per_image_mean, differentiable=True)
+    return Reward(images_only(_per_image_mean), differentiable=True)
 
 
 def srgb_to_linear(images: jax.Array) -> jax.Array:
@@ -186,7 +202,7 @@ def srgb_to_linear(images: jax.Array) -> jax.Array:
 def wcag_luminance() -> Reward:
     """Mean WCAG relative luminance: sRGB linearised, then mean of 0.2126 R + 0.7152 G + 0.0722 B.
     (Not the paper's ``relative_luminance``, which skips the linearisation.)"""
-    return Reward(lambda images: _per_image_mean((srgb_to_linear(images) * _LUMA).sum(axis=-1)), differentiable=True)
+    return Reward(images_only(lambda images: _per_image_mean((srgb_to_linear(images) * _LUMA).sum(axis=-1))), differentiable=True)
 
 
 @REWARDS.register("luma_rms_contrast")
@@ -194,6 +210,7 @@ def luma_rms_contrast() -> Reward:
     """Standard deviation over pixels of Rec. 709 luma 0.2126 R + 0.7152 G + 0.0722 B (gamma-encoded), in
     [0, 0.5]. (Not the paper's ``contrast``, which uses the channel mean in 0-255 units.)"""
 
+    @images_only
     def fn(images):
         luma = (images * _LUMA).sum(axis=-1).reshape(images.shape[0], -1)
         return jnp.sqrt(jnp.mean((luma - luma.mean(axis=1, keepdims=True)) ** 2, axis=1) + 1e-12)
@@ -206,6 +223,7 @@ def continuous_saturation() -> Reward:
     """Mean HSV saturation (max - min) / max on the float image, 0 for black pixels; the paper's
     ``saturation`` without its two uint8 steps (rounded pixels, truncated result)."""
 
+    @images_only
     def fn(images):
         high, low = images.max(axis=-1), images.min(axis=-1)
         return _per_image_mean(jnp.where(high > 0, (high - low) / jnp.maximum(high, 1e-12), 0.0))
@@ -261,7 +279,7 @@ def host_reward(scorer: Callable, *, with_prompt: bool = False) -> Reward:
 
     if with_prompt:
         return Reward(fn, differentiable=False, prepare=prepare)
-    return Reward(lambda images: fn(images), differentiable=False)
+    return Reward(fn, differentiable=False)
 
 
 @REWARDS.register("jpeg_compressibility")
@@ -294,6 +312,7 @@ def color_fraction(colour: str) -> Reward:
         raise JaxalignError(f"unknown colour {colour!r} for color_fraction; valid: {', '.join(COLOURS)}")
     target = jnp.asarray(COLOURS[colour], jnp.float32)
 
+    @images_only
     def fn(images):
         distance = jnp.sqrt(jnp.sum((images - target) ** 2, axis=-1) + 1e-12)
         return _per_image_mean(jax.nn.sigmoid((0.25 - distance) / 0.03))
@@ -334,6 +353,7 @@ def _clip_reward(clip, clip_params, scale: Callable[[Any], jax.Array]) -> Reward
 
 
 @REWARDS.register("clip")
+@learned
 def clip_score(path: str = "openai/clip-vit-large-patch14") -> Reward:
     """CLIP score: 100 x cosine similarity of image and prompt embeddings."""
     from jaxalign.models import load_clip
@@ -342,6 +362,7 @@ def clip_score(path: str = "openai/clip-vit-large-patch14") -> Reward:
 
 
 @REWARDS.register("novelty")
+@learned
 def novelty(path: str = "facebook/dinov2-base", top_k: int = 15) -> Reward:
     """Novelty, the reference's DINOv2 k-nearest-neighbour score (pjjajal/diffusion-trajectory
     ``fitness_fn.Novelty``): the mean Euclidean distance of an image's DINOv2 ``pooler_output`` to its
@@ -372,6 +393,7 @@ def knn_novelty(features: jax.Array, top_k: int) -> jax.Array:
 
 
 @REWARDS.register("pickscore")
+@learned
 def pickscore(path: str = "yuvalkirstain/PickScore_v1") -> Reward:
     """PickScore: the model's logit scale x cosine similarity of image and prompt embeddings."""
     from jaxalign.models import load_clip
@@ -389,6 +411,7 @@ VIT_H_14 = {
 
 
 @REWARDS.register("hpsv2")
+@learned
 def hpsv2(path: str | None = None, architecture: Mapping | None = None) -> Reward:
     """HPSv2 / HPSv2.1: cosine similarity of image and prompt under the HPS-tuned open_clip ViT-H-14.
 
@@ -408,6 +431,7 @@ def hpsv2(path: str | None = None, architecture: Mapping | None = None) -> Rewar
 
 
 @REWARDS.register("aesthetic")
+@learned
 def aesthetic(path: str | None = None, clip: str = "openai/clip-vit-large-patch14") -> Reward:
     """The LAION aesthetic predictor (about 1-10): its MLP on the L2-normalised CLIP ViT-L/14 image
     embedding. ``path`` is the predictor's ``.pth`` (e.g. ``sac+logos+ava1-l14-linearMSE.pth``) or a
@@ -416,6 +440,7 @@ def aesthetic(path: str | None = None, clip: str = "openai/clip-vit-large-patch1
 
 
 @REWARDS.register("reference_aesthetic")
+@learned
 def reference_aesthetic(path: str | None = None, clip: str = "openai/clip-vit-large-patch14") -> Reward:
     """``aesthetic`` as pjjajal/diffusion-trajectory's evolution runs compute it (``fitness_fn.py``
     ``aesthetic_fitness_fn`` on the pipeline's PIL images): CLIP's processor with ``do_rescale=False`` normalises
@@ -470,6 +495,7 @@ def aesthetic_mlp(state: Mapping[str, np.ndarray], input_dim: int, source) -> li
 
 
 @REWARDS.register("imagereward")
+@learned
 def imagereward(path: str | None = None, med_config: str | None = None, device: str = "cpu") -> Reward:
     """ImageReward (Xu et al. 2023, arXiv 2304.05977) in PyTorch through :func:`host_reward`.
 
@@ -534,11 +560,6 @@ def oriented(objective: Objective, maximize: bool) -> Objective:
     return objective._replace(fn=fn)
 
 
-def needs_path(name: str) -> bool:
-    """Whether a reward reads weights (its constructor takes a ``path``)."""
-    return "path" in inspect.signature(REWARDS[name.partition(":")[0]]).parameters
-
-
 def parse_reward(spec: str, paths: Mapping[str, Any] | None = None) -> Reward:
     """A reward from its config name: ``"brightness"``, ``"name:argument"`` such as
     ``"color_fraction:red"``, or a learned reward whose weights are at ``paths[name]`` (a path or
@@ -547,11 +568,14 @@ def parse_reward(spec: str, paths: Mapping[str, Any] | None = None) -> Reward:
     constructor = REWARDS[name]
     options = (paths or {}).get(name)
     kwargs = dict(options) if isinstance(options, Mapping) else ({"path": str(options)} if options else {})
-    check_known(f"reward_paths.{name} option(s)", kwargs, inspect.signature(constructor).parameters)
-    try:
-        return constructor(argument, **kwargs) if argument else constructor(**kwargs)
+    signature = inspect.signature(constructor)
+    check_known(f"reward_paths.{name} option(s)", kwargs, signature.parameters)
+    args = (argument,) if argument else ()
+    try:  # the arguments are checked against the signature, so a TypeError raised inside the constructor stays its own
+        signature.bind(*args, **kwargs)
     except TypeError:
         raise JaxalignError(f"reward {name!r} takes {'no argument' if argument else 'an argument, as ' + name + ':<value>'}; got {spec!r}") from None
+    return constructor(*args, **kwargs)
 
 
 def weighted_sum(weights: Mapping[str, float], paths: Mapping[str, Any] | None = None) -> Objective:

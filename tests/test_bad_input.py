@@ -472,16 +472,16 @@ def test_a_run_whose_generation_0_is_entirely_non_finite_stops_in_one_line(tmp_p
     generation 0 instead of ranking NaNs for ten generations and reporting success."""
     import jax.numpy as jnp
 
-    from jaxalign.rewards import REWARDS, Reward
+    from jaxalign.rewards import REWARDS, Reward, images_only
 
-    monkeypatch.setitem(REWARDS._entries, "always_nan", lambda: Reward(lambda images: jnp.full(images.shape[0], jnp.nan), True))
+    monkeypatch.setitem(REWARDS._entries, "always_nan", lambda: Reward(images_only(lambda images: jnp.full(images.shape[0], jnp.nan)), True))
     workdir = tmp_path / "run"
     assert main(["run", "--config", RED_PIXELS, "--workdir", str(workdir), *SMALL, "--config.rewards={'always_nan': 1.0}"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("jaxalign: error: generation 0 scored no image finitely (the baseline and all 4 candidates") and "\n" not in err
     assert not (workdir / "summary.json").exists()
     # One finite image is enough to search from: a reward finite on bright images only runs to the end.
-    monkeypatch.setitem(REWARDS._entries, "nan_when_dark", lambda: Reward(lambda images: jnp.where(images.mean((1, 2, 3)) > 0.3, 1.0, jnp.nan), True))
+    monkeypatch.setitem(REWARDS._entries, "nan_when_dark", lambda: Reward(images_only(lambda images: jnp.where(images.mean((1, 2, 3)) > 0.3, 1.0, jnp.nan)), True))
     assert main(["run", "--config", RED_PIXELS, "--workdir", str(tmp_path / "ok"), *SMALL, "--config.rewards={'nan_when_dark': 1.0}"]) == 0
 
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxalign.rewards import REWARDS, needs_path, parse_reward
+from jaxalign.rewards import REWARDS, is_learned, parse_reward
 from jaxalign.sampler import make_sampler
 from jaxalign.schedulers import SCHEDULERS, RectifiedFlow
 from jaxalign.toy import GaussianMixture
@@ -18,7 +18,7 @@ from jaxalign.toy import GaussianMixture
 # Rewards whose constructor takes an argument (``name:argument`` in a config): one example each.
 ARGUMENTS = {"color_fraction": "red"}
 # Learned rewards read weights; their parity with the PyTorch originals, on tiny weights, is test_learned_rewards.py's.
-WEIGHT_FREE = sorted(name for name in REWARDS if not needs_path(name))
+WEIGHT_FREE = sorted(name for name in REWARDS if not is_learned(name))
 
 
 def _reward(name):

@@ -247,3 +247,26 @@ def test_reward_arguments_are_checked(spec, message):
 
     with pytest.raises(JaxalignError, match=message):
         parse_reward(spec)
+
+
+def test_an_error_inside_a_constructor_is_not_reported_as_a_wrong_argument(monkeypatch):
+    from jaxalign.rewards import parse_reward
+
+    def broken():
+        raise TypeError("a bug inside the constructor")
+
+    monkeypatch.setitem(REWARDS._entries, "broken", broken)
+    with pytest.raises(TypeError, match="a bug inside the constructor"):
+        parse_reward("broken")
+    with pytest.raises(JaxalignError, match="reward 'broken' takes no argument"):
+        parse_reward("broken:1")
+
+
+def test_learned_rewards_are_exactly_those_that_read_weights():
+    import inspect
+
+    from jaxalign.rewards import is_learned
+
+    for name, constructor in REWARDS.items():
+        assert is_learned(name) == ("path" in inspect.signature(constructor).parameters), name
+    assert is_learned("clip") and is_learned("imagereward") and not is_learned("color_fraction:red")
