@@ -184,7 +184,7 @@ def _scorer(cache: dict, name: str, paths: Mapping[str, Any]):
 
 def _clip_embedder(source: str):
     from jaxalign.models import load_clip
-    from jaxalign.rewards import clip_preprocess
+    from jaxalign.learned_rewards import clip_preprocess
 
     clip, params = load_clip(source)
 

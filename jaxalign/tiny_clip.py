@@ -124,7 +124,7 @@ def zero_shot_read(clip: ClipModel, params: Params, images: np.ndarray, referenc
     """CLIP's reading of each image, one attribute at a time: the value whose full caption (the other
     attributes as in ``reference``) scores highest. Colours equal to the reference's background (and
     backgrounds equal to its colour) are not offered, as no caption names them together."""
-    from jaxalign.rewards import clip_preprocess
+    from jaxalign.learned_rewards import clip_preprocess
 
     pixels = clip_preprocess(jnp.asarray(images), clip.crop_size, clip.mean, clip.std)
     image = np.asarray(jax.jit(clip.image_features)(params, pixels))

@@ -14,7 +14,8 @@ from jaxalign import shapes
 from jaxalign.cli import main
 from jaxalign.evaluate import load_image
 from jaxalign.models import load_clip
-from jaxalign.rewards import clip_preprocess, parse_reward
+from jaxalign.learned_rewards import clip_preprocess
+from jaxalign.rewards import parse_reward
 
 PROMPT = "a large red circle on a blue background, top left"
 RIGHT = shapes.Attributes("circle", "red", "blue", "large", "top left")

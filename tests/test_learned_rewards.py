@@ -16,7 +16,8 @@ from conftest import small_config
 
 from jaxalign.errors import JaxalignError
 from jaxalign.models import EMBEDDED_DIR
-from jaxalign.rewards import clip_preprocess, host_reward, parse_reward
+from jaxalign.learned_rewards import clip_preprocess
+from jaxalign.rewards import host_reward, parse_reward
 from jaxalign.run import build, run
 
 PROMPTS = ["a red circle on a blue background", "a green square"]
@@ -134,7 +135,7 @@ def test_reference_aesthetic_is_the_reference_evolution_path_uint8_quirk(tiny_cl
     from PIL import Image
     from transformers import CLIPImageProcessor
 
-    from jaxalign.rewards import uint8_clip_preprocess
+    from jaxalign.learned_rewards import uint8_clip_preprocess
 
     model, path = tiny_clip
     batch = images()
@@ -387,7 +388,7 @@ def test_novelty_matches_pytorch_dinov2_features_and_the_knn_formula(tiny_dinov2
 
 
 def test_knn_novelty_by_hand():
-    from jaxalign.rewards import knn_novelty
+    from jaxalign.learned_rewards import knn_novelty
 
     line = jnp.array([[0.0], [1.0], [3.0]])
     np.testing.assert_allclose(knn_novelty(line, 1), [1.0, 1.0, 2.0], rtol=1e-6)
