@@ -21,7 +21,7 @@ transformers_logging.set_verbosity_warning()
 import jax
 from pathlib import Path
 from jaxalign.models import load_model
-from jaxalign.run import plot_fitness
+from jaxalign.outputs import plot_fitness
 from jaxalign.sampler import make_sampler
 model, params = load_model("embedded")
 sampler = make_sampler(model, "ddim", 2)
