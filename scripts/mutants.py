@@ -165,6 +165,8 @@ MUTANTS = [
            "covariance_gap = jnp.max(jnp.linalg.eigvalsh(covariance - jnp.eye(subsample)))", ("tests/test_dno.py", "-k", "regularizer")),
     Mutant("hybrid DNO estimate normalised by its squared norm", "jaxalign/methods/dno.py",
            "return g / (jnp.linalg.norm(g) + 1e-3)", "return g / (jnp.linalg.norm(g) ** 2 + 1e-3)", ("tests/test_dno.py", "-k", "hand_example")),
+    Mutant("eval scores a folder it cannot write to", "jaxalign/evaluate.py",
+           "if not os.access(workdir, os.W_OK | os.X_OK):", "if False:", ("tests/test_evaluate.py", "-k", "read-only")),
 ]  # fmt: skip
 
 

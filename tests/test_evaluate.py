@@ -95,10 +95,17 @@ def test_eval_scores_judges_and_measures_diversity(sweep, capsys):
         ("population of floats", [], "final_population.npy is not a saved population \\(uint8 \\[P, H, W, 3\\]; got float64 \\[3, 32, 32, 3\\]\\)"),
         ("mixed sizes", [], "images of different sizes \\(32x32, 48x48\\), e.g. in .*seed_2"),
         ("summary cut short", [], "eval: cannot read .*seed_2/summary.json: "),
+        ("read-only workdir", [], "eval: .*sweep is not writable \\(eval writes eval.json, eval.csv and eval.png there\\)"),
     ],
 )
-def test_eval_bad_input_is_one_line_and_writes_nothing(sweep, tmp_path, capsys, case, args, message):
+def test_eval_bad_input_is_one_line_and_writes_nothing(sweep, tmp_path, capsys, monkeypatch, case, args, message):
     workdir = sweep
+    if case == "read-only workdir":  # what os.access says of a read-only folder; as root (CI) chmod cannot make one
+        import os
+
+        access = os.access
+        monkeypatch.setattr(os, "access", lambda path, mode, **kw: Path(path) != sweep and access(path, mode, **kw))
+        monkeypatch.setattr("jaxalign.evaluate.load_image", lambda path: pytest.fail("scored before the folder was checked"))
     if case in ("empty", "marked but unfinished", "foreign files, no marker"):
         workdir = tmp_path / "other"
         workdir.mkdir()
