@@ -56,6 +56,14 @@ def load_image(path: Path) -> np.ndarray:
         raise JaxalignError(f"eval: {path} is not a readable image ({type(error).__name__}); re-run that run or remove it") from None
 
 
+def _inside(run: Path, relative) -> Path:
+    """A file a run's summary names, which must lie in that run's folder (eval reads nothing outside the runs)."""
+    path = run / str(relative)
+    if not path.resolve().is_relative_to(run.resolve()):
+        raise JaxalignError(f"eval: {run / 'summary.json'} names {relative!r}, outside its run folder; re-run that run or remove it")
+    return path
+
+
 def evaluate(workdir: str | Path, rewards: Sequence[str] | None = None, reward_paths: Mapping[str, Any] | None = None, clip: str | None = None) -> dict:
     """Evaluate every run under ``workdir`` and write ``eval.json``, ``eval.csv`` and ``eval.png`` there.
 
@@ -74,7 +82,7 @@ def evaluate(workdir: str | Path, rewards: Sequence[str] | None = None, reward_p
     for name in rewards or ():
         REWARDS[name.partition(":")[0]]  # unknown names fail before any work
     summaries = [_read(run / "summary.json") for run in runs]
-    images = [(load_image(run / "images" / "baseline.png"), load_image(run / s.get("best_image", "images/best.png"))) for run, s in zip(runs, summaries)]
+    images = [(load_image(run / "images" / "baseline.png"), load_image(_inside(run, s.get("best_image", "images/best.png")))) for run, s in zip(runs, summaries)]
     sizes = {pair[k].shape for pair in images for k in (0, 1)}
     if len(sizes) > 1:  # one grid and pairwise diversities need one size
         odd = next(run for run, pair in zip(runs, images) if {pair[0].shape, pair[1].shape} != {images[0][0].shape})
@@ -143,7 +151,7 @@ def _population_diversity(path: Path, embed) -> dict[str, float]:
         return {}
     try:
         population = np.load(path, allow_pickle=False)  # never unpickle a file found in a folder
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, EOFError) as error:  # EOFError: an empty file
         raise JaxalignError(f"eval: {path} is not a saved population ({type(error).__name__}); re-run that run or remove the file") from None
     if population.dtype != np.uint8 or population.ndim != 4 or population.shape[-1] != 3:
         raise JaxalignError(f"eval: {path} is not a saved population (uint8 [P, H, W, 3]; got {population.dtype} {list(population.shape)})")

@@ -42,7 +42,7 @@ from jaxalign.rewards import Objective, oriented, weighted_sum
 from jaxalign.sampler import make_sampler
 from jaxalign.search import Problem, Search, SearchParams, batched, device_mesh, prompt_sharding, shard_over_devices
 from jaxalign.trackers import Tracker, open_trackers, parse_loggers
-from jaxalign.workdir import INPUTS, check_run_files, check_same_config, check_same_inputs, check_workdir, run_inputs
+from jaxalign.workdir import INPUTS, check_run_files, check_same_config, check_same_inputs, check_workdir, read_run_json, run_inputs
 
 
 @dataclasses.dataclass
@@ -146,11 +146,7 @@ def _run_locked(job: Job, workdir: Path, progress: bool, resume: bool, overwrite
     several = len(job.prompts) > 1
     outs = [workdir / f"{i:03d}_{_slug(p)}" if several else workdir for i, p in enumerate(job.prompts)]
     if resume and config_file.is_file():
-        try:
-            saved = json.loads(config_file.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise JaxalignError(f"cannot resume: {config_file} is not the JSON a run writes") from None
-        check_same_config(saved, config.to_dict())
+        check_same_config(read_run_json(config_file), config.to_dict())
         check_run_files([workdir, *outs])
         check_same_inputs(workdir / INPUTS, job)
     if overwrite:

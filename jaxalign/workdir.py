@@ -57,13 +57,21 @@ def run_inputs(job) -> dict:
     return {"prompts": job.prompts, "reward_files": files}
 
 
-def check_same_inputs(path: Path, job) -> None:
-    if not path.is_file():  # a run from before this record: nothing to compare
-        return
+def read_run_json(path: Path) -> dict:
+    """A JSON object a run wrote (config.json, inputs.json), or one line saying the file is not one."""
     try:
         saved = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise JaxalignError(f"cannot resume: {path} is not the JSON a run writes") from None
+        saved = None
+    if not isinstance(saved, dict):
+        raise JaxalignError(f"cannot resume: {path} is not the JSON a run writes")
+    return saved
+
+
+def check_same_inputs(path: Path, job) -> None:
+    if not path.is_file():  # a run from before this record: nothing to compare
+        return
+    saved = read_run_json(path)
     current = run_inputs(job)
     if saved.get("prompts") != current["prompts"]:
         raise JaxalignError(f"cannot resume: the prompts differ from the ones this run started with ({job.config.prompt_file or 'config.prompts'} changed); use a new workdir")

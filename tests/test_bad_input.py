@@ -116,7 +116,7 @@ def test_resume_and_overwrite_exclude_each_other(tmp_path, capsys):
     fails_cleanly(["run", "--config", RED_PIXELS, "--workdir", str(tmp_path / "new"), "--resume", "--overwrite"], capsys, "exclude each other", tmp_path / "new")
 
 
-@pytest.mark.parametrize("damage", ["metrics.jsonl is a directory", "images is a file", "config.json is not JSON"])
+@pytest.mark.parametrize("damage", ["metrics.jsonl is a directory", "images is a file", "config.json is not JSON", "config.json is a JSON list", "inputs.json is a JSON string"])
 def test_resume_refuses_a_workdir_jaxalign_did_not_write(finished, tmp_path, capsys, damage):
     workdir = tmp_path / "run"
     shutil.copytree(finished, workdir)
@@ -129,9 +129,15 @@ def test_resume_refuses_a_workdir_jaxalign_did_not_write(finished, tmp_path, cap
         shutil.rmtree(workdir / "images")
         (workdir / "images").write_text("")
         pattern = "images should be a directory"
-    else:
+    elif damage == "config.json is not JSON":
         (workdir / "config.json").write_bytes(b"\x00\xff not json")
         pattern = "config.json is not the JSON a run writes"
+    elif damage == "config.json is a JSON list":  # JSON, but not an object: once a traceback from the comparison
+        (workdir / "config.json").write_text("[1, 2]")
+        pattern = "config.json is not the JSON a run writes"
+    else:
+        (workdir / "inputs.json").write_text('"prompts"')
+        pattern = "inputs.json is not the JSON a run writes"
     fails_cleanly(["run", "--config", RED_PIXELS, "--workdir", str(workdir), *SMALL, "--resume"], capsys, pattern, workdir)
 
 

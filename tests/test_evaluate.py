@@ -95,6 +95,8 @@ def test_eval_scores_judges_and_measures_diversity(sweep, capsys):
         ("population of floats", [], "final_population.npy is not a saved population \\(uint8 \\[P, H, W, 3\\]; got float64 \\[3, 32, 32, 3\\]\\)"),
         ("mixed sizes", [], "images of different sizes \\(32x32, 48x48\\), e.g. in .*seed_2"),
         ("summary cut short", [], "eval: cannot read .*seed_2/summary.json: "),
+        ("best image outside the run", [], "eval: .*seed_2/summary.json names '../../seed_1/images/step_0003.png', outside its run folder"),
+        ("empty population file", [], "seed_2/images/final_population.npy is not a saved population \\(EOFError\\)"),
         ("read-only workdir", [], "eval: .*sweep is not writable \\(eval writes eval.json, eval.csv and eval.png there\\)"),
     ],
 )
@@ -122,6 +124,11 @@ def test_eval_bad_input_is_one_line_and_writes_nothing(sweep, tmp_path, capsys, 
         np.save(images / "final_population.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     if case == "population of floats":
         np.save(images / "final_population.npy", np.load(images / "final_population.npy") / 255.0)
+    if case == "best image outside the run":  # a summary edited to point elsewhere: eval reads only inside the runs
+        summary = json.loads((sweep / "seed_2" / "summary.json").read_text())
+        (sweep / "seed_2" / "summary.json").write_text(json.dumps({**summary, "best_image": "../../seed_1/images/step_0003.png"}))
+    if case == "empty population file":
+        (images / "final_population.npy").write_bytes(b"")
     if case == "summary cut short":
         (sweep / "seed_2" / "summary.json").write_text((sweep / "seed_2" / "summary.json").read_text()[:40])
     if case == "mixed sizes":
