@@ -24,7 +24,7 @@ _API = {
     "default_config": "config", "load_config": "config", "METHODS": "methods", "FAMILIES": "models", "load_model": "models",
     "save_model": "models", "REWARDS": "rewards", "host_reward": "rewards", "weighted_sum": "rewards", "oriented": "rewards", "Job": "run", "build": "run",
     "make_problem": "run", "make_sampler": "sampler", "SCHEDULERS": "schedulers", "Problem": "search", "SearchParams": "search",
-    "SearchState": "search", "SPACES": "spaces", "STRATEGIES": "strategies", "TRACKERS": "trackers",
+    "SearchState": "search", "scanned": "search", "SPACES": "spaces", "STRATEGIES": "strategies", "TRACKERS": "trackers",
 }  # fmt: skip
 __all__ = sorted([*_API, "run_job"])
 

@@ -334,6 +334,29 @@ def batched(search: Search, mesh: jax.sharding.Mesh | None = None) -> tuple[Any,
     return init, (step if search.start is None else start), step
 
 
+def scanned(search: Search, generations: int):
+    """Generation 0 and ``generations`` later ones as one pure function, for runs that need no per-generation I/O.
+
+    ``(model_params, problem, params, state) -> (state, first, later)``, the later generations a ``lax.scan`` (as
+    purejaxrl trains); ``first`` is generation 0's report and ``later`` the others' stacked on a leading axis (apart:
+    generation 0 may evaluate another number of images), without the populations' images (each keeps the best image
+    so far). Equal to ``generations + 1`` calls of :meth:`Search.advance`, and like :func:`batched`'s steps it can be
+    vmapped, e.g. over seeds' problems and states.
+    """
+
+    def run(model_params, problem: Problem, params: SearchParams, state: SearchState):
+        state, first = search.first_step(model_params, problem, params, state)
+
+        def generation(state, _):
+            state, report = search.step(model_params, problem, params, state)
+            return state, report.replace(images=None)
+
+        state, later = jax.lax.scan(generation, state, None, length=generations)
+        return state, first.replace(images=None), later
+
+    return run
+
+
 def device_mesh(popsize: int, num_prompts: int = 1) -> jax.sharding.Mesh | None:
     """A ("prompts", "population") mesh over the local devices, or None on one device.
 

@@ -167,6 +167,9 @@ MUTANTS = [
            "return g / (jnp.linalg.norm(g) + 1e-3)", "return g / (jnp.linalg.norm(g) ** 2 + 1e-3)", ("tests/test_dno.py", "-k", "hand_example")),
     Mutant("eval scores a folder it cannot write to", "jaxalign/evaluate.py",
            "if not os.access(workdir, os.W_OK | os.X_OK):", "if False:", ("tests/test_evaluate.py", "-k", "read-only")),
+    Mutant("orbax's logged write failures reach stderr", "jaxalign/checkpoint.py",
+           "with _signals_held(), _without_logged_write_failures():", "with _signals_held():",
+           ("tests/test_bad_input.py", "-k", "after_the_free_space")),
 ]  # fmt: skip
 
 

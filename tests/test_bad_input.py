@@ -542,3 +542,20 @@ def test_a_signal_during_start_up_is_one_line_and_writes_nothing(tmp_path, signa
     assert process.returncode == exit_code, err
     assert err.strip().splitlines() == [f"jaxalign: {'terminated' if exit_code == 143 else 'interrupted'}; continue with --resume"]
     assert not workdir.exists()
+
+
+def test_a_checkpoint_write_refused_after_the_free_space_check_is_one_line_and_leaves_no_partial_step(tmp_path):
+    """The free-space check can pass and orbax's writes still fail (the disk fills meanwhile; here a file-size limit,
+    EFBIG): its threads' logged failures are dropped, the save raises one OutputError, and close removes the step."""
+    script = (
+        "import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "import jax; from jaxalign.checkpoint import Checkpointer; from jaxalign.errors import OutputError\n"
+        "saver = Checkpointer(sys.argv[1], 1); resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))\n"
+        "try:\n    saver.save(1, {'x': jax.random.normal(jax.random.key(0), (256, 256))})\n"  # 256 KiB that do not compress
+        "except OutputError as error:\n    print(error, file=sys.stderr)\nfinally:\n    saver.close()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "checkpoints")], env=ENV, capture_output=True, text=True, timeout=300)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 0 and len(lines) == 1, result.stderr
+    assert re.fullmatch(rf"cannot write {re.escape(str(tmp_path))}/checkpoints/1: file too large for the file system or limit; .*--resume", lines[0])
+    assert list((tmp_path / "checkpoints").iterdir()) == []

@@ -130,3 +130,29 @@ def test_generations_compose_under_lax_scan(small_job):
     np.testing.assert_allclose(float(scanned.best_fitness), float(looped.best_fitness), rtol=1e-5)
     np.testing.assert_allclose(np.asarray(scanned.best_image), np.asarray(looped.best_image), atol=1e-4)
     assert list(np.asarray(bests)) == sorted(np.asarray(bests))
+
+
+@pytest.mark.parametrize("strategy", ["CoSyNE", "SNES"])  # a first archive, and a generation 0 of the baseline alone
+def test_scanned_generations_equal_the_host_loop_and_vmap_over_seeds(small_job, strategy):
+    from jaxalign.search import scanned
+
+    search = _search(small_job, small_job.objective, strategy=strategy)
+    params = search.default_params()
+    problems, keys = zip(*(make_problem(small_job, "a red circle", seed) for seed in (0, 1)))
+    looped = []
+    for problem, key in zip(problems, keys):
+        state = search.init(key, problem, params)
+        fitness = []
+        for _ in range(3):
+            state, report = search.advance(small_job.model_params, problem, params, state)
+            fitness.append(np.asarray(report.fitness))
+        looped.append((state, fitness))
+    stack = lambda trees: jax.tree.map(lambda *x: jnp.stack(x), *trees)  # noqa: E731
+    problem, states = stack(problems), jax.vmap(search.init, in_axes=(0, 0, None))(jnp.stack(keys), stack(problems), params)
+    state, first, later = jax.jit(jax.vmap(scanned(search, 2), in_axes=(None, 0, None, 0)))(small_job.model_params, problem, params, states)
+    for i, (loop_state, fitness) in enumerate(looped):
+        np.testing.assert_allclose(np.asarray(first.fitness[i]), fitness[0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(later.fitness[i]), np.stack(fitness[1:]), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(float(state.best_fitness[i]), float(loop_state.best_fitness), rtol=1e-5)
+        np.testing.assert_allclose(np.asarray(state.best_image[i]), np.asarray(loop_state.best_image), atol=1e-5)
+    assert later.images is None and int(state.generation[0]) == 3
