@@ -23,6 +23,17 @@ def small_config(**changes):
     return config
 
 
+@pytest.fixture()
+def optimised_xla():
+    """XLA's optimisations back on for one test: for programs that run long (a backward pass at every denoising step)
+    they save more run time than they cost to compile; restored afterwards."""
+    jax.config.update("jax_disable_most_optimizations", False)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_disable_most_optimizations", True)
+
+
 @pytest.fixture(scope="session")
 def embedded():
     return load_model("embedded")

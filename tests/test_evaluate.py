@@ -140,7 +140,7 @@ def test_eval_bad_input_is_one_line_and_writes_nothing(sweep, tmp_path, capsys, 
     assert sorted(p.name for p in workdir.rglob("*")) == before
 
 
-def test_the_default_job_makes_its_image_read_closer_to_the_prompt(tmp_path, capsys):
+def test_the_default_job_makes_its_image_read_closer_to_the_prompt(tmp_path, capsys, optimised_xla):
     # README's main command, then eval: the judge, which knows nothing of the reward, finds more of the prompt's
     # attributes in the best image than in the baseline.
     config = Path(__file__).resolve().parent.parent / "configs" / "default.py"

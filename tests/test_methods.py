@@ -17,6 +17,8 @@ from jaxalign.run import build, make_problem, run
 
 ALL_METHODS = sorted(METHODS)
 STARTS_AT_BASELINE = {"zero_order", "dno_hybrid"}
+# Methods whose runs here are long enough (backward passes) that compiling with XLA's optimisations is quicker overall.
+OPTIMISED = {"das", "dno"}
 # Small settings per method: few candidates, and beams that divide popsize 4.
 SMALL_OPTIONS = {
     "svdd": {"num_candidates": 2},
@@ -37,7 +39,9 @@ def method_config(method, **changes):
 
 
 @pytest.mark.parametrize("method", ALL_METHODS)
-def test_method_improves_on_its_generation_0_and_counts_its_budget(method, embedded, tmp_path):
+def test_method_improves_on_its_generation_0_and_counts_its_budget(method, embedded, tmp_path, request):
+    if method in OPTIMISED:
+        request.getfixturevalue("optimised_xla")
     job = build(method_config(method), embedded)
     (summary,) = run(job, tmp_path, progress=False)
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
