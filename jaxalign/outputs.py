@@ -20,7 +20,6 @@ from PIL import Image
 
 from jaxalign.errors import JaxalignError
 from jaxalign.files import replace_atomically
-from jaxalign.methods import METHODS
 from jaxalign.search import Problem
 from jaxalign.trackers import Tracker
 
@@ -100,7 +99,7 @@ class Recorder:
             "prompt": self.prompt,
             "model": self.job.model.name,
             "method": config.method,
-            "strategy": config.strategy if "strategy" in METHODS[config.method].reads else None,
+            "strategy": self.job.search.strategy,
             "space": config.space,
             "best_solution_is": self.job.search.best_solution_is,
             "rewards": dict(config.rewards),

@@ -116,6 +116,7 @@ class Search(NamedTuple):
     images_per_generation: int = 0
     vjp_nfe_per_generation: int = 0
     best_solution_is: str = "search-space solution"  # what ``best_solution`` holds, in words (summary.json)
+    strategy: str | None = None  # the evosax strategy a search runs (summary.json, tables), None for other methods
     # Generation 0 (the baseline and initial population) may cost differently from later ones.
     initial_nfe: int = 0
     initial_images: int = 0

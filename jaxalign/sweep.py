@@ -173,7 +173,7 @@ def fit_to_budget(config: ml_collections.ConfigDict, loaded, budget: int, min_ge
     from jaxalign.run import build
 
     config, largest = copy.deepcopy(config), config.popsize
-    refusals = []
+    refusals, search = [], None
     for popsize in range(largest, 1, -1):
         config.popsize = popsize
         try:
@@ -189,8 +189,7 @@ def fit_to_budget(config: ml_collections.ConfigDict, loaded, budget: int, min_ge
             return config
     if len(refusals) == largest - 1:  # no popsize builds: the config itself is wrong, whatever the budget
         raise refusals[0]
-    name = config.strategy if "strategy" in METHODS[config.method].reads else config.method
-    raise JaxalignError(f"{name}: no popsize up to {largest} fits {min_generations} generation(s) in {budget} NFE")
+    raise JaxalignError(f"{search.strategy or config.method}: no popsize up to {largest} fits {min_generations} generation(s) in {budget} NFE")
 
 
 def aggregate(workdir: Path, names: list[str]) -> tuple[list[dict], list[dict]]:

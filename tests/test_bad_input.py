@@ -534,8 +534,10 @@ def test_a_signal_during_start_up_is_one_line_and_writes_nothing(tmp_path, signa
     """While modules import and the model loads (the first generation is seconds away): the documented one line and
     exit status, never a swallowed signal and a run that goes on, and no workdir yet."""
     workdir = tmp_path / "run"
+    # As in the interrupt test above: a suite started in the background inherits SIGINT ignored, which Python keeps.
     process = subprocess.Popen([sys.executable, "-m", "jaxalign", "run", "--config", RED_PIXELS, "--workdir", str(workdir), *SMALL],
-                               env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                               env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     time.sleep(after_s)
     process.send_signal(signal_number)
     _, err = process.communicate(timeout=300)

@@ -58,7 +58,7 @@ def test_method_improves_on_its_generation_0_and_counts_its_budget(method, embed
             assert {k: line[k] for k in ("nfe", "images", "vjp_nfe")} == search.budget(generation)
     assert lines[0]["nfe"] == 4 * job.sampler.num_steps and lines[0]["images"] == 4
     assert all(b["nfe"] > a["nfe"] and b["images"] > a["images"] for a, b in zip(lines, lines[1:]))
-    assert summary["method"] == method
+    assert summary["method"] == method and summary["strategy"] == ("CoSyNE" if method == "evolution" else None)
     spec = METHODS[method]
     assert (summary["vjp_nfe"] > 0) == (spec.differentiates_sampler or spec.needs_gradient)
     best = np.asarray([line["best_fitness"] for line in lines])

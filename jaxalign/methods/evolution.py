@@ -49,7 +49,7 @@ def _configure(name: str, spec: MethodSpec, context: Context, settings: Mapping[
     def default_params(**overrides):
         return generic_defaults(**{"strategy_overrides": strategy_params, "space_overrides": space_overrides, **overrides})
 
-    return search._replace(default_params=default_params, best_solution_is=f"{strategy_name} solution in the {space_name} space")
+    return search._replace(default_params=default_params, best_solution_is=f"{strategy_name} solution in the {space_name} space", strategy=strategy_name)
 
 
 METHODS.register("evolution", MethodSpec(reads=("strategy", "strategy_params", "space", "space_params"), configure=_configure))
