@@ -31,6 +31,6 @@ def get_config():
     config.guidance_scale = 3.5
     config.rewards = {"imagereward": 1.0}
     config.popsize = 8
-    config.strategy_params = {"tournament_size": 8, "mutation_probability": 0.5, "mutation_stdev": 0.1, "permute_all": True, "elitism_ratio": 0.25}
+    config.method_params = {"strategy_params": {"tournament_size": 8, "mutation_probability": 0.5, "mutation_stdev": 0.1, "permute_all": True, "elitism_ratio": 0.25}}
     config.dtype = "bfloat16"
     return config

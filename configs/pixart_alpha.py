@@ -23,5 +23,5 @@ def get_config():
     config.num_inference_steps = 4
     config.guidance_scale = 0.0
     config.popsize = 16
-    config.strategy_params = {}  # CoSyNE at the reference's defaults (tournament 2, mutation 0.1 with probability 1, elitism 0.01)
+    config.method_params = {}  # CoSyNE at the reference's defaults (tournament 2, mutation 0.1 with probability 1, elitism 0.01)
     return config

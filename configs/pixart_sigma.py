@@ -26,9 +26,11 @@ def get_config():
     config.guidance_scale = 4.5
     config.rewards = {"relative_luminance": 1.0, "jpeg_size_kb": 1.0, "clip": 0.1, "imagereward": 1.0}
     config.reward_paths = {"clip": "openai/clip-vit-base-patch32"}
-    config.strategy = "Sep_CMA_ES"
-    config.strategy_params = {"std_init": 1.5}
+    config.method_params = {
+        "strategy": "Sep_CMA_ES",
+        "strategy_params": {"std_init": 1.5},
+        "space": "svd_rotation",
+        "space_params": {"mean_scale": 0.01, "bound": 0.1},
+    }
     config.popsize = 12
-    config.space = "svd_rotation"
-    config.space_params = {"mean_scale": 0.01, "bound": 0.1}
     return config

@@ -12,9 +12,6 @@ from configs import red_pixels
 
 def get_config():
     config = red_pixels.get_config()
-    config.strategy = "SNES"
-    config.strategy_params = {"std_init": 0.5}
-    config.space = "rotation"
-    config.space_params = {"mean_scale": 0.5}
+    config.method_params = {"strategy": "SNES", "strategy_params": {"std_init": 0.5}, "space": "rotation", "space_params": {"mean_scale": 0.5}}
     config.rewards = {"saturation": 1.0}
     return config

@@ -13,8 +13,10 @@ def get_config():
     config.base = red_pixels.get_config()
     config.base.prompts = ["a red circle on a blue background", "a small green square, top left"]
     config.base.compilation_cache_dir = "xla-cache"  # inside the sweep's workdir; reused by callback-free rewards (not jpeg)
-    config.strategies = [{"name": "CoSyNE", "params": {}}, {"name": "SNES", "params": {"std_init": 0.3}}]
-    config.spaces = [{"name": "noise", "params": {}}]
+    config.methods = [
+        {"name": "evolution", "params": {"strategy": "CoSyNE"}, "label": "CoSyNE"},
+        {"name": "evolution", "params": {"strategy": "SNES", "strategy_params": {"std_init": 0.3}}, "label": "SNES"},
+    ]
     config.seeds = [0, 1]
     config.reward_sets = [{"jpeg_compressibility": 1.0}]
     return config

@@ -26,13 +26,10 @@ def get_config():
         config.base.prompts = [row["prompt"] for row in csv.DictReader(handle)][:2]
     config.base.batch_prompts = True
     config.base.steps = 11
-    config.strategies = [
-        {"name": "CoSyNE", "params": {}},
-        {"name": "SNES", "params": {}},
-        {"name": "Sep_CMA_ES", "params": {}},
-        {"name": "PGPE", "params": {}},
-        {"name": "random", "params": {}},
-        {"name": "zero_order", "params": {}},
+    config.methods = [
+        *({"name": "evolution", "params": {"strategy": name}, "label": name} for name in ("CoSyNE", "SNES", "Sep_CMA_ES", "PGPE")),
+        {"name": "random"},
+        {"name": "zero_order"},
     ]
     config.seeds = [0, 1, 2]
     config.reward_sets = [{"jpeg_compressibility": 1.0}, {"brightness": 1.0}, {"saturation": 1.0}]

@@ -18,7 +18,8 @@ from configs import default
 from jaxalign import shapes
 from jaxalign.sweep import default_sweep_config
 
-STRATEGIES = ("CoSyNE", "SNES", "Sep_CMA_ES", "PGPE", "random", "zero_order", "dno", "dno_hybrid", "svdd", "dsearch", "das")
+STRATEGIES = ("CoSyNE", "SNES", "Sep_CMA_ES", "PGPE")  # evolution's, each a method entry labelled by its name
+METHODS = ("random", "zero_order", "dno", "dno_hybrid", "svdd", "dsearch", "das")
 
 
 def held_out_prompts(count: int = 24) -> list[str]:
@@ -37,7 +38,7 @@ def get_config():
     config.base.popsize = 8
     config.base.batch_prompts = True
     config.base.compilation_cache_dir = "xla-cache"  # inside the sweep's workdir: the seeds of a method share programs
-    config.strategies = [{"name": name, "params": {}} for name in STRATEGIES]
+    config.methods = [{"name": "evolution", "params": {"strategy": name}, "label": name} for name in STRATEGIES] + [{"name": name} for name in METHODS]
     config.seeds = [0, 1, 2]
     config.reward_sets = [{"clip": 1.0}]
     config.nfe_budget = 880

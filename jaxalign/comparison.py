@@ -33,7 +33,7 @@ def bootstrap_ci(values: Sequence[float], statistic: Callable = np.median, resam
 
 
 def method_table(workdir: str | Path, cross_reward: str = "saturation") -> list[dict]:
-    """One row per method (the sweep's strategy axis) of a sweep that ``jaxalign eval`` has scored."""
+    """One row per method entry (the sweep's methods axis) of a sweep that ``jaxalign eval`` has scored."""
     workdir = Path(workdir)
     if not (workdir / "eval.json").is_file():
         raise JaxalignError(f"method_table: {workdir} has no eval.json; run `jaxalign eval --workdir {workdir}` first")
@@ -41,11 +41,12 @@ def method_table(workdir: str | Path, cross_reward: str = "saturation") -> list[
         runs = list(csv.DictReader(handle))
     groups = json.loads((workdir / "eval.json").read_text())["diversity"]
     table = []
-    for method in dict.fromkeys(r["strategy"] for r in runs):
-        mine = [r for r in runs if r["strategy"] == method]
+    for method in dict.fromkeys(r["method"] for r in runs):
+        mine = [r for r in runs if r["method"] == method]
         number = lambda key: np.array([float(r[key]) for r in mine if r.get(key, "") != ""])  # noqa: E731
         jobs = {r["run"].split("/")[0]: r for r in mine}.values()  # a job's prompts share one batch and its timing
-        seed_diversity = [g["best_clip_diversity"] for g in groups if method in (g["method"], g["strategy"]) and "best_clip_diversity" in g]
+        ids = {r["run"] for r in mine}
+        seed_diversity = [g["best_clip_diversity"] for g in groups if ids.issuperset(g["members"]) and "best_clip_diversity" in g]
         population_diversity = number("population_clip_diversity")  # none for methods that return one image
         table.append({
             "method": method,

@@ -4,8 +4,7 @@ Configs are Python files with a ``get_config()`` returning an ``ml_collections.C
 the flax examples and big_vision); :func:`default_config` is the complete schema, every config
 file starts from it and changes a few fields. Command-line overrides are
 ``--config.<field>=<value>``; fields that do not exist are an error, except inside the open
-mappings (``rewards``, ``strategy_params``, ``space_params``, ``method_params``) whose keys depend on
-the names chosen.
+mappings (``rewards``, ``reward_paths``, ``method_params``) whose keys depend on the names chosen.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from ml_collections import config_dict
 from jaxalign.errors import JaxalignError, check_known
 from jaxalign.prompt_datasets import is_dataset_source, read_dataset_prompts
 
-OPEN_MAPPINGS = ("rewards", "reward_paths", "strategy_params", "space_params", "method_params")
+OPEN_MAPPINGS = ("rewards", "reward_paths", "method_params")
 MAX_POPSIZE = 65536  # images per generation; beyond it one generation's latents alone outgrow any device
 
 
@@ -56,12 +55,11 @@ def default_config() -> ml_collections.ConfigDict:
     c.denoise_batch = 0  # evaluate the network on this many latents at a time (0: the whole population in one call)
     c.decode_batch = 0  # decode this many images at a time (0: the whole population in one call)
     # Search.
-    c.method = "evolution"  # evolution | random | zero_order | dno | dno_hybrid | svdd | dsearch | das
-    c.method_params = ml_collections.ConfigDict()  # options of a non-evolution method, e.g. learning_rate
-    c.strategy = "CoSyNE"  # CoSyNE or any evosax algorithm name
-    c.strategy_params = ml_collections.ConfigDict()  # constructor options (e.g. CoSyNE's mode) and evosax Params fields
-    c.space = "noise"  # noise | additive_noise | rotation | svd_rotation | multi_axis_rotation | multi_axis_svd_rotation
-    c.space_params = ml_collections.ConfigDict()  # e.g. mean_scale, bound
+    c.method = "evolution"  # evolution | random | zero_order | dno | dno_hybrid | svdd | dsearch | das | fk_steering
+    # The method's options, defaults where unset (README lists them), e.g. for evolution: strategy (CoSyNE or any
+    # evosax algorithm), strategy_params (constructor options and evosax Params fields), space (noise | additive_noise
+    # | rotation | svd_rotation | multi_axis_rotation | multi_axis_svd_rotation), space_params (mean_scale, bound)
+    c.method_params = ml_collections.ConfigDict()
     c.popsize = 16  # images per generation (CoSyNE mode="reference": its archive, 1.5x the images)
     c.steps = 10  # generations after generation 0 (the baseline, and the first archive of population-based strategies)
     c.max_seconds = 0.0  # stop after this much search time; 0 means no limit
@@ -160,10 +158,13 @@ def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
     *parents, leaf = dotted.split(".")
     node = config
     for i, name in enumerate(parents):
+        if name not in node and i >= 1 and parents[0] in OPEN_MAPPINGS:  # an open mapping's nested options (method_params.strategy_params)
+            with node.unlocked():
+                node[name] = ml_collections.ConfigDict()
         if name not in node or not isinstance(node[name], ml_collections.ConfigDict):
             raise JaxalignError(f"config field {'.'.join(parents[: i + 1])!r} does not exist")
         node = node[name]
-    is_open = len(parents) >= 1 and parents[-1] in OPEN_MAPPINGS
+    is_open = len(parents) >= 1 and parents[0] in OPEN_MAPPINGS
     if leaf not in node:
         if not is_open:
             raise JaxalignError(f"config field {dotted!r} does not exist; valid: {', '.join(sorted(node.keys()))}")
@@ -246,12 +247,10 @@ def read_prompts(config: ml_collections.ConfigDict) -> list[str]:
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks that need no model: numbers in range and known names."""
     from jaxalign.methods import METHODS
-    from jaxalign.methods.base import method_fields
+    from jaxalign.methods.base import method_options
     from jaxalign.models import ATTENTION, FAMILIES
     from jaxalign.rewards import is_learned, parse_reward
     from jaxalign.schedulers import AUTO, SCHEDULERS
-    from jaxalign.spaces import SPACES
-    from jaxalign.strategies import STRATEGIES
     from jaxalign.trackers import parse_loggers
 
     check_fields(config)
@@ -281,16 +280,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise JaxalignError(f"denoise_batch must be 0 (the whole population at once) or divide popsize={config.popsize}, got {config.denoise_batch}")
     if config.dtype not in ("float32", "bfloat16"):
         raise JaxalignError(f"unknown dtype {config.dtype!r}; valid: bfloat16, float32")
-    STRATEGIES[config.strategy]
-    SPACES[config.space]
     ATTENTION[config.attention]
     method = METHODS[config.method]
-    defaults = default_config()
-    for field in sorted(method_fields() - set(method.reads)):
-        if plain(config[field]) != plain(defaults[field]):
-            raise JaxalignError(
-                f"method {config.method!r} does not read {field} (it reads {', '.join(method.reads)}); set {field}={plain(defaults[field])!r} (got {plain(config[field])!r})"
-            )
+    method_options(config.method, plain(config.method_params))
     if method.stochastic_steps and config.num_inference_steps < 2:
         raise JaxalignError(f"method {config.method!r} needs num_inference_steps >= 2, got {config.num_inference_steps}")
     if config.scheduler != AUTO:

@@ -119,14 +119,16 @@ def evaluate(workdir: str | Path, rewards: Sequence[str] | None = None, reward_p
         rows.append(row)
 
     groups = []
-    def kind(i):  # runs of one prompt and one method differ only in their seeds
-        return rows[i]["prompt"], str(rows[i]["method"]), str(rows[i]["strategy"])
+    def kind(i):  # runs of one prompt, method and options (rewards included) differ only in their seeds
+        config = summaries[i].get("config", {})
+        options = json.dumps([config.get("method_params"), config.get("rewards")], sort_keys=True, default=str)
+        return rows[i]["prompt"], str(rows[i]["method"]), str(rows[i]["strategy"]), options
 
-    for (prompt, method, strategy), members in itertools.groupby(sorted(range(len(runs)), key=kind), key=kind):
+    for (prompt, method, strategy, _), members in itertools.groupby(sorted(range(len(runs)), key=kind), key=kind):
         members = list(members)
         if len(members) < 2:
             continue
-        group = {"prompt": prompt, "method": method, "strategy": strategy, "runs": len(members)}
+        group = {"prompt": prompt, "method": method, "strategy": strategy, "runs": len(members), "members": [rows[i]["run"] for i in members]}
         for which, slot in (("baseline", 0), ("best", 1)):
             stack = np.stack([images[i][slot] for i in members])
             group[f"{which}_pixel_diversity"] = pixel_diversity(stack)

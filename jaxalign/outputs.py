@@ -100,7 +100,7 @@ class Recorder:
             "model": self.job.model.name,
             "method": config.method,
             "strategy": self.job.search.strategy,
-            "space": config.space,
+            "method_params": config.method_params.to_dict(),
             "best_solution_is": self.job.search.best_solution_is,
             "rewards": dict(config.rewards),
             "maximize": config.maximize,

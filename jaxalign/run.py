@@ -98,8 +98,7 @@ def build(config, loaded: tuple[DiffusionModel, Any] | None = None) -> Job:
         popsize=config.popsize,
         make_mesh=lambda batch: device_mesh(batch, num_prompt_shards) if config.shard_population and not config.shard_params else None,
     )
-    settings = {field: plain(config[field]) for field in spec.reads}
-    search = build_method(config.method, context, settings)
+    search = build_method(config.method, context, plain(config.method_params))
     search_params = search.default_params(guidance_scale=config.guidance_scale)
     return Job(config, model, model_params, search, search_params, prompts, sampler, latent_shape, search.mesh, objective)
 

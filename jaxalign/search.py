@@ -1,23 +1,14 @@
-"""Evolutionary search over initial noise: one generation is one jit-compiled function.
+"""A search over initial noise and its compiled generations: the state, the report, best tracking, batching.
 
-arXiv 2506.00299 ("Inference-Time Alignment of Diffusion Models with Evolutionary Algorithms")
-treats the diffusion model as a black box: a strategy proposes a population of solutions, a
-search space maps them to initial latents, the sampler denoises and decodes the whole population,
-a reward scores the images and the strategy is told the scores. :func:`make_search` composes
-those pure pieces into ``init`` and ``step``, where ``step`` runs one whole generation
-
-    ask -> solutions to latents -> denoise (CFG) -> decode -> score -> tell -> track best
-
-under a single ``jax.jit``. Generation 0 is its own compiled function, ``start``, because it
-evaluates a different number of images: population-based strategies (CoSyNE, GAs) evaluate their
-first archive, the centre latent (member 0, the unaligned baseline) and N(0, 1) draws, as the
-reference initialises evotorch's Cosyne; distribution-based strategies (SNES, CMA-ES, PGPE) start
-from the centre as their mean and evaluate only it, the baseline, as the reference does before
-its first ``solver.step()``.
+arXiv 2506.00299 ("Inference-Time Alignment of Diffusion Models with Evolutionary Algorithms") treats the
+diffusion model as a black box: a method proposes a population of solutions, they map to initial latents, the
+sampler denoises and decodes the whole population, a reward scores the images and the method is told the scores.
+:func:`jaxalign.methods.base.make_search` composes a method's pure functions into a :class:`Search`, whose ``step``
+runs one whole generation under a single ``jax.jit``; generation 0 is its own compiled function, ``start``,
+because it evaluates the baseline (the centre latent, member 0) and may evaluate another number of images.
 
 The objective is "higher is better" (:func:`jaxalign.rewards.oriented` applies ``maximize`` once, where it is
-built); evosax strategies minimise, so the scores they are told are negated here and nowhere else. Non-finite
-scores rank last for the strategy, never become the best, and are counted.
+built). Non-finite scores never become the best and are counted.
 """
 
 from __future__ import annotations
@@ -32,11 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxalign.models import Params as ModelParams
 from jaxalign.rewards import Objective
 from jaxalign.sampler import Sampler
-from jaxalign.spaces import SearchSpace
-from jaxalign.strategies import initial_population_size, is_population_based
 
 
 @struct.dataclass
@@ -53,18 +41,16 @@ class Problem:
 class SearchParams:
     """Numeric knobs of a search; all traced, so they can be swept or vmapped without recompiling."""
 
-    strategy: Any  # the evosax strategy's params (evolution), None for other methods
-    space: dict[str, jax.Array]
     reward_weights: dict[str, jax.Array]
     guidance_scale: jax.Array
-    method: dict[str, jax.Array] = struct.field(default_factory=dict)  # numeric knobs of non-evolution methods
+    method: dict[str, Any] = struct.field(default_factory=dict)  # the method's knobs (evolution: its strategy's Params and its space's)
 
 
 @struct.dataclass
 class SearchState:
     key: jax.Array
     generation: jax.Array
-    method_state: Any  # the evosax strategy state, or a method's own state
+    method_state: Any  # the method's own state (evolution: its evosax strategy's)
     best_fitness: jax.Array  # the objective (higher is better)
     best_solution: jax.Array
     best_image: jax.Array
@@ -100,16 +86,16 @@ def rank_last(minimised: jax.Array, finite: jax.Array) -> jax.Array:
 
 
 class Search(NamedTuple):
-    """A search method: pure ``init``, generation 0 ``start``, one-generation ``step``, and its budget.
+    """A search: pure ``init``, generation 0 ``start``, one-generation ``step``, and its budget.
 
-    ``start`` and ``step`` have the same signature; methods whose generation 0 has the shape of the
-    others use one function for both. :meth:`advance` picks the right one on the host.
+    ``start`` and ``step`` have the same signature; :meth:`advance` picks the right one on the host.
     NFE counts UNet forward evaluations of one latent (a classifier-free-guidance pair counts once);
     ``vjp_nfe_per_generation`` counts backward passes through the UNet (gradient-based methods).
     """
 
     init: Any  # (key, problem, params) -> SearchState
-    step: Any  # (model_params, problem, params, state) -> (SearchState, Generation); jitted, generations >= 1
+    start: Any  # generation 0, (model_params, problem, params, state) -> (SearchState, Generation); jitted
+    step: Any  # the same for generations >= 1
     default_params: Any  # (...) -> SearchParams
     popsize: int
     nfe_per_generation: int
@@ -121,17 +107,12 @@ class Search(NamedTuple):
     initial_nfe: int = 0
     initial_images: int = 0
     initial_vjp_nfe: int = 0
-    start: Any = None  # generation 0, (model_params, problem, params, state) -> (SearchState, Generation); None: ``step``
     best_latent: Any = None  # (params, best_solution, problem) -> the latent it stands for (``best_latent.npy``)
     mesh: Any = None  # the ("prompts", "population") device mesh the population is sharded over, or None
 
-    @property
-    def first_step(self):
-        return self.step if self.start is None else self.start
-
     def advance(self, model_params, problem: Problem, params: SearchParams, state: SearchState):
         """Run the next generation of ``state`` (``start`` at generation 0, else ``step``)."""
-        step = self.first_step if int(jax.device_get(state.generation).reshape(-1)[0]) == 0 else self.step
+        step = self.start if int(jax.device_get(state.generation).reshape(-1)[0]) == 0 else self.step
         return step(model_params, problem, params, state)
 
     def budget(self, generation: int) -> dict[str, int]:
@@ -243,85 +224,6 @@ def sharding_helpers(mesh):
     return shard_population, replicate
 
 
-def make_search(
-    *,
-    sampler: Sampler,
-    space: SearchSpace,
-    strategy,
-    objective: Objective,
-    image_shape: tuple[int, int, int],
-    mesh: jax.sharding.Mesh | None = None,
-) -> Search:
-    """Compose the pieces into ``init`` and the one-generation ``step``.
-
-    With a ``mesh`` that has a ``"population"`` axis, the population's latents and images are
-    sharded over it (each device denoises and decodes its share of the population); the strategy
-    state stays replicated.
-    """
-    popsize = strategy.population_size  # solutions asked per generation
-    first_size = initial_population_size(strategy)  # solutions evaluated in generation 0
-    population_based = is_population_based(strategy)
-    component_names = tuple(objective.default_weights)
-    shard_population, replicate = sharding_helpers(mesh)
-
-    def init(key: jax.Array, problem: Problem, params: SearchParams) -> SearchState:
-        key, init_key = jax.random.split(key)
-        centre_solution = space.init(problem.centre)
-        if population_based:
-            # Placeholder of the right structure; generation 0 initialises it from evaluations.
-            placeholder = jnp.broadcast_to(centre_solution, (first_size, centre_solution.size))
-            strategy_state = strategy.init(init_key, placeholder, jnp.full((first_size,), jnp.inf), params.strategy)
-        else:
-            strategy_state = strategy.init(init_key, centre_solution, params.strategy)
-        return initial_state(key, strategy_state, centre_solution, component_names, image_shape)
-
-    def evaluate(model_params, problem: Problem, params: SearchParams, solutions):
-        latents = jax.vmap(space.apply, in_axes=(None, 0, None))(params.space, solutions, problem.centre)
-        total, components, images = sample_and_score(sampler, objective, model_params, problem, params, shard_population(latents))
-        return total, components, images, rank_last(-total, jnp.isfinite(total))  # evosax minimises
-
-    def start(model_params: ModelParams, problem: Problem, params: SearchParams, state: SearchState):
-        key, tell_key, population_key = jax.random.split(state.key, 3)
-        solutions = initial_population(population_key, space.init(problem.centre), first_size)
-        total, components, images, strategy_fitness = evaluate(model_params, problem, params, solutions)
-        if population_based:
-            strategy_state = strategy.init(tell_key, solutions, strategy_fitness, params.strategy)
-        else:
-            strategy_state = state.method_state  # already centred at the baseline by ``init``
-        cost = {"nfe": first_size * sampler.num_steps, "images": first_size}
-        return replicate(record(state, key, strategy_state, solutions, total, components, images, cost))
-
-    def step(model_params: ModelParams, problem: Problem, params: SearchParams, state: SearchState):
-        key, ask_key, tell_key = jax.random.split(state.key, 3)
-        solutions, asked_state = strategy.ask(ask_key, state.method_state, params.strategy)
-        total, components, images, strategy_fitness = evaluate(model_params, problem, params, solutions)
-        strategy_state = strategy.tell(tell_key, solutions, strategy_fitness, asked_state, params.strategy)[0]
-        cost = {"nfe": popsize * sampler.num_steps, "images": popsize}
-        return replicate(record(state, key, strategy_state, solutions, total, components, images, cost))
-
-    def default_params(strategy_overrides: Any = None, space_overrides: Mapping | None = None, reward_weights=None, guidance_scale=7.5):
-        return SearchParams(
-            strategy=strategy.default_params if strategy_overrides is None else strategy_overrides,
-            space={k: jnp.float32(v) for k, v in {**space.default_params, **(space_overrides or {})}.items()},
-            reward_weights={k: jnp.float32(v) for k, v in (reward_weights or objective.default_weights).items()},
-            guidance_scale=jnp.float32(guidance_scale),
-        )
-
-    return Search(
-        init=jax.jit(init),
-        start=jax.jit(start),
-        step=jax.jit(step),
-        default_params=default_params,
-        popsize=popsize,
-        nfe_per_generation=popsize * sampler.num_steps,
-        images_per_generation=popsize,
-        initial_nfe=first_size * sampler.num_steps,
-        initial_images=first_size,
-        best_latent=lambda params, solution, problem: space.apply(params.space, solution, problem.centre),
-        mesh=mesh,
-    )
-
-
 def batched(search: Search, mesh: jax.sharding.Mesh | None = None) -> tuple[Any, Any, Any]:
     """``init``, ``start`` and ``step`` over a leading prompt axis of problems and states, in one compiled step.
 
@@ -331,8 +233,8 @@ def batched(search: Search, mesh: jax.sharding.Mesh | None = None) -> tuple[Any,
     """
     spmd = "prompts" if mesh is not None and mesh.shape["prompts"] > 1 else None
     init = jax.jit(jax.vmap(search.init, in_axes=(0, 0, None), spmd_axis_name=spmd))
-    start, step = (jax.jit(jax.vmap(fn, in_axes=(None, 0, None, 0), spmd_axis_name=spmd)) for fn in (search.first_step, search.step))
-    return init, (step if search.start is None else start), step
+    start, step = (jax.jit(jax.vmap(fn, in_axes=(None, 0, None, 0), spmd_axis_name=spmd)) for fn in (search.start, search.step))
+    return init, start, step
 
 
 def scanned(search: Search, generations: int):
@@ -346,7 +248,7 @@ def scanned(search: Search, generations: int):
     """
 
     def run(model_params, problem: Problem, params: SearchParams, state: SearchState):
-        state, first = search.first_step(model_params, problem, params, state)
+        state, first = search.start(model_params, problem, params, state)
 
         def generation(state, _):
             state, report = search.step(model_params, problem, params, state)

@@ -1,15 +1,15 @@
-"""Sweeps: the Cartesian product of prompts x strategies x spaces x seeds x reward sets.
+"""Sweeps: the Cartesian product of prompts x methods x seeds x reward sets.
 
-A sweep config (``configs/sweep.py``) holds a ``base`` run config and the axes; the strategy axis
-also takes method names (``random``, ``zero_order``, ``dno``, ...), so baselines sit in the same plots. Runs that share a
-strategy, space, reward set and seed form one job: the model is loaded once for the whole sweep,
+A sweep config (``configs/sweep.py``) holds a ``base`` run config and the axes; an entry of the methods axis is a
+method with its ``method_params`` and a label (an evolution strategy with its space, a baseline, a sibling), so every
+method sits in the same plots. Runs that share a method entry, reward set and seed form one job: the model is loaded once for the whole sweep,
 and the prompts of a job reuse one compiled generation step (with ``base.compilation_cache_dir``
 set, jobs whose programs are identical also skip compilation across processes). Each job writes a
 normal run workdir (one subfolder per prompt); re-running the sweep resumes unfinished jobs from
 their checkpoints and skips finished ones. The aggregate is ``runs.csv`` (one row per run: final
 fitness, popsize, NFE and backward NFE, wall and compile time, the compiled step's memory; after ``jaxalign eval``,
 its re-scores, judge readings and population diversity), ``steps.csv`` (best fitness per step of every run) and one plot per
-reward set of the median and interquartile range of best fitness against NFE for each strategy.
+reward set of the median and interquartile range of best fitness against NFE for each method entry.
 
 With ``nfe_budget`` set, every run gets the same budget of counted UNet evaluations (generation 0 included;
 backward passes are counted apart, as ``vjp_nfe``): each job runs the most generations whose planned NFE fit,
@@ -35,19 +35,17 @@ import ml_collections
 import numpy as np
 
 from jaxalign.config import apply_override, check_fields, default_config, load_config, read_prompts
-from jaxalign.errors import JaxalignError
+from jaxalign.errors import JaxalignError, check_known
 from jaxalign.files import replace_atomically, write_csv, write_json, write_marker
-from jaxalign.methods import METHODS
 
-AXES = ("strategies", "spaces", "seeds", "reward_sets")
+AXES = ("methods", "seeds", "reward_sets")
 
 
 def default_sweep_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.base = default_config()  # every run starts from this; its prompts / prompt_file are the prompt axis
-    # each: {"name": ..., "params": {...}}; an evosax strategy, or a method name (random, zero_order, dno, ...)
-    c.strategies = [{"name": "CoSyNE", "params": {}}]
-    c.spaces = [{"name": "noise", "params": {}}]  # each: {"name": ..., "params": {...}}
+    # each: {"name": a method, "params": its method_params, "label": the job folders' and plots' name (default: name and params)}
+    c.methods = [{"name": "evolution", "params": {"strategy": "CoSyNE"}, "label": "CoSyNE"}]
     c.seeds = [0]
     c.reward_sets = [{"jpeg_compressibility": 1.0}]  # each: reward name -> weight
     c.nfe_budget = 0  # > 0: every job's steps (and popsize if need be) fitted to this many NFE; 0: base.steps
@@ -87,21 +85,19 @@ def check_sweep(config: ml_collections.ConfigDict) -> None:
 
 
 def expand(config: ml_collections.ConfigDict) -> list[tuple[str, ml_collections.ConfigDict]]:
-    """(job name, run config) for every strategy x space x seed x reward set; prompts stay inside each job."""
+    """(job name, run config) for every method x seed x reward set; prompts stay inside each job."""
     jobs = []
-    for strategy, space, seed, rewards in itertools.product(
-        _named(config.strategies), _named(config.spaces), list(config.seeds), list(config.reward_sets)
-    ):
+    for method, seed, rewards in itertools.product(_named(config.methods), list(config.seeds), list(config.reward_sets)):
         run = copy.deepcopy(config.base)
-        if strategy["name"] in METHODS:  # a non-evolution method (random, zero_order, ...) on the same axis
-            run.method, run.method_params = strategy["name"], dict(strategy.get("params", {}))
-        else:
-            run.strategy, run.strategy_params = strategy["name"], dict(strategy.get("params", {}))
-        run.space, run.space_params = space["name"], dict(space.get("params", {}))
+        run.method, run.method_params = method["name"], _plain(method.get("params", {}))
         run.seed, run.rewards = int(seed), dict(rewards)
-        name = "__".join([_label(strategy), _label(space), _reward_label(rewards), f"seed{seed}"])
-        jobs.append((name, run))
+        jobs.append(("__".join([_label(method), _reward_label(rewards), f"seed{seed}"]), run))
     return jobs
+
+
+def job_label(name: str) -> str:
+    """The method entry's label of a job (its folder name up to the reward set and seed)."""
+    return name.rsplit("__", 2)[0]
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -189,7 +185,8 @@ def fit_to_budget(config: ml_collections.ConfigDict, loaded, budget: int, min_ge
             return config
     if len(refusals) == largest - 1:  # no popsize builds: the config itself is wrong, whatever the budget
         raise refusals[0]
-    raise JaxalignError(f"{search.strategy or config.method}: no popsize up to {largest} fits {min_generations} generation(s) in {budget} NFE")
+    options = _plain(config.method_params)
+    raise JaxalignError(f"{config.method}{f' {options}' if options else ''}: no popsize up to {largest} fits {min_generations} generation(s) in {budget} NFE")
 
 
 def aggregate(workdir: Path, names: list[str]) -> tuple[list[dict], list[dict]]:
@@ -206,8 +203,7 @@ def aggregate(workdir: Path, names: list[str]) -> tuple[list[dict], list[dict]]:
             rows.append(
                 {
                     "run": run_id,
-                    "strategy": summary["strategy"] or summary["method"],
-                    "space": summary["space"],
+                    "method": job_label(name),
                     "rewards": _reward_label(summary["rewards"]),
                     "seed": summary["config"]["seed"],
                     "prompt": summary["prompt"],
@@ -227,7 +223,7 @@ def aggregate(workdir: Path, names: list[str]) -> tuple[list[dict], list[dict]]:
             )
             for line in (summary_path.parent / "metrics.jsonl").read_text().splitlines():
                 line = json.loads(line)
-                steps.append({"run": run_id, "strategy": summary["strategy"] or summary["method"], "rewards": rows[-1]["rewards"], "step": line["step"],
+                steps.append({"run": run_id, "method": job_label(name), "rewards": rows[-1]["rewards"], "step": line["step"],
                               "best_fitness": line["best_fitness"], "nfe": line["nfe"], "elapsed_s": line["elapsed_s"]})  # fmt: skip
     write_csv(workdir / "runs.csv", rows)
     write_csv(workdir / "steps.csv", steps)
@@ -251,17 +247,17 @@ def eval_columns(workdir: Path) -> dict[str, dict]:
 
 
 def plot_sweep(steps: list[dict], workdir: Path) -> None:
-    """Per reward set: median and interquartile range of best fitness against NFE, one curve per strategy."""
+    """Per reward set: median and interquartile range of best fitness against NFE, one curve per method entry."""
     from matplotlib.figure import Figure  # not pyplot: a library call must not switch the user's backend
 
     for rewards in sorted({s["rewards"] for s in steps}):
         fig = Figure(figsize=(6, 4))
         ax = fig.subplots()
-        strategies = sorted({s["strategy"] for s in steps if s["rewards"] == rewards})
-        for i, strategy in enumerate(strategies):
+        methods = sorted({s["method"] for s in steps if s["rewards"] == rewards})
+        for i, method in enumerate(methods):
             runs: dict[str, dict[int, tuple[int, float]]] = {}  # run -> step -> (NFE, best fitness)
             for s in steps:
-                if s["rewards"] == rewards and s["strategy"] == strategy and s["best_fitness"] is not None:
+                if s["rewards"] == rewards and s["method"] == method and s["best_fitness"] is not None:
                     runs.setdefault(s["run"], {})[s["step"]] = (s["nfe"], s["best_fitness"])
             # By step, at the runs' median NFE: methods with random costs (DSearch) spend different NFE per run.
             common = sorted(set.intersection(*(set(r) for r in runs.values())))
@@ -269,7 +265,7 @@ def plot_sweep(steps: list[dict], workdir: Path) -> None:
             values = np.array([[r[k][1] for k in common] for r in runs.values()])
             q25, median, q75 = np.percentile(values, [25, 50, 75], axis=0)
             style = "-o" if i < 10 else "--s"  # the default colour cycle repeats after 10
-            ax.plot(nfes, median, style, markersize=3, label=f"{strategy} (n={len(runs)})")
+            ax.plot(nfes, median, style, markersize=3, label=f"{method} (n={len(runs)})")
             ax.fill_between(nfes, q25, q75, alpha=0.15)
         ax.set_xlabel("NFE (denoising steps)")
         ax.set_ylabel(f"best fitness ({rewards})")
@@ -283,16 +279,22 @@ def plot_sweep(steps: list[dict], workdir: Path) -> None:
 def _named(entries) -> list[dict]:
     named = []
     for entry in entries:
-        entry = {"name": entry} if isinstance(entry, str) else dict(entry)
-        if "name" not in entry:
-            raise JaxalignError(f"sweep entry {entry} has no name")
+        entry = {"name": entry} if isinstance(entry, str) else _plain(entry)
+        if not isinstance(entry, dict) or "name" not in entry:
+            raise JaxalignError(f"sweep methods entry {entry!r} has no name")
+        check_known(f"sweep methods entry {entry['name']!r} field(s)", entry, ("name", "params", "label"))
         named.append(entry)
     return named
 
 
+def _plain(value):
+    return value.to_dict() if isinstance(value, ml_collections.ConfigDict) else dict(value) if isinstance(value, dict) else value
+
+
 def _label(entry: dict) -> str:
-    params = "".join(f"-{k}{v}" for k, v in sorted(dict(entry.get("params", {})).items()))
-    return re.sub(r"[^A-Za-z0-9_.+-]", "", entry["name"] + params)
+    """A method entry's label: its own, or its name and params; a folder name of one part (no "__", which parts jobs)."""
+    label = entry.get("label") or entry["name"] + "".join(f"-{k}{v}" for k, v in sorted(dict(entry.get("params", {})).items()))
+    return re.sub(r"_{2,}", "_", re.sub(r"[^A-Za-z0-9_.+-]", "", str(label)))
 
 
 def _reward_label(rewards) -> str:

@@ -63,7 +63,7 @@ def main():
 
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
     print(f"hardware: {jax.devices()[0].device_kind} x{jax.device_count()} ({cpu}, {jax.local_device_count()} devices), jax {jax.__version__}")
-    print(f"config: {config.height}x{config.width}, {config.num_inference_steps} {config.scheduler} steps, popsize {config.popsize}, {config.strategy}, {args.prompts} prompts")
+    print(f"config: {config.height}x{config.width}, {config.num_inference_steps} {config.scheduler} steps, popsize {config.popsize}, {config.method} {config.method_params.to_dict()}, {args.prompts} prompts")
     print(f"one prompt at a time: {single_s:.3f} s/generation per prompt -> {args.prompts * single_s:.3f} s for {args.prompts} prompts (compile {compile_single:.2f} s)")
     print(f"batched ({args.prompts} prompts per step): {batched_s:.3f} s/generation (compile {compile_batched:.2f} s)")
     print(f"speed-up: {args.prompts * single_s / batched_s:.2f}x")

@@ -50,8 +50,8 @@ def main():
 
     arguments = (job.model_params, problems[0], params, states[0])
     began = time.perf_counter()
-    first = search.first_step.lower(*arguments).compile()
-    step = first if search.start is None else search.step.lower(*arguments).compile()  # the state's types do not change
+    first = search.start.lower(*arguments).compile()
+    step = search.step.lower(*arguments).compile()  # the state's types do not change
     loop_compile = time.perf_counter() - began
 
     def host_loop():
@@ -77,7 +77,7 @@ def main():
     np.testing.assert_allclose(np.asarray(final.best_fitness), np.asarray(loop_best), rtol=1e-4)
 
     print(f"hardware: {platform.machine()}, {os.cpu_count()} CPU cores, {jax.devices()[0].device_kind}; jax {jax.__version__}")
-    print(f"job: {config.method} {config.strategy}, popsize {config.popsize}, {generations} generations + generation 0, {config.num_inference_steps} steps, {config.height}x{config.width}, {args.seeds} seeds")
+    print(f"job: {config.method} {config.method_params.to_dict()}, popsize {config.popsize}, {generations} generations + generation 0, {config.num_inference_steps} steps, {config.height}x{config.width}, {args.seeds} seeds")
     print(f"host loop: compile {loop_compile:.2f} s, run {loop_s:.3f} s ({loop_s / args.seeds:.3f} s per seed)")
     print(f"scanned, seeds vmapped: compile {scan_compile:.2f} s, run {scan_s:.3f} s ({scan_s / args.seeds:.3f} s per seed)")
     print(f"run-time ratio host loop / scanned: {loop_s / scan_s:.2f}; compile ratio: {loop_compile / scan_compile:.2f}")

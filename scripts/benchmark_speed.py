@@ -266,7 +266,7 @@ def time_jaxalign(config, loaded, generations: int, peak_tflops: float | None, c
     }
     if compile_only:
         return result
-    state, report = job.search.first_step(job.model_params, problem, job.search_params, state)  # generation 0
+    state, report = job.search.start(job.model_params, problem, job.search_params, state)  # generation 0
     jax.block_until_ready(report)
     seconds = []
     for _ in range(generations):

@@ -28,7 +28,7 @@ def gains(steps_csv: Path, budget: int) -> dict[tuple[str, str], list[float]]:
         rows.sort(key=lambda r: int(r["step"]))
         baseline = float(rows[0]["best_fitness"])
         within = [float(r["best_fitness"]) for r in rows if int(r["nfe"]) <= budget]
-        out[(rows[0]["strategy"], rows[0]["rewards"])].append(max(within) - baseline)
+        out[(rows[0]["method"], rows[0]["rewards"])].append(max(within) - baseline)
     return out
 
 

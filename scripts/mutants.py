@@ -35,8 +35,8 @@ class Mutant(NamedTuple):
 
 
 MUTANTS = [
-    Mutant("strategy told the opposite direction", "jaxalign/search.py",
-           "rank_last(-total, jnp.isfinite(total))", "rank_last(total, jnp.isfinite(total))",
+    Mutant("strategy told the opposite direction", "jaxalign/methods/evolution.py",
+           "rank_last(-scores, jnp.isfinite(scores))", "rank_last(scores, jnp.isfinite(scores))",
            ("tests/test_directions.py", "-k", "evolution")),
     Mutant("CoSyNE tournament picks the worse entrant", "jaxalign/strategies.py",
            "jnp.argmin(parent_fitness[entrants], axis=-1)", "jnp.argmax(parent_fitness[entrants], axis=-1)",
@@ -122,7 +122,7 @@ MUTANTS = [
     Mutant("luma weights of G and B swapped", "jaxalign/rewards.py",
            "_LUMA = np.array([0.2126, 0.7152, 0.0722]", "_LUMA = np.array([0.2126, 0.0722, 0.7152]", ("tests/test_rewards.py",)),
     Mutant("a noise method's best latent read from the padding of an sde solution", "jaxalign/methods/base.py",
-           "solution[-dim:].reshape(context.latent_shape)", "solution[:dim].reshape(context.latent_shape)", ("tests/test_method_budgets.py", "-k", "best_latent")),
+           "solutions[:, -dim:].reshape(-1, *context.latent_shape)", "solutions[:, :dim].reshape(-1, *context.latent_shape)", ("tests/test_method_budgets.py", "-k", "best_latent")),
     Mutant("clean estimate with a mis-scaled noise term", "jaxalign/schedulers/processes.py",
            "x0 = (x - sigma * eps) / alpha", "x0 = (x - 0.9 * sigma * eps) / alpha", ("tests/test_registries.py", "-k", "scheduler")),
     Mutant("saturation without the division by max", "jaxalign/rewards.py",

@@ -56,7 +56,7 @@ def main() -> None:
     axes[2].set_xlabel("generation")
     axes[2].set_ylabel(" + ".join(f"{w:g}*{k}" for k, w in summary["rewards"].items()))
     axes[2].legend(fontsize=8)
-    fig.suptitle(f"{summary['strategy']} / {summary['space']} on the {summary['model']} model: {summary['prompt']!r}", fontsize=10)
+    fig.suptitle(f"{summary['strategy'] or summary['method']} / {summary['method_params'].get('space', 'noise')} on the {summary['model']} model: {summary['prompt']!r}", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.92))
     fig.savefig(args.out, dpi=100)
 

@@ -1,4 +1,4 @@
-"""Run a sweep config: every prompt x strategy x space x seed x reward set, then the aggregate CSVs and plots.
+"""Run a sweep config: every prompt x method entry x seed x reward set, then the aggregate CSVs and plots.
 
     python scripts/sweep.py --config configs/sweep.py --workdir runs/sweep [--shard i/n] [--config.<field>=<value> ...]
 

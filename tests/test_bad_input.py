@@ -151,8 +151,8 @@ NUMBERS = {
     "huge popsize": (["--config.popsize=1000000000"], r"popsize must be in \[2, 65536\]"),
     "seed beyond 64 bits": ([f"--config.seed={2**64}"], r"seed must be in \[0, 2\*\*63\)"),
     "negative seed": (["--config.seed=-1"], r"seed must be in \[0, 2\*\*63\)"),
-    "non-numeric strategy knob": (["--config.strategy_params.mutation_stdev=abc"], "mutation_stdev must be a number, got 'abc'"),
-    "mutation disabled the evotorch way": (["--config.strategy_params.mutation_stdev=None"], "mutation_stdev=0 disables mutation"),
+    "non-numeric strategy knob": (["--config.method_params.strategy_params.mutation_stdev=abc"], "mutation_stdev must be a number, got 'abc'"),
+    "mutation disabled the evotorch way": (["--config.method_params.strategy_params.mutation_stdev=None"], "mutation_stdev=0 disables mutation"),
     "None for a number": (["--config.popsize=none"], "config field 'popsize' cannot be None; it expects int"),
     "negative denoise batch": (["--config.denoise_batch=-1"], r"denoise_batch must be 0 \(the whole population at once\) or divide popsize=4, got -1"),
     "denoise batch not dividing the population": (["--config.denoise_batch=3"], r"denoise_batch must be 0 .* divide popsize=4, got 3"),
@@ -389,31 +389,33 @@ def _knob_cases():
     cases = []
     for method, spec in sorted(METHODS.items()):
         for knob in spec.numeric:
-            settings = {"method": method, "method_params": {knob: None}, "rewards": {"brightness": 1.0}}
-            cases += [(f"{method}.{knob}={label}", settings, knob, value, "must be a finite number") for label, value in bad.items()]
+            settings = {"method": method, "rewards": {"brightness": 1.0}}
+            cases += [(f"{method}.{knob}={label}", settings, (knob,), value, "must be a finite number") for label, value in bad.items()]
     for space in sorted(SPACES):
         for knob in SPACES[space]().default_params:
-            settings = {"space": space, "space_params": {knob: None}}
-            cases += [(f"{space}.{knob}={label}", settings, knob, value, "must be a finite number") for label, value in bad.items()]
+            settings = {"method_params": {"space": space}}
+            cases += [(f"{space}.{knob}={label}", settings, ("space_params", knob), value, "must be a finite number") for label, value in bad.items()]
             low, high = SPACE_RANGES.get(knob, (-math.inf, math.inf))
             for outside in (low - 1.0, high + 1.0):
                 if math.isfinite(outside):
-                    cases.append((f"{space}.{knob}={outside}", settings, knob, outside, r"must be in \["))
+                    cases.append((f"{space}.{knob}={outside}", settings, ("space_params", knob), outside, r"must be in \["))
     for strategy in sorted(REFERENCE_DEFAULTS):
         for knob, (low, high) in STRATEGY_RANGES.items():
-            settings = {"strategy": strategy, "strategy_params": {knob: None}}
+            settings = {"method_params": {"strategy": strategy}}
             # CoSyNE takes its mutation settings in its constructor, which checks them with its own words.
             refused = r"must be a finite number|must be in \[|must be >= 0|unknown strategy_params"
-            cases.append((f"{strategy}.{knob}=inf", settings, knob, math.inf, refused))
+            cases.append((f"{strategy}.{knob}=inf", settings, ("strategy_params", knob), math.inf, refused))
             if math.isfinite(low):
-                cases.append((f"{strategy}.{knob}={low - 1}", settings, knob, low - 1.0, refused))
+                cases.append((f"{strategy}.{knob}={low - 1}", settings, ("strategy_params", knob), low - 1.0, refused))
     return cases
 
 
 @pytest.mark.parametrize("name, settings, knob, value, message", _knob_cases(), ids=lambda c: c if isinstance(c, str) else "")
 def test_every_declared_knob_refuses_non_finite_and_out_of_range_values(name, settings, knob, value, message, embedded):
-    mapping = next(key for key in settings if key.endswith("_params"))
-    changes = {**settings, mapping: {knob: value}}
+    options = dict(settings.get("method_params", {}))  # knob: the value's path inside method_params
+    *outer, leaf = knob
+    (options.setdefault(outer[0], {}) if outer else options)[leaf] = value
+    changes = {**settings, "method_params": options}
     with pytest.raises(JaxalignError, match=message):
         build(small_config(**changes), embedded)
 

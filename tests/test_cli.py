@@ -98,8 +98,8 @@ def test_minimising_reports_higher_is_better_fitness_and_target(tmp_path, capsys
     assert json.loads((workdir / "summary.json").read_text())["stopped_because"] == "target_reward"
 
 BAD_INPUTS = {
-    "unknown strategy": (["--config.strategy=Nope"], "unknown strategy 'Nope'; valid: .*CoSyNE.*SNES"),
-    "unknown space": (["--config.space=spiral"], "unknown space 'spiral'; valid: additive_noise, multi_axis_rotation, multi_axis_svd_rotation, noise, rotation, svd_rotation"),
+    "unknown strategy": (["--config.method_params.strategy=Nope"], "unknown strategy 'Nope'; valid: .*CoSyNE.*SNES"),
+    "unknown space": (["--config.method_params.space=spiral"], "unknown space 'spiral'; valid: additive_noise, multi_axis_rotation, multi_axis_svd_rotation, noise, rotation, svd_rotation"),
     "unknown reward": (["--config.rewards={'beauty': 1.0}"], "unknown reward 'beauty'; valid: aesthetic, brightness"),
     "unknown field": (["--config.popsise=4"], "config field 'popsise' does not exist"),
     "missing model": (["--config.model=/nonexistent/sd"], "model directory not found: /nonexistent/sd"),
@@ -107,11 +107,11 @@ BAD_INPUTS = {
     "steps 0": (["--config.steps=0"], "steps must be at least 1, got 0"),
     "empty prompts": (["--config.prompts=[]"], "prompt list is empty"),
     "bad number": (["--config.popsize=many"], "config field 'popsize' expects int, got 'many'"),
-    "unknown strategy param": (["--config.strategy_params.sigma=2.0"], "unknown strategy_params sigma for CoSyNE; valid: elitism_ratio, eta, mode, mutation_probability"),
-    "unknown CoSyNE mode": (["--config.strategy_params.mode=fast"], "cannot build strategy 'CoSyNE' with popsize 16: mode must be one of equal_budget, reference, got 'fast'"),
-    "too many CoSyNE elites": (["--config.strategy_params.num_elites=20"], r"cannot build strategy 'CoSyNE' with popsize 16: num_elites must be in \[0, 11\]"),
-    "odd reference children": (["--config.strategy_params={'mode': 'reference', 'num_children': 3}"], "num_children must be even in reference mode"),
-    "non-numeric strategy param": (["--config.strategy=SNES", "--config.strategy_params.std_init=abc"], "strategy_params.std_init for SNES must be a finite number, got 'abc'"),
+    "unknown strategy param": (["--config.method_params.strategy_params.sigma=2.0"], "unknown strategy_params sigma for CoSyNE; valid: elitism_ratio, eta, mode, mutation_probability"),
+    "unknown CoSyNE mode": (["--config.method_params.strategy_params.mode=fast"], "cannot build strategy 'CoSyNE' with popsize 16: mode must be one of equal_budget, reference, got 'fast'"),
+    "too many CoSyNE elites": (["--config.method_params.strategy_params.num_elites=20"], r"cannot build strategy 'CoSyNE' with popsize 16: num_elites must be in \[0, 11\]"),
+    "odd reference children": (["--config.method_params.strategy_params={'mode': 'reference', 'num_children': 3}"], "num_children must be even in reference mode"),
+    "non-numeric strategy param": (["--config.method_params.strategy=SNES", "--config.method_params.strategy_params.std_init=abc"], "strategy_params.std_init for SNES must be a finite number, got 'abc'"),
     "missing prompt file": (["--config.prompt_file=/nonexistent/prompts.txt"], "prompt_file not found"),
     "learned reward without weights": (["--config.rewards={'hpsv2': 1.0}"], "reward 'hpsv2' needs its checkpoint: set --config.reward_paths.hpsv2"),
     "missing reward weights": (["--config.rewards={'aesthetic': 1.0}", "--config.reward_paths.aesthetic={'path': '/nonexistent/a.pth', 'clip': '/nonexistent/clip'}"],
@@ -121,11 +121,15 @@ BAD_INPUTS = {
     "wrong family": (["--config.model_family=sdxl"], r"model family mismatch: the config expects 'sdxl' .* holds a 'sd' model"),
     "unknown attention": (["--config.attention=flash"], "unknown attention 'flash'; valid: chunked, fused, standard"),
     "negative decode batch": (["--config.decode_batch=-1"], "decode_batch must be >= 0"),
-    "strategy for a method that reads none": (["--config.method=random", "--config.strategy=SNES"],
-                                              r"method 'random' does not read strategy \(it reads method_params\); set strategy='CoSyNE' \(got 'SNES'\)"),
-    "space for a noise method": (["--config.method=svdd", "--config.space=rotation"], r"method 'svdd' does not read space .*; set space='noise'"),
-    "method_params for evolution": (["--config.method_params={'num_candidates': 4}"],
-                                    r"method 'evolution' does not read method_params \(it reads strategy, strategy_params, space, space_params\); set method_params=\{\}"),
+    "a strategy for a method without one": (["--config.method=random", "--config.method_params.strategy=SNES"],
+                                            r"unknown method_params strategy for method 'random'; valid: \(none\)"),
+    "a space for a trajectory method": (["--config.method=svdd", "--config.method_params.space=rotation"],
+                                        "unknown method_params space for method 'svdd'; valid: eta, num_candidates"),
+    "another method's option for evolution": (["--config.method_params={'num_candidates': 4}"],
+                                              "unknown method_params num_candidates for method 'evolution'; valid: space, space_params, strategy, strategy_params"),
+    "strategy options that are not a mapping": (["--config.method_params.strategy_params=3"],
+                                                "method_params.strategy_params for method 'evolution' must be a mapping of options, got 3"),
+    "a strategy that is not a name": (["--config.method_params.strategy=3"], "method_params.strategy for method 'evolution' must be a name, got 3"),
 }
 
 
@@ -161,7 +165,7 @@ def test_config_file_with_unknown_field(tmp_path, capsys):
 
 def test_module_entry_point_reports_without_traceback(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "jaxalign", "run", "--config", RED_PIXELS, "--workdir", str(tmp_path / "x"), "--config.space=spiral"],
+        [sys.executable, "-m", "jaxalign", "run", "--config", RED_PIXELS, "--workdir", str(tmp_path / "x"), "--config.method_params.space=spiral"],
         capture_output=True,
         text=True,
         timeout=300,

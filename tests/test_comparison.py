@@ -27,7 +27,7 @@ def test_bootstrap_interval_matches_normal_theory():
 
 def _run(method, seed, prompt, baseline, best, judge, saturation, seconds):
     return {
-        "run": f"{method}__seed{seed}/{prompt}", "strategy": method, "seed": seed, "prompt": prompt, "popsize": 8,
+        "run": f"{method}__seed{seed}/{prompt}", "method": method, "seed": seed, "prompt": prompt, "popsize": 8,
         "generations": 10, "nfe": 880, "vjp_nfe": 0, "baseline_fitness": baseline, "best_fitness": best, "search_s": seconds,
         "compile_s": 5.0, "step_memory_bytes": 2**21, "judge_best:all_named": judge, "judge_best:position": 1.0,
         "judge_baseline:all_named": 0.0, "judge_baseline:position": 0.0, "baseline:saturation": 0.5,
@@ -44,7 +44,7 @@ def test_the_table_summarises_its_runs(tmp_path):
     with pytest.raises(JaxalignError, match="jaxalign eval --workdir"):
         method_table(tmp_path)
     write_csv(tmp_path / "runs.csv", runs)
-    diversity = [{"prompt": "p", "method": "evolution", "strategy": "CoSyNE", "best_clip_diversity": 0.3}]
+    diversity = [{"prompt": "p", "method": "evolution", "strategy": "CoSyNE", "best_clip_diversity": 0.3, "members": ["CoSyNE__seed0/p", "CoSyNE__seed1/p"]}]
     (tmp_path / "eval.json").write_text(json.dumps({"runs": [], "diversity": diversity}))
     cosyne, random = method_table(tmp_path)
     assert cosyne["method"] == "CoSyNE" and cosyne["runs"] == 3 and random["runs"] == 1

@@ -28,17 +28,18 @@ def test_variant_changes_a_few_fields():
     config = load_config(Path(__file__).resolve().parent.parent / "configs" / "snes_rotation.py")
     base = default_config()
     changed = {k for k in base.keys() if config[k] != base[k]}
-    assert changed == {"strategy", "strategy_params", "space", "space_params", "rewards"}
+    assert changed == {"method_params", "rewards"}
+    assert config.method_params.to_dict() == {"strategy": "SNES", "strategy_params": {"std_init": 0.5}, "space": "rotation", "space_params": {"mean_scale": 0.5}}
 
 
 def test_overrides_parse_by_field_type():
     config = default_config()
     for override in ("--config.popsize=8", "--config.guidance_scale=3", "--config.maximize=false", "--config.prompts=a cat",
-                     "--config.strategy_params.std_init=0.2", "--config.rewards.brightness=2"):  # fmt: skip
+                     "--config.method_params.strategy_params.std_init=0.2", "--config.rewards.brightness=2"):  # fmt: skip
         apply_override(config, override)
     assert config.popsize == 8 and config.guidance_scale == 3.0 and config.maximize is False
     assert config.prompts == ["a cat"]
-    assert config.strategy_params.std_init == 0.2
+    assert config.method_params.strategy_params.std_init == 0.2  # an open mapping's nested options are created
     assert dict(config.rewards) == {"color_fraction:red": 1.0, "brightness": 2}
     with pytest.raises(JaxalignError, match="does not exist"):
         apply_override(config, "--config.sampler.steps=3")

@@ -287,7 +287,7 @@ def test_das_defaults_are_the_official_sd_config():
 def test_das_returns_the_largest_weight_particle_and_counts_its_budget():
     popsize, steps = 8, 10
     model, context = _toy_context(popsize, steps)
-    search = build_method("das", context, {"method_params": {"alpha": 4.0}})
+    search = build_method("das", context, {"alpha": 4.0})
     params, problem = search.default_params(), model.problem()
     state = search.init(jax.random.key(0), problem, params)
     state, plain = search.start({}, problem, params, state)
@@ -308,9 +308,9 @@ def test_das_returns_the_largest_weight_particle_and_counts_its_budget():
 def test_das_bad_options_are_one_line_errors():
     _, context = _toy_context(4, 3)
     with pytest.raises(JaxalignError, match="unknown method_params.resampling 'gaussian'; valid: multinomial, residual, ssp, stratified, systematic"):
-        build_method("das", context, {"method_params": {"resampling": "gaussian"}})
+        build_method("das", context, {"resampling": "gaussian"})
     for threshold in (-0.1, 1.5):
         with pytest.raises(JaxalignError, match="ess_threshold is a fraction of the particles in \\[0, 1\\]"):
-            build_method("das", context, {"method_params": {"ess_threshold": threshold}})
+            build_method("das", context, {"ess_threshold": threshold})
     with pytest.raises(JaxalignError, match="alpha .* must be positive"):
-        build_method("das", context, {"method_params": {"alpha": 0.0}})
+        build_method("das", context, {"alpha": 0.0})

@@ -35,7 +35,7 @@ def _search(method, maximize):
     sampler = make_sampler(model, "ddim", 8, remat=METHODS[method].differentiates_sampler)
     context = Context(sampler, oriented(linear_reward([1.0, 0.5]), maximize), model.image_shape, model.latent_shape, popsize)
     options = OPTIONS.get(method, {})  # static options and numeric defaults alike, as a run config gives them
-    search = build_method(method, context, {"method_params": options} if options else {})
+    search = build_method(method, context, options)
     return model, search, search.default_params(guidance_scale=1.0)
 
 

@@ -34,7 +34,7 @@ def _toy(method, popsize, steps=8, **options):
     model = two_modes()
     sampler = make_sampler(model, "ddim", steps, remat=True)
     context = Context(sampler, linear_reward([1.0, 0.5]), model.image_shape, model.latent_shape, popsize)
-    return model, sampler, build_method(method, context, {"method_params": options})
+    return model, sampler, build_method(method, context, options)
 
 
 def _rendered_reward(model, sampler):

@@ -97,7 +97,7 @@ def test_replace_worst_drops_the_lowest_and_appends_softmax_draws():
 def _toy_search(name, popsize, options, steps=20, process="vp"):
     model = two_modes().as_flow() if process == "flow" else two_modes()
     context = Context(make_sampler(model, "auto", steps), linear_reward([1.0, 0.0]), model.image_shape, model.latent_shape, popsize)
-    return model, build_method(name, context, {"method_params": options})
+    return model, build_method(name, context, options)
 
 
 @pytest.mark.parametrize(

@@ -170,7 +170,7 @@ def _context(popsize=4, steps=10):
 
 def test_the_method_returns_every_particle_and_counts_its_budget():
     model, context = _context(popsize=4, steps=10)
-    search = build_method("fk_steering", context, {"method_params": {"lmbda": 2.0}})
+    search = build_method("fk_steering", context, {"lmbda": 2.0})
     cost = run_cost(4, 10, 2)  # resampling steps 5 and 9 of 10
     assert cost == {"nfe": 40, "images": 12}
     assert (search.nfe_per_generation, search.images_per_generation, search.vjp_nfe_per_generation) == (40, 12, 0)
@@ -202,5 +202,5 @@ def test_the_method_returns_every_particle_and_counts_its_budget():
 def test_bad_options_are_one_line_errors(options, message):
     _, context = _context()
     with pytest.raises(JaxalignError, match=message) as error:
-        build_method("fk_steering", context, {"method_params": options})
+        build_method("fk_steering", context, options)
     assert len(str(error.value).splitlines()) == 1 and "'fk_steering'" in str(error.value)  # one line naming the method

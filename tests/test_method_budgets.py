@@ -84,7 +84,7 @@ def _build(method, popsize=4, model=None, guidance_scale=7.5, options=None):
     sampler = make_sampler(model, "auto", 5, remat=METHODS[method].differentiates_sampler)
     context = Context(sampler, linear_reward([1.0, 0.0]), model.image_shape, model.latent_shape, popsize)
     options = SMALL.get(method) if options is None else options
-    search = build_method(method, context, {"method_params": options} if options else {})
+    search = build_method(method, context, options)
     return model, search, search.default_params(guidance_scale=guidance_scale)
 
 

@@ -44,7 +44,8 @@ def loaded(tiny_sd35):
 
 
 def _overrides(method, options, space):
-    return [f"--config.method={method}"] + [f"--config.method_params={options!r}"] * bool(options) + [f"--config.space={space}"] * bool(space)
+    options = {**(options or {}), "space": space} if space else options
+    return [f"--config.method={method}"] + [f"--config.method_params={options!r}"] * bool(options)
 
 
 def test_the_default_job_runs_on_a_tiny_sd35_directory_through_the_cli(tiny_sd35, tmp_path, capsys):

@@ -7,9 +7,7 @@ import pytest
 
 from jaxalign.rewards import Objective, oriented, weighted_sum
 from jaxalign.run import make_problem
-from jaxalign.search import make_search
-from jaxalign.spaces import SPACES
-from jaxalign.strategies import make_strategy
+from jaxalign.methods import Context, build_method
 
 
 def run_generations(job, generations, problem=None, key=None, params=None):
@@ -68,15 +66,8 @@ def test_best_so_far_is_the_running_maximum_and_its_image_scores_it(small_job):
 
 
 def _search(job, objective, strategy="CoSyNE"):
-    space = SPACES[job.config.space]()
-    centre_solution = space.init(jnp.zeros(job.latent_shape))
-    return make_search(
-        sampler=job.sampler,
-        space=space,
-        strategy=make_strategy(strategy, job.config.popsize, centre_solution),  # reference defaults (e.g. SNES std 0.2)
-        objective=objective,
-        image_shape=(job.config.height, job.config.width, 3),
-    )
+    context = Context(job.sampler, objective, (job.config.height, job.config.width, 3), job.latent_shape, job.config.popsize)
+    return build_method("evolution", context, {"strategy": strategy})  # reference defaults (e.g. SNES std 0.2)
 
 
 def test_minimising_keeps_the_smallest(small_job):

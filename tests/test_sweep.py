@@ -28,18 +28,18 @@ def test_two_by_two_by_two_sweep_and_rerun(tmp_path):
     result = run_sweep(config, tmp_path / "sweep")
     assert result == {**result, "jobs": 4, "ran": 4, "skipped": 0, "runs": 8}
     rows = list(csv.DictReader((tmp_path / "sweep" / "runs.csv").open()))
-    combos = {(r["strategy"], r["seed"], r["prompt"]) for r in rows}
+    combos = {(r["method"], r["seed"], r["prompt"]) for r in rows}
     assert combos == {(s, seed, p) for s in ("CoSyNE", "SNES") for seed in ("0", "1") for p in config.base.prompts}
     for row in rows:
         assert float(row["best_fitness"]) >= float(row["baseline_fitness"])
         # Generation 0 evaluates popsize images for CoSyNE, only the baseline for SNES; then 2 x popsize.
-        first = 4 if row["strategy"] == "CoSyNE" else 1
+        first = 4 if row["method"] == "CoSyNE" else 1
         assert int(row["nfe"]) == (first + 2 * 4) * 2  # x denoising steps
     steps = list(csv.DictReader((tmp_path / "sweep" / "steps.csv").open()))
     assert len(steps) == 8 * 3
     assert (tmp_path / "sweep" / "sweep_jpeg_compressibility.png").stat().st_size > 1000
     # Different seeds give different searches.
-    by_seed = {r["seed"]: r["baseline_fitness"] for r in rows if r["strategy"] == "CoSyNE" and r["prompt"] == config.base.prompts[0]}
+    by_seed = {r["seed"]: r["baseline_fitness"] for r in rows if r["method"] == "CoSyNE" and r["prompt"] == config.base.prompts[0]}
     assert by_seed["0"] != by_seed["1"]
 
     before = (tmp_path / "sweep" / "runs.csv").read_text()
@@ -53,7 +53,7 @@ def test_bad_sweep_configs(tmp_path):
         load_sweep_config(SWEEP, ["--config.seeds=[]"])
     with pytest.raises(JaxalignError, match="config field 'repeats' does not exist"):
         load_sweep_config(SWEEP, ["--config.repeats=3"])
-    config = load_sweep_config(SWEEP, [*TINY, "--config.strategies=[{'name': 'Nope'}]"])
+    config = load_sweep_config(SWEEP, [*TINY, "--config.methods=[{'name': 'evolution', 'params': {'strategy': 'Nope'}}]"])
     with pytest.raises(JaxalignError, match="unknown strategy 'Nope'"):
         run_sweep(config, tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
@@ -62,7 +62,7 @@ def test_bad_sweep_configs(tmp_path):
 @pytest.mark.parametrize(
     "override, jobs",
     [
-        ("--config.strategies=[{'name': 'CoSyNE'}, {'name': 'SNES'}, {'name': 'CoSyNE'}]", (0, 4)),  # seeds [0, 1]: 2 jobs each
+        ("--config.methods=[{'name': 'evolution', 'label': 'a'}, {'name': 'random'}, {'name': 'zero_order', 'label': 'a'}]", (0, 4)),  # seeds [0, 1]: 2 jobs each
         ("--config.seeds=[3, 3]", (0, 1)),
         ("--config.reward_sets=[{'brightness': 0.5000001}, {'brightness': 0.5000002}]", (0, 1)),  # both print as 0.5
     ],
@@ -74,23 +74,30 @@ def test_sweep_refuses_two_jobs_in_one_folder(override, jobs):
 
 def test_sweep_script_reports_bad_input_in_one_line(tmp_path):
     result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "sweep.py"), "--config", str(SWEEP), "--workdir", str(tmp_path / "s"), "--config.spaces=[]"],
+        [sys.executable, str(ROOT / "scripts" / "sweep.py"), "--config", str(SWEEP), "--workdir", str(tmp_path / "s"), "--config.methods=[]"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == ["sweep: error: sweep axis spaces is empty"]
+    assert result.stderr.strip().splitlines() == ["sweep: error: sweep axis methods is empty"]
 
 
-def test_method_names_on_the_strategy_axis_set_the_method():
+def test_method_entries_set_the_method_its_options_and_the_job_folder():
     from jaxalign.sweep import expand
 
     config = load_sweep_config(SWEEP, TINY)
-    config.strategies = [{"name": "CoSyNE", "params": {}}, {"name": "zero_order", "params": {"cosine": 0.9}}]
+    config.methods = [
+        {"name": "evolution", "params": {"strategy": "SNES", "space": "rotation"}, "label": "SNES_rotation"},
+        {"name": "zero_order", "params": {"cosine": 0.9}},
+        {"name": "random", "label": "best__of/N"},  # "__" parts a job's name, "/" a path: neither stays in a label
+    ]
     runs = {name.split("__")[0]: run for name, run in expand(config)}
-    assert runs["CoSyNE"].method == "evolution" and runs["CoSyNE"].strategy == "CoSyNE"
-    zero_order = runs["zero_order-cosine0.9"]
-    assert zero_order.method == "zero_order" and dict(zero_order.method_params) == {"cosine": 0.9}
-    assert not zero_order.strategy_params
+    assert set(runs) == {"SNES_rotation", "zero_order-cosine0.9", "best_ofN"}
+    assert runs["SNES_rotation"].method == "evolution" and runs["SNES_rotation"].method_params.to_dict() == {"strategy": "SNES", "space": "rotation"}
+    assert runs["zero_order-cosine0.9"].method == "zero_order" and runs["zero_order-cosine0.9"].method_params.to_dict() == {"cosine": 0.9}
+    assert runs["best_ofN"].method == "random" and not runs["best_ofN"].method_params
+    config.methods = [{"name": "random", "options": {}}]
+    with pytest.raises(JaxalignError, match="unknown sweep methods entry 'random' field"):
+        expand(config)
 
 
 # Two jobs (CoSyNE and SNES), one prompt, one generation after generation 0: the smallest sweep two shards can split.
@@ -107,7 +114,7 @@ def test_two_shards_run_each_job_once_and_aggregate_every_finished_run(tmp_path)
 
     config = load_sweep_config(SWEEP, SPLIT)
     names = [name for name, _ in expand(config)]
-    assert [name.split("__")[0] for name in names] == ["CoSyNE", "SNES-std_init0.3"]
+    assert [name.split("__")[0] for name in names] == ["CoSyNE", "SNES"]
     workdir = tmp_path / "sweep"
 
     first = run_sweep(config, workdir, shard=(0, 2))
@@ -116,7 +123,7 @@ def test_two_shards_run_each_job_once_and_aggregate_every_finished_run(tmp_path)
     # The aggregate after shard 0 alone holds exactly shard 0's run, in every file.
     assert [r["run"] for r in read_csv(workdir / "runs.csv")] == [names[0]]
     assert {r["run"] for r in read_csv(workdir / "steps.csv")} == {names[0]}
-    assert [r["strategy"] for r in read_csv(workdir / "runs.csv")] == ["CoSyNE"]
+    assert [r["method"] for r in read_csv(workdir / "runs.csv")] == ["CoSyNE"]
     shard_0_summary = (workdir / names[0] / "summary.json").read_bytes()
 
     second = run_sweep(config, workdir, shard=(1, 2))
@@ -125,7 +132,7 @@ def test_two_shards_run_each_job_once_and_aggregate_every_finished_run(tmp_path)
     rows = read_csv(workdir / "runs.csv")
     # After both shards: shard 1's aggregate holds both shards' runs, the whole sweep's set.
     assert sorted(r["run"] for r in rows) == sorted(names)
-    assert {(r["strategy"], r["seed"], r["prompt"]) for r in rows} == {(s, "0", "a red circle") for s in ("CoSyNE", "SNES")}
+    assert {(r["method"], r["seed"], r["prompt"]) for r in rows} == {(s, "0", "a red circle") for s in ("CoSyNE", "SNES")}
     assert len(read_csv(workdir / "steps.csv")) == 2 * 2  # generation 0 and 1 of each run
     assert (workdir / "sweep_brightness.png").stat().st_size > 1000
     assert not list(workdir.glob(".*.partial"))
@@ -170,7 +177,7 @@ def test_shards_take_every_nth_job_in_expand_order():
     for n in (1, 2, 3, 7):
         assert sorted(j for i in range(n) for j in shard_of(jobs, (i, n))) == jobs  # each job in exactly one shard
     names = [name for name, _ in expand(load_sweep_config(SWEEP, TINY))]  # CoSyNE, SNES x seeds 0, 1
-    assert [n.split("__")[0] + "/" + n.split("__")[-1] for n in shard_of(names, (1, 2))] == ["CoSyNE/seed1", "SNES-std_init0.3/seed1"]
+    assert [n.split("__")[0] + "/" + n.split("__")[-1] for n in shard_of(names, (1, 2))] == ["CoSyNE/seed1", "SNES/seed1"]
     assert parse_shard("1/3") == (1, 3) and parse_shard(" 0 / 1 ") == (0, 1)
 
 
@@ -213,7 +220,7 @@ def test_an_nfe_budget_gives_every_method_the_most_generations_that_fit():
     from jaxalign.sweep import expand, fit_to_budget
 
     config = load_sweep_config(SWEEP, [*TINY, "--config.base.popsize=8", "--config.seeds=[0]", "--config.reward_sets=[{'brightness': 1.0}]"])
-    config.strategies = ["CoSyNE", "SNES", *METHODS]
+    config.methods = [{"name": "evolution", "params": {"strategy": name}, "label": name} for name in ("CoSyNE", "SNES")] + sorted(METHODS)
     loaded = load_model(config.base.model, dtype=config.base.dtype)
     budget = 400
     for name, run_config in expand(config):

@@ -1,11 +1,13 @@
-"""What every alignment method shares: the registry, the build context and the two method shapes.
+"""What every alignment method shares: the registry, the build context, the method protocol and its search builder.
 
-A method is a :class:`~jaxalign.search.Search` built by a registered :class:`MethodSpec`. Two
-shapes cover the non-evolution methods: :func:`noise_method` (propose initial noises, sample and
-score them, update a state: best-of-N, zero-order search, DNO) and :func:`trajectory_method`
-(act inside the denoising loop through the sampler's :class:`~jaxalign.sampler.Denoiser`: SVDD,
-DSearch, DAS, FK steering). Generation 0 of both is the same initial population as evolution's, denoised by the
-configured sampler: the centre latent (the unaligned baseline) and ``popsize - 1`` N(0, 1) noises.
+A method is a :class:`Method` in evosax's shape, pure ``init`` / ``propose`` / ``update`` over its own state, and
+:func:`make_search` turns it into a :class:`~jaxalign.search.Search`, owning for every method what they share:
+generation 0 (the centre latent, the unaligned baseline, and N(0, 1) draws, denoised by the configured sampler),
+evaluation (denoise, decode, score), best tracking, budgets, sharding and the direction (scores are higher-is-better
+everywhere; :func:`jaxalign.rewards.oriented` applied the sign once). Methods over initial noises (evolution,
+best-of-N, zero-order search, DNO) propose solutions that map to initial latents; methods that act inside the
+denoising loop (SVDD, DSearch, DAS, FK steering) replace the evaluation through :func:`trajectory_method`.
+A registered :class:`MethodSpec` builds a method's search from ``method_params``.
 """
 
 from __future__ import annotations
@@ -20,44 +22,25 @@ import jax.numpy as jnp
 from jaxalign.errors import JaxalignError, check_known
 from jaxalign.registry import Registry
 from jaxalign.rewards import Objective
-from jaxalign.sampler import Denoiser, Sampler
+from jaxalign.sampler import Sampler
 from jaxalign.schedulers import stochastic_schedulers
-from jaxalign.search import (
-    Problem,
-    Search,
-    SearchParams,
-    SearchState,
-    initial_population,
-    initial_state,
-    record,
-    sample_and_score,
-    score,
-    sharding_helpers,
-)
+from jaxalign.search import Problem, Search, SearchParams, SearchState, initial_population, initial_state, record, score, sharding_helpers
 
 
 class MethodSpec(NamedTuple):
-    """A registered method: its builder, what it needs and which run-config fields it reads."""
+    """A registered method: its builder, what it needs and its options (``method_params``)."""
 
-    build: Callable[..., Search] | None = None  # (context, numeric, **static), for methods configured by method_params
+    build: Callable[..., Search]  # (context, numeric, **static) -> Search
     needs_gradient: bool = False  # requires a differentiable objective
     differentiates_sampler: bool = False  # backpropagates through the sampler (built with rematerialisation)
-    static: Mapping[str, Any] = {}  # shape- or schedule-determining options with defaults
+    static: Mapping[str, Any] = {}  # shape- or schedule-determining options (names, counts, nested option mappings) with defaults
     numeric: Mapping[str, float] = {}  # traced knobs with defaults (SearchParams.method)
     stochastic_steps: bool = False  # steps inside the denoising loop; needs a scheduler with a stochastic transition
     check: Callable[..., None] | None = None  # (context, static options, numeric options) -> None; raises JaxalignError
-    # The run-config fields the method reads; the others of method_fields() must keep their defaults.
-    reads: tuple[str, ...] = ("method_params",)
-    # (name, spec, context, settings) -> Search, where settings holds the ``reads`` fields; None: from method_params.
-    configure: Callable[..., Search] | None = None
+    validate: Callable[..., None] | None = None  # (static options, numeric options) -> None: the checks that need no model
 
 
 METHODS: Registry[MethodSpec] = Registry("method")
-
-
-def method_fields() -> frozenset[str]:
-    """The run-config fields that configure some method (a method reads some of them)."""
-    return frozenset(field for spec in METHODS.values() for field in spec.reads)
 
 
 def _single_device(batch: int):
@@ -76,24 +59,11 @@ class Context(NamedTuple):
     make_mesh: Callable[[int], Any] = _single_device
 
 
-def build_method(name: str, context: Context, settings: Mapping[str, Any] | None = None) -> Search:
-    """Build ``name`` for ``context`` from ``settings``, the run-config fields it reads (missing ones
-    take their defaults; for most methods that is ``method_params``: static options and numeric defaults)."""
+def method_options(name: str, method_params: Mapping[str, Any] | None) -> tuple[dict, dict]:
+    """``method_params`` of method ``name`` as (static options, numeric knobs), defaults filled in and types checked;
+    the method's model-free checks run too (a config is checked with these before any model loads)."""
     spec = METHODS[name]
-    settings = dict(settings or {})
-    unread = sorted(set(settings) - set(spec.reads))
-    if unread:
-        raise JaxalignError(f"method {name!r} does not take {', '.join(unread)}; it takes {', '.join(spec.reads)}")
-    if spec.needs_gradient and not context.objective.differentiable:
-        raise JaxalignError(f"method {name!r} needs a differentiable reward; {', '.join(context.objective.default_weights)} is black-box (try dno_hybrid or a gradient-free method)")
-    if spec.stochastic_steps and not context.sampler.stochastic:
-        raise JaxalignError(f"method {name!r} takes stochastic denoising steps; set scheduler to one of {', '.join(stochastic_schedulers(type(context.sampler.process)))} (got {context.sampler.scheduler!r})")
-    return (spec.configure or configure_from_method_params)(name, spec, context, settings)
-
-
-def configure_from_method_params(name: str, spec: MethodSpec, context: Context, settings: Mapping[str, Any]) -> Search:
-    """The usual configuration: ``method_params`` split into the spec's static options and numeric knobs."""
-    options = dict(settings.get("method_params") or {})
+    options = dict(method_params or {})
     check_known("method_params", options, {*spec.static, *spec.numeric}, where=f" for method {name!r}")
     static = {k: options.get(k, v) for k, v in spec.static.items()}
     for k, v in static.items():
@@ -106,28 +76,32 @@ def configure_from_method_params(name: str, spec: MethodSpec, context: Context, 
             static[k] = int(v)
         if isinstance(default, str) and not isinstance(v, str):
             raise JaxalignError(f"method_params.{k} for method {name!r} must be a name, got {v!r}")
+        if isinstance(default, Mapping):
+            if not isinstance(v, Mapping):
+                raise JaxalignError(f"method_params.{k} for method {name!r} must be a mapping of options, got {v!r}")
+            static[k] = dict(v)
     numeric = {}
     for k, v in spec.numeric.items():
         value = options.get(k, v)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise JaxalignError(f"method_params.{k} for method {name!r} must be a finite number, got {value!r}")
         numeric[k] = float(value)
+    if spec.validate is not None:
+        spec.validate(static, numeric)
+    return static, numeric
+
+
+def build_method(name: str, context: Context, method_params: Mapping[str, Any] | None = None) -> Search:
+    """Build method ``name`` for ``context`` from its ``method_params`` (missing options take their defaults)."""
+    spec = METHODS[name]
+    if spec.needs_gradient and not context.objective.differentiable:
+        raise JaxalignError(f"method {name!r} needs a differentiable reward; {', '.join(context.objective.default_weights)} is black-box (try dno_hybrid or a gradient-free method)")
+    if spec.stochastic_steps and not context.sampler.stochastic:
+        raise JaxalignError(f"method {name!r} takes stochastic denoising steps; set scheduler to one of {', '.join(stochastic_schedulers(type(context.sampler.process)))} (got {context.sampler.scheduler!r})")
+    static, numeric = method_options(name, method_params)
     if spec.check is not None:
         spec.check(context, static, numeric)
     return spec.build(context, numeric, **static)
-
-
-def default_params_fn(context: Context, numeric: Mapping[str, float]):
-    def default_params(reward_weights=None, guidance_scale=7.5, method_overrides=None):
-        return SearchParams(
-            strategy=None,
-            space={},
-            reward_weights={k: jnp.float32(v) for k, v in (reward_weights or context.objective.default_weights).items()},
-            guidance_scale=jnp.float32(guidance_scale),
-            method={k: jnp.float32(v) for k, v in {**numeric, **(method_overrides or {})}.items()},
-        )
-
-    return default_params
 
 
 def finite_scores(total):
@@ -135,124 +109,157 @@ def finite_scores(total):
     return jnp.where(jnp.isfinite(total), total, -jnp.inf)
 
 
-def value(context: Context, denoiser: Denoiser, model_params, problem, params, clean):
+def value(context: Context, denoiser, model_params, problem, params, clean):
     """The objective of the images decoded from clean latents, non-finite at -inf (the methods' value function)."""
     total, _ = score(context.objective, model_params, problem, params, denoiser.decode(clean))
     return finite_scores(total)
 
 
-def noise_method(context: Context, numeric, propose, update, init_method_state, evaluate_fn=None, cost=None, solution_size=None) -> Search:
-    """A method over initial noises: ``propose`` a population, sample and score it, ``update`` its state.
+class Evaluated(NamedTuple):
+    """A generation's evaluation: the objective's totals, components and images, and what ``update`` is told."""
 
-    ``propose(key, method_state, params, problem) -> noises [P, L]`` and
-    ``update(key, method_state, noises, scores, extra, params, first) -> method_state``, with the objective's
-    scores (higher is better, non-finite -> -inf) and ``first`` a Python bool (generation 0).
-    ``evaluate_fn(key, model_params, problem, params, noises)`` replaces plain sampling in later
-    generations (DNO's value-and-gradient); it returns (total, components, images, extra). ``cost``:
-    the budget of a later generation (default: one sampler run per member). ``solution_size`` L: the
-    length of a solution when it holds more than the initial latent (DNO's sde mode; generation 0's
-    solutions are its initial latents preceded by zeros).
+    total: jax.Array  # [N], raw (non-finite where the objective was)
+    components: dict[str, jax.Array]
+    images: jax.Array
+    extra: Any = None  # passed on to ``update`` (DNO's gradient)
+    solutions: Any = None  # what is recorded for the images when not the proposed solutions (trajectory methods: final latents)
+    spent: Mapping[str, Any] | None = None  # this generation's budget when it is not the planned one (DSearch's random cost)
+
+
+def _keep(key, state, *unused):
+    return state
+
+
+class Method(NamedTuple):
+    """One alignment method in evosax's shape: pure functions over the method's own state.
+
+    ``propose`` and ``update`` see the objective's scores (higher is better, non-finite at -inf); ``first`` is a
+    Python bool, true at generation 0, whose solutions :func:`make_search` draws itself.
     """
-    popsize = context.popsize
-    names = tuple(context.objective.default_weights)
-    dim = math.prod(context.latent_shape)
-    solution_size = solution_size or dim
-    mesh = context.make_mesh(popsize)
-    shard_population, replicate = sharding_helpers(mesh)
-    plain_cost = {"nfe": popsize * context.sampler.num_steps, "images": popsize}
-    cost = cost or plain_cost
 
-    def plain_evaluate(key, model_params, problem, params, noises):
-        latents = shard_population(noises[:, -dim:].reshape(-1, *context.latent_shape))
-        return (*sample_and_score(context.sampler, context.objective, model_params, problem, params, latents), None)
-
-    evaluate = evaluate_fn or plain_evaluate
-
-    def init(key, problem: Problem, params: SearchParams) -> SearchState:
-        centre = jnp.pad(problem.centre.reshape(-1), (solution_size - dim, 0))
-        return initial_state(key, init_method_state(centre, params), centre, names, context.image_shape)
-
-    def generation(first: bool):
-        def step(model_params, problem: Problem, params: SearchParams, state: SearchState):
-            key, propose_key, evaluate_key, update_key = jax.random.split(state.key, 4)
-            if first:
-                noises = initial_population(propose_key, problem.centre.reshape(-1), popsize)
-                noises = jnp.pad(noises, ((0, 0), (solution_size - dim, 0)))
-                total, components, images, extra = plain_evaluate(evaluate_key, model_params, problem, params, noises)
-            else:
-                noises = propose(propose_key, state.method_state, params, problem)
-                total, components, images, extra = evaluate(evaluate_key, model_params, problem, params, noises)
-            scores = finite_scores(total)
-            method_state = update(update_key, state.method_state, noises, scores, extra, params, first)
-            spent = plain_cost if first else cost
-            return replicate(record(state, key, method_state, noises, total, components, images, spent))
-
-        return step
-
-    return Search(
-        init=jax.jit(init),
-        start=jax.jit(generation(True)),
-        step=jax.jit(generation(False)),
-        default_params=default_params_fn(context, numeric),
-        popsize=popsize,
-        nfe_per_generation=cost["nfe"],
-        images_per_generation=cost["images"],
-        vjp_nfe_per_generation=cost.get("vjp_nfe", 0),
-        best_solution_is="initial noise" if solution_size == dim else "initial noise and every step's noise",
-        initial_nfe=plain_cost["nfe"],
-        initial_images=plain_cost["images"],
-        best_latent=lambda params, solution, problem: solution[-dim:].reshape(context.latent_shape),
-        mesh=mesh,
-    )
+    init: Callable  # (key, centre solution [L], params) -> method state
+    propose: Callable | None = None  # (key, state, params, problem) -> (solutions [P, L], state); None: no solutions
+    update: Callable = _keep  # (key, state, solutions, scores [N], extra, params, first) -> state
+    defaults: Any = None  # traced knobs' defaults, SearchParams.method (a dict of float32 scalars, or the method's pytree)
+    evaluate: Callable | None = None  # later generations: (key, model_params, problem, params, solutions) -> Evaluated
+    centre: Callable | None = None  # (problem, params) -> the baseline's solution [L]; None: the centre latent, flattened
+    latents: Callable | None = None  # (params, solutions [N, L], problem) -> initial latents; None: solutions' last latent-size entries
+    first_size: int | None = None  # solutions in generation 0; None: popsize
+    first_population: Callable | None = None  # (key, problem, params) -> generation 0's solutions; None: the centre and N(0, 1) draws
+    cost: Mapping[str, Any] | None = None  # planned budget of a later generation; None: one sampler run per proposed solution
+    shard_batch: int | None = None  # the batch a population device axis must divide; None: popsize
+    records_final_latent: bool = False  # record each image's final (clean) latent rather than the solution
+    best_solution_is: str = "initial noise"  # what ``best_solution`` holds, in words (summary.json)
+    strategy: str | None = None  # the evosax strategy an evolution runs (summary.json, tables)
 
 
-def trajectory_method(context: Context, numeric, guided_run, cost: Mapping[str, Any]) -> Search:
-    """A method that acts inside the denoising loop.
+def make_search(context: Context, method: Method) -> Search:
+    """The search of ``method``: ``init``, the compiled generation 0 ``start`` and the one-generation ``step``.
 
-    Generation 0 denoises the initial population with the configured sampler (the baseline, as every
-    method's generation 0); later generations run ``guided_run(key, denoiser, model_params, problem,
-    params) -> (clean latents [K, ...], spent)`` from fresh noise, where ``spent`` is that run's
-    budget (``cost`` is its planned or expected value). ``best_solution`` is the final (clean)
-    latent of the best returned sample.
+    One generation: propose -> solutions to initial latents -> denoise (CFG) -> decode -> score -> update -> track
+    the best, under one ``jax.jit``. With a mesh (``context.make_mesh``) the population's latents and images are
+    sharded over its "population" axis; states and reports stay replicated.
     """
-    popsize, sampler, objective = context.popsize, context.sampler, context.objective
+    sampler, objective, popsize = context.sampler, context.objective, context.popsize
     names = tuple(objective.default_weights)
-    mesh = context.make_mesh(popsize)
+    dim = math.prod(context.latent_shape)
+    mesh = context.make_mesh(method.shard_batch or popsize)
     shard_population, replicate = sharding_helpers(mesh)
+    centre = method.centre or (lambda problem, params: problem.centre.reshape(-1))
+    to_latents = method.latents or (lambda params, solutions, problem: solutions[:, -dim:].reshape(-1, *context.latent_shape))
+    first_size = method.first_size or popsize
+    first_population = method.first_population or (lambda key, problem, params: initial_population(key, centre(problem, params), first_size))
+    runs = lambda n: {"nfe": n * sampler.num_steps, "images": n}  # noqa: E731  (n sampler runs)
+    cost = dict(method.cost or runs(popsize))
 
     def init(key, problem: Problem, params: SearchParams) -> SearchState:
-        return initial_state(key, jnp.zeros((), jnp.int32), problem.centre.reshape(-1), names, context.image_shape)
+        key, init_key = jax.random.split(key)
+        centre_solution = centre(problem, params)
+        return initial_state(key, method.init(init_key, centre_solution, params), centre_solution, names, context.image_shape)
 
-    def finish(model_params, problem, params, state, key, final, spent):
+    def sample(model_params, problem: Problem, params: SearchParams, solutions) -> Evaluated:
+        latents = shard_population(to_latents(params, solutions, problem))
+        final = sampler.denoise(model_params, latents, problem.context, problem.uncond_context, params.guidance_scale)
         images = sampler.decode(model_params, final)
         total, components = score(objective, model_params, problem, params, images)
-        return replicate(record(state, key, state.method_state, final.reshape(final.shape[0], -1), total, components, images, spent))
+        recorded = final.reshape(final.shape[0], -1) if method.records_final_latent else None
+        return Evaluated(total, components, images, solutions=recorded)
 
+    def finish(state, key, method_state, update_key, solutions, evaluated: Evaluated, params, first: bool):
+        scores = finite_scores(evaluated.total)
+        method_state = method.update(update_key, method_state, solutions, scores, evaluated.extra, params, first)
+        recorded = solutions if evaluated.solutions is None else evaluated.solutions
+        spent = evaluated.spent or (runs(first_size) if first else cost)
+        return replicate(record(state, key, method_state, recorded, evaluated.total, evaluated.components, evaluated.images, spent))
+
+    # Keys: three per generation (as evolution's streams were made), a fourth folded in for evaluation.
     def start(model_params, problem: Problem, params: SearchParams, state: SearchState):
-        key, population_key = jax.random.split(state.key)
-        noises = initial_population(population_key, problem.centre.reshape(-1), popsize)
-        latents = shard_population(noises.reshape(-1, *context.latent_shape))
-        final = sampler.denoise(model_params, latents, problem.context, problem.uncond_context, params.guidance_scale)
-        return finish(model_params, problem, params, state, key, final, {"nfe": popsize * sampler.num_steps, "images": popsize})
+        key, update_key, population_key = jax.random.split(state.key, 3)
+        solutions = first_population(population_key, problem, params)
+        return finish(state, key, state.method_state, update_key, solutions, sample(model_params, problem, params, solutions), params, True)
 
     def step(model_params, problem: Problem, params: SearchParams, state: SearchState):
-        key, run_key = jax.random.split(state.key)
-        denoiser = sampler.bind(model_params, problem.context, problem.uncond_context, params.guidance_scale)
-        final, spent = guided_run(run_key, denoiser, model_params, problem, params)
-        return finish(model_params, problem, params, state, key, final, spent)
+        key, propose_key, update_key = jax.random.split(state.key, 3)
+        solutions, method_state = (None, state.method_state) if method.propose is None else method.propose(propose_key, state.method_state, params, problem)
+        if method.evaluate is None:
+            evaluated = sample(model_params, problem, params, solutions)
+        else:
+            evaluated = method.evaluate(jax.random.fold_in(propose_key, 1), model_params, problem, params, solutions)
+        return finish(state, key, method_state, update_key, solutions, evaluated, params, False)
+
+    def default_params(reward_weights=None, guidance_scale=7.5, method_overrides=None):
+        overrides = {k: jnp.float32(v) if isinstance(v, (int, float)) else v for k, v in (method_overrides or {}).items()}
+        return SearchParams(
+            reward_weights={k: jnp.float32(v) for k, v in (reward_weights or objective.default_weights).items()},
+            guidance_scale=jnp.float32(guidance_scale),
+            method={**(method.defaults or {}), **overrides},
+        )
+
+    def best_latent(params, solution, problem):
+        if method.records_final_latent:
+            return solution.reshape(context.latent_shape)
+        return to_latents(params, solution[None], problem)[0]
 
     return Search(
         init=jax.jit(init),
         start=jax.jit(start),
         step=jax.jit(step),
-        default_params=default_params_fn(context, numeric),
+        default_params=default_params,
         popsize=popsize,
         nfe_per_generation=int(cost["nfe"]),
         images_per_generation=int(cost["images"]),
         vjp_nfe_per_generation=int(cost.get("vjp_nfe", 0)),
-        best_solution_is="final latent",
-        initial_nfe=popsize * sampler.num_steps,
-        initial_images=popsize,
-        best_latent=lambda params, solution, problem: solution.reshape(context.latent_shape),
+        best_solution_is=method.best_solution_is,
+        strategy=method.strategy,
+        initial_nfe=first_size * sampler.num_steps,
+        initial_images=first_size,
+        best_latent=best_latent,
         mesh=mesh,
     )
+
+
+def numeric_defaults(numeric: Mapping[str, float]) -> dict[str, jax.Array]:
+    """A method's numeric knobs as the traced defaults of ``SearchParams.method``."""
+    return {k: jnp.float32(v) for k, v in numeric.items()}
+
+
+def trajectory_method(context: Context, numeric, guided_run, cost: Mapping[str, Any]) -> Search:
+    """A method that acts inside the denoising loop.
+
+    Generation 0 denoises the initial population with the configured sampler (the baseline, as every method's
+    generation 0); later generations run ``guided_run(key, denoiser, model_params, problem, params) -> (clean
+    latents [K, ...], spent)`` from fresh noise, where ``spent`` is that run's budget (``cost`` is its planned or
+    expected value). ``best_solution`` is the final (clean) latent of the best returned sample.
+    """
+    sampler = context.sampler
+
+    def evaluate(key, model_params, problem, params, solutions) -> Evaluated:
+        denoiser = sampler.bind(model_params, problem.context, problem.uncond_context, params.guidance_scale)
+        final, spent = guided_run(key, denoiser, model_params, problem, params)
+        images = sampler.decode(model_params, final)
+        total, components = score(context.objective, model_params, problem, params, images)
+        return Evaluated(total, components, images, solutions=final.reshape(final.shape[0], -1), spent=spent)
+
+    no_state = lambda key, centre, params: jnp.zeros((), jnp.int32)  # noqa: E731
+    method = Method(no_state, defaults=numeric_defaults(numeric), evaluate=evaluate, cost=cost, records_final_latent=True, best_solution_is="final latent")
+    return make_search(context, method)

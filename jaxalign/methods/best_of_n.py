@@ -6,18 +6,15 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxalign.methods.base import METHODS, Context, MethodSpec, noise_method
+from jaxalign.methods.base import METHODS, Context, Method, MethodSpec, make_search, numeric_defaults
 from jaxalign.search import Search
 
 
 def _random(context: Context, numeric) -> Search:
-    def propose(key, method_state, params, problem):
-        return jax.random.normal(key, (context.popsize, problem.centre.size))
+    def propose(key, state, params, problem):
+        return jax.random.normal(key, (context.popsize, problem.centre.size)), state
 
-    def update(key, method_state, noises, scores, extra, params, first):
-        return method_state
-
-    return noise_method(context, numeric, propose, update, lambda centre, params: jnp.zeros((), jnp.int32))
+    return make_search(context, Method(lambda key, centre, params: jnp.zeros((), jnp.int32), propose, defaults=numeric_defaults(numeric)))
 
 
 METHODS.register("random", MethodSpec(_random))

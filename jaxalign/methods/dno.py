@@ -38,9 +38,9 @@ import jax.numpy as jnp
 import optax
 
 from jaxalign.errors import JaxalignError
-from jaxalign.methods.base import METHODS, Context, MethodSpec, noise_method, finite_scores
+from jaxalign.methods.base import METHODS, Context, Evaluated, Method, MethodSpec, finite_scores, make_search, numeric_defaults
 from jaxalign.schedulers import stochastic_schedulers
-from jaxalign.search import score, sharding_helpers
+from jaxalign.search import initial_population, score, sharding_helpers
 
 _OPTIMIZER_KNOBS = ("learning_rate", "max_grad_norm", "weight_decay")
 _MODES = ("ode", "sde")
@@ -171,10 +171,10 @@ def _dno(context: Context, numeric, mode: str):
 
     def evaluate(key, model_params, problem, params, noises):
         (_, (total, components, images)), grad = jax.value_and_grad(loss, has_aux=True)(noises, key, model_params, problem, params)
-        return total, components, images, grad  # a chain's non-finite gradient skips its step (see update)
+        return Evaluated(total, components, images, extra=grad)  # a chain's non-finite gradient skips its step (see update)
 
     def propose(key, state: ChainState, params, problem):
-        return state.noises
+        return state.noises, state
 
     def update(key, state: ChainState, noises, scores, grad, params, first):
         if first:
@@ -182,13 +182,11 @@ def _dno(context: Context, numeric, mode: str):
             return ChainState(chains, _with_knobs(jax.vmap(optimizer.init)(chains), params, (popsize,)))
         return ChainState(*jax.vmap(_step_if_finite, in_axes=(None, 0, 0, 0))(optimizer, grad, _with_knobs(state.opt_state, params, (popsize,)), noises))
 
-    def init_state(centre, params):
+    def init_state(key, centre, params):
         placeholder = jnp.zeros((popsize, length), jnp.float32)
         return ChainState(placeholder, _with_knobs(jax.vmap(optimizer.init)(placeholder), params, (popsize,)))
 
-    return noise_method(
-        context, numeric, propose, update, init_state, evaluate_fn=evaluate, cost=_passes(context, popsize, popsize), solution_size=length
-    )
+    return make_search(context, _chains_method(context, numeric, mode, init_state, propose, update, evaluate, _passes(context, popsize, popsize)))
 
 
 def image_space_gradient(losses, images):
@@ -217,7 +215,7 @@ def _dno_hybrid(context: Context, numeric, mode: str, image_gradient: str):
 
     def propose(key, state: ChainState, params, problem):
         perturbations = params.method["perturbation"] * jax.random.normal(key, (popsize - 1, length))
-        return jnp.concatenate([state.noises[None], state.noises + perturbations])
+        return jnp.concatenate([state.noises[None], state.noises + perturbations]), state
 
     def evaluate(key, model_params, problem, params, noises):
         def first(z):  # member 0, the chain: its image in the gradient's space, and its scored image
@@ -231,7 +229,7 @@ def _dno_hybrid(context: Context, numeric, mode: str, image_gradient: str):
         g = image_space_gradient(-finite_scores(total), jnp.concatenate([first_space[None], rest_space]))
         (grad,) = pullback(g)
         grad = grad + jax.grad(lambda z: _regularizer(key, z, params))(noises[0])
-        return total, components, images, _finite(grad)
+        return Evaluated(total, components, images, extra=_finite(grad))
 
     def update(key, state: ChainState, noises, scores, grad, params, first):
         if first:  # the chain starts at the baseline, member 0 of generation 0
@@ -240,13 +238,24 @@ def _dno_hybrid(context: Context, numeric, mode: str, image_gradient: str):
         updates, opt_state = optimizer.update(grad, _with_knobs(state.opt_state, params), noises[0])
         return ChainState(noises[0] + updates, opt_state)
 
-    def init_state(centre, params):
+    def init_state(key, centre, params):
         placeholder = jnp.zeros((length,), jnp.float32)
         return ChainState(placeholder, _with_knobs(optimizer.init(placeholder), params))
 
-    return noise_method(
-        context, numeric, propose, update, init_state, evaluate_fn=evaluate, cost=_passes(context, popsize, 1), solution_size=length
-    )
+    return make_search(context, _chains_method(context, numeric, mode, init_state, propose, update, evaluate, _passes(context, popsize, 1)))
+
+
+def _chains_method(context: Context, numeric, mode: str, init, propose, update, evaluate, cost) -> Method:
+    """DNO's solutions: in sde mode every step's noise, then the initial latent (the last ``dim`` entries); generation
+    0's step noises are zeros (the configured sampler draws its own; the chains start from fresh ones)."""
+    length, dim = _chain_length(context, mode), math.prod(context.latent_shape)
+    pad = lambda x: jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(length - dim, 0)])  # noqa: E731
+    return Method(
+        init, propose, update, numeric_defaults(numeric), evaluate=evaluate, cost=cost,
+        centre=lambda problem, params: pad(problem.centre.reshape(-1)),
+        first_population=lambda key, problem, params: pad(initial_population(key, problem.centre.reshape(-1), context.popsize)),
+        best_solution_is="initial noise" if length == dim else "initial noise and every step's noise",
+    )  # fmt: skip
 
 
 def _check(name: str):

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxalign.errors import JaxalignError
-from jaxalign.methods.base import METHODS, Context, MethodSpec, noise_method
+from jaxalign.methods.base import METHODS, Context, Method, MethodSpec, make_search, numeric_defaults
 from jaxalign.search import Search
 
 
@@ -37,7 +37,7 @@ def sphere_neighbours(key, pivot, cosine, count: int):
 
 def _zero_order(context: Context, numeric) -> Search:
     def propose(key, state: PivotState, params, problem):
-        return sphere_neighbours(key, state.pivot, params.method["cosine"], context.popsize)
+        return sphere_neighbours(key, state.pivot, params.method["cosine"], context.popsize), state
 
     def update(key, state: PivotState, noises, scores, extra, params, first):
         if first:  # generation 0: member 0 is the baseline latent, the reference's first pivot
@@ -46,7 +46,8 @@ def _zero_order(context: Context, numeric) -> Search:
         moves = scores[best] > state.score
         return PivotState(jnp.where(moves, noises[best], state.pivot), jnp.where(moves, scores[best], state.score))
 
-    return noise_method(context, numeric, propose, update, lambda centre, params: PivotState(centre, jnp.float32(-jnp.inf)))
+    init = lambda key, centre, params: PivotState(centre, jnp.float32(-jnp.inf))  # noqa: E731
+    return make_search(context, Method(init, propose, update, numeric_defaults(numeric)))
 
 
 def _check(context: Context, static, numeric) -> None:
