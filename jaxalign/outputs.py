@@ -95,6 +95,7 @@ class Recorder:
         plot_fitness(lines, self.out / "fitness.png", title=self.prompt)
         final = lines[-1]
         seconds = [line["wall_s"] for line in lines[1:]]
+        mesh = self.job.search.mesh
         return {
             "prompt": self.prompt,
             "model": self.job.model.name,
@@ -119,8 +120,8 @@ class Recorder:
             "best_image": f"images/step_{len(lines) - 1:04d}.png",
             "device": jax.devices()[0].device_kind,
             "num_devices": jax.device_count(),
-            "population_sharded_over": self.job.mesh.shape["population"] if self.job.mesh else 1,
-            "prompts_sharded_over": self.job.mesh.shape["prompts"] if self.job.mesh else 1,
+            "population_sharded_over": mesh.shape["population"] if mesh else 1,
+            "prompts_sharded_over": mesh.shape["prompts"] if mesh else 1,
             "params_split": _params_split(self.job.model_params),
             "config": config.to_dict(),
         }

@@ -40,7 +40,7 @@ from jaxalign.models import CLASSIFIER_FREE, NO_GUIDANCE, DiffusionModel, load_m
 from jaxalign.outputs import Recorder
 from jaxalign.rewards import Objective, oriented, weighted_sum
 from jaxalign.sampler import make_sampler
-from jaxalign.search import Problem, Search, SearchParams, batched, device_mesh, prompt_sharding, shard_over_devices
+from jaxalign.search import Problem, Search, SearchParams, batched, device_mesh, prompt_sharding, shard_over_devices, step_for
 from jaxalign.trackers import Tracker, open_trackers, parse_loggers
 from jaxalign.workdir import INPUTS, check_run_files, check_same_config, check_same_inputs, check_workdir, read_run_json, run_inputs
 
@@ -55,7 +55,6 @@ class Job:
     prompts: list[str]
     sampler: Any
     latent_shape: tuple[int, int, int]
-    mesh: Any  # ("prompts", "population") device mesh, or None on one device
     objective: Objective
 
 
@@ -100,7 +99,7 @@ def build(config, loaded: tuple[DiffusionModel, Any] | None = None) -> Job:
     )
     search = build_method(config.method, context, plain(config.method_params))
     search_params = search.default_params(guidance_scale=config.guidance_scale)
-    return Job(config, model, model_params, search, search_params, prompts, sampler, latent_shape, search.mesh, objective)
+    return Job(config, model, model_params, search, search_params, prompts, sampler, latent_shape, objective)
 
 
 def make_problem(job: Job, prompt: str, index: int) -> tuple[Problem, jax.Array]:
@@ -174,7 +173,7 @@ def _search_prompts(job: Job, workdir: Path, outs: list[Path], progress: bool, r
     else:
         groups = [([i], outs[i] / "checkpoints") for i in range(len(job.prompts))]
 
-    init, start, step = batched(job.search, job.mesh)
+    init, start, step = batched(job.search)
     compiled: dict[int, Any] = {}
     memory: dict[int, int | None] = {}
     summaries: dict[int, dict] = {}
@@ -183,14 +182,15 @@ def _search_prompts(job: Job, workdir: Path, outs: list[Path], progress: bool, r
             summaries.update({i: json.loads((outs[i] / "summary.json").read_text()) for i in members})
             continue
         problems, keys = zip(*(make_problem(job, job.prompts[i], i) for i in members))
-        problem = prompt_sharding(job.mesh, jax.tree.map(lambda *x: jnp.stack(x), *problems))
-        state = prompt_sharding(job.mesh, init(prompt_sharding(job.mesh, jnp.stack(keys)), problem, job.search_params))
+        mesh = job.search.mesh
+        problem = prompt_sharding(mesh, jax.tree.map(lambda *x: jnp.stack(x), *problems))
+        state = prompt_sharding(mesh, init(prompt_sharding(mesh, jnp.stack(keys)), problem, job.search_params))
         compile_s, from_cache = 0.0, None
         if len(members) not in compiled:  # same shapes, same executables: compile once, ahead of time
             began, hits = time.perf_counter(), cache_hits()
             arguments = (job.model_params, problem, job.search_params, state)
             later = step.lower(*arguments).compile()
-            first = later if start is step else start.lower(*arguments).compile()
+            first = start.lower(*arguments).compile()
             compiled[len(members)] = (first, later)
             memory[len(members)] = step_memory_bytes(later)
             compile_s, from_cache = time.perf_counter() - began, cache_hits() > hits
@@ -286,7 +286,7 @@ def _search_generations(job: Job, steps, problem: Problem, state, recorders: lis
         if all(r.stopped_because for r in recorders):
             break
         start = time.perf_counter()
-        compiled = step if generation else first
+        compiled = step_for(generation, first, step)
         (_, _, _, placement), _ = compiled.input_shardings  # (model_params, problem, params, state), no keywords
         state = jax.device_put(state, placement)  # where the step expects it (a no-op once placed)
         state, reports = compiled(job.model_params, problem, job.search_params, state)

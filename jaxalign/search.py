@@ -112,7 +112,7 @@ class Search(NamedTuple):
 
     def advance(self, model_params, problem: Problem, params: SearchParams, state: SearchState):
         """Run the next generation of ``state`` (``start`` at generation 0, else ``step``)."""
-        step = self.start if int(jax.device_get(state.generation).reshape(-1)[0]) == 0 else self.step
+        step = step_for(int(jax.device_get(state.generation).reshape(-1)[0]), self.start, self.step)
         return step(model_params, problem, params, state)
 
     def budget(self, generation: int) -> dict[str, int]:
@@ -123,6 +123,12 @@ class Search(NamedTuple):
             "nfe": self.initial_nfe + generation * self.nfe_per_generation,
             "vjp_nfe": self.initial_vjp_nfe + generation * self.vjp_nfe_per_generation,
         }
+
+
+def step_for(generation: int, start, step):
+    """What generation ``generation`` runs: ``start`` at 0 (the baseline, and the first population), else ``step``;
+    the one place that picks (:meth:`Search.advance`, and the runner's compiled pair)."""
+    return start if generation == 0 else step
 
 
 def initial_state(key, method_state, best_solution, component_names, image_shape) -> SearchState:
@@ -224,13 +230,14 @@ def sharding_helpers(mesh):
     return shard_population, replicate
 
 
-def batched(search: Search, mesh: jax.sharding.Mesh | None = None) -> tuple[Any, Any, Any]:
+def batched(search: Search) -> tuple[Any, Any, Any]:
     """``init``, ``start`` and ``step`` over a leading prompt axis of problems and states, in one compiled step.
 
     Every prompt keeps its own key, strategy state and best-so-far; results equal running the
     prompts one at a time with the same keys. With a mesh whose ``"prompts"`` axis has several
     devices, the prompt axis is sharded over it (inputs must be placed with :func:`prompt_sharding`).
     """
+    mesh = search.mesh
     spmd = "prompts" if mesh is not None and mesh.shape["prompts"] > 1 else None
     init = jax.jit(jax.vmap(search.init, in_axes=(0, 0, None), spmd_axis_name=spmd))
     start, step = (jax.jit(jax.vmap(fn, in_axes=(None, 0, None, 0), spmd_axis_name=spmd)) for fn in (search.start, search.step))

@@ -9,6 +9,7 @@ import pytest
 
 from jaxalign.errors import JaxalignError
 from jaxalign.methods import METHODS, Context, build_method
+from jaxalign.methods.base import generation_keys
 from jaxalign.methods.das import das_particles, run_cost, tempering, tempering_gamma_for
 from jaxalign.resampling import RESAMPLERS, ssp
 from jaxalign.sampler import make_sampler
@@ -291,7 +292,7 @@ def test_das_returns_the_largest_weight_particle_and_counts_its_budget():
     params, problem = search.default_params(), model.problem()
     state = search.init(jax.random.key(0), problem, params)
     state, plain = search.start({}, problem, params, state)
-    _, run_key = jax.random.split(state.key)
+    run_key = generation_keys(state.key).evaluate  # the key a later generation's run is given
     state, report = search.step({}, problem, params, state)
     assert np.asarray(report.fitness).shape == (1,)
     cost = run_cost(popsize, steps)

@@ -10,6 +10,7 @@ import pytest
 
 from jaxalign.errors import JaxalignError
 from jaxalign.methods import METHODS, Context, build_method
+from jaxalign.methods.base import generation_keys
 from jaxalign.methods.fk_steering import POTENTIALS, fk_particles, potential_weights, resampling_steps, run_cost
 from jaxalign.resampling import multinomial
 from jaxalign.sampler import make_sampler
@@ -177,7 +178,7 @@ def test_the_method_returns_every_particle_and_counts_its_budget():
     params, problem = search.default_params(), model.problem()
     state = search.init(jax.random.key(0), problem, params)
     state, plain = search.start({}, problem, params, state)
-    _, run_key = jax.random.split(state.key)
+    run_key = generation_keys(state.key).evaluate  # the key a later generation's run is given
     state, report = search.step({}, problem, params, state)
     assert {k: int(report.spent[k]) - int(plain.spent[k]) for k in cost} == cost
     denoiser = context.sampler.bind({}, problem.context, problem.uncond_context, params.guidance_scale)

@@ -153,6 +153,22 @@ class Method(NamedTuple):
     strategy: str | None = None  # the evosax strategy an evolution runs (summary.json, tables)
 
 
+class GenerationKeys(NamedTuple):
+    """A later generation's keys (generation 0 swaps the middle two: it updates with ``propose`` and draws its
+    population with ``update``, the order evolution's streams were made in)."""
+
+    carry: jax.Array  # the next state's key
+    propose: jax.Array
+    update: jax.Array
+    evaluate: jax.Array
+
+
+def generation_keys(key) -> GenerationKeys:
+    """The keys one generation uses: three split (as evolution's streams were made), a fourth folded in for evaluation."""
+    carry, propose, update = jax.random.split(key, 3)
+    return GenerationKeys(carry, propose, update, jax.random.fold_in(propose, 1))
+
+
 def make_search(context: Context, method: Method) -> Search:
     """The search of ``method``: ``init``, the compiled generation 0 ``start`` and the one-generation ``step``.
 
@@ -192,20 +208,19 @@ def make_search(context: Context, method: Method) -> Search:
         spent = evaluated.spent or (runs(first_size) if first else cost)
         return replicate(record(state, key, method_state, recorded, evaluated.total, evaluated.components, evaluated.images, spent))
 
-    # Keys: three per generation (as evolution's streams were made), a fourth folded in for evaluation.
     def start(model_params, problem: Problem, params: SearchParams, state: SearchState):
-        key, update_key, population_key = jax.random.split(state.key, 3)
-        solutions = first_population(population_key, problem, params)
-        return finish(state, key, state.method_state, update_key, solutions, sample(model_params, problem, params, solutions), params, True)
+        keys = generation_keys(state.key)
+        solutions = first_population(keys.update, problem, params)
+        return finish(state, keys.carry, state.method_state, keys.propose, solutions, sample(model_params, problem, params, solutions), params, True)
 
     def step(model_params, problem: Problem, params: SearchParams, state: SearchState):
-        key, propose_key, update_key = jax.random.split(state.key, 3)
-        solutions, method_state = (None, state.method_state) if method.propose is None else method.propose(propose_key, state.method_state, params, problem)
+        keys = generation_keys(state.key)
+        solutions, method_state = (None, state.method_state) if method.propose is None else method.propose(keys.propose, state.method_state, params, problem)
         if method.evaluate is None:
             evaluated = sample(model_params, problem, params, solutions)
         else:
-            evaluated = method.evaluate(jax.random.fold_in(propose_key, 1), model_params, problem, params, solutions)
-        return finish(state, key, method_state, update_key, solutions, evaluated, params, False)
+            evaluated = method.evaluate(keys.evaluate, model_params, problem, params, solutions)
+        return finish(state, keys.carry, method_state, keys.update, solutions, evaluated, params, False)
 
     def default_params(reward_weights=None, guidance_scale=7.5, method_overrides=None):
         overrides = {k: jnp.float32(v) if isinstance(v, (int, float)) else v for k, v in (method_overrides or {}).items()}
