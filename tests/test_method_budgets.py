@@ -112,6 +112,22 @@ def test_best_latent_maps_the_initial_best_solution_to_the_baseline_latent(metho
     np.testing.assert_array_equal(np.asarray(latent), np.asarray(problem.centre))
 
 
+@pytest.mark.parametrize("method, options", [(m, None) for m in sorted(METHODS)] + [("dno", {"mode": "sde"})])
+def test_best_latent_after_generation_0_gives_back_the_best_image(method, options):
+    # Generation 0 samples plainly for every method; what its best solution stands for (best_solution_is) must give
+    # back the best image: an initial noise through the sampler, a final latent through the decoder.
+    model, search, params = _build(method, popsize=10 if method == "dsearch" else 4, options=options)
+    sampler = make_sampler(model, "auto", 5)
+    problem = model.problem(5)
+    state, _ = search.advance({}, problem, params, search.init(jax.random.key(0), problem, params))
+    latent = search.best_latent(params, state.best_solution, problem)[None]
+    if search.best_solution_is == "final latent":
+        image = sampler.decode({}, latent)
+    else:
+        image = sampler.sample({}, latent, problem.context, problem.uncond_context, params.guidance_scale)
+    np.testing.assert_allclose(np.asarray(image[0]), np.asarray(state.best_image), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("method", sorted(m for m in METHODS if METHODS[m].numeric))
 def test_numeric_method_params_do_not_recompile(method):
     model, search, params = _build(method, popsize=10 if method == "dsearch" else 4)
