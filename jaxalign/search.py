@@ -24,7 +24,6 @@ import numpy as np
 from flax import struct
 
 from jaxalign.rewards import Objective
-from jaxalign.sampler import Sampler
 
 
 @struct.dataclass
@@ -196,13 +195,6 @@ def record(state: SearchState, key, method_state, solutions, total, components, 
 def score(objective: Objective, model_params, problem: Problem, params: SearchParams, images):
     """(total [N], components) of images; learned rewards' weights are ``model_params["rewards"]``."""
     return objective.fn(images, params.reward_weights, model_params.get("rewards"), problem.reward_inputs)
-
-
-def sample_and_score(sampler: Sampler, objective: Objective, model_params, problem: Problem, params: SearchParams, latents):
-    """Denoise, decode and score initial latents [N, c, h, w]: (total [N], components, images)."""
-    images = sampler.sample(model_params, latents, problem.context, problem.uncond_context, params.guidance_scale)
-    total, components = score(objective, model_params, problem, params, images)
-    return total, components, images
 
 
 def initial_population(key, centre_solution, popsize: int):

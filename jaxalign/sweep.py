@@ -34,7 +34,7 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
-from jaxalign.config import apply_override, check_fields, default_config, load_config, read_prompts
+from jaxalign.config import apply_override, check_fields, default_config, load_config, plain, read_prompts
 from jaxalign.errors import JaxalignError, check_known
 from jaxalign.files import replace_atomically, write_csv, write_json, write_marker
 
@@ -89,7 +89,7 @@ def expand(config: ml_collections.ConfigDict) -> list[tuple[str, ml_collections.
     jobs = []
     for method, seed, rewards in itertools.product(_named(config.methods), list(config.seeds), list(config.reward_sets)):
         run = copy.deepcopy(config.base)
-        run.method, run.method_params = method["name"], _plain(method.get("params", {}))
+        run.method, run.method_params = method["name"], plain(method.get("params", {}))
         run.seed, run.rewards = int(seed), dict(rewards)
         jobs.append(("__".join([_label(method), _reward_label(rewards), f"seed{seed}"]), run))
     return jobs
@@ -185,7 +185,7 @@ def fit_to_budget(config: ml_collections.ConfigDict, loaded, budget: int, min_ge
             return config
     if len(refusals) == largest - 1:  # no popsize builds: the config itself is wrong, whatever the budget
         raise refusals[0]
-    options = _plain(config.method_params)
+    options = plain(config.method_params)
     raise JaxalignError(f"{config.method}{f' {options}' if options else ''}: no popsize up to {largest} fits {min_generations} generation(s) in {budget} NFE")
 
 
@@ -279,16 +279,12 @@ def plot_sweep(steps: list[dict], workdir: Path) -> None:
 def _named(entries) -> list[dict]:
     named = []
     for entry in entries:
-        entry = {"name": entry} if isinstance(entry, str) else _plain(entry)
+        entry = {"name": entry} if isinstance(entry, str) else plain(entry)
         if not isinstance(entry, dict) or "name" not in entry:
             raise JaxalignError(f"sweep methods entry {entry!r} has no name")
         check_known(f"sweep methods entry {entry['name']!r} field(s)", entry, ("name", "params", "label"))
         named.append(entry)
     return named
-
-
-def _plain(value):
-    return value.to_dict() if isinstance(value, ml_collections.ConfigDict) else dict(value) if isinstance(value, dict) else value
 
 
 def _label(entry: dict) -> str:
