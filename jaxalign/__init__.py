@@ -9,7 +9,7 @@ The public API, as README's "Python API" shows it::
     job = jaxalign.build(config)                          # model, sampler, search and its traced params
     problem, key = jaxalign.make_problem(job, "a red circle", 0)
     state = job.search.init(key, problem, job.search_params)
-    state, report = job.search.advance(job.model_params, problem, job.search_params, state)
+    state, report = job.search.advance(job.model_params, job.reward_params, problem, job.search_params, state)
 
 ``jaxalign.run_job(job, workdir)`` is the whole job as ``jaxalign run`` does it (checkpoints, metrics, images). The
 registries (``METHODS``, ``STRATEGIES``, ``SPACES``, ``REWARDS``, ``SCHEDULERS``, ``FAMILIES``, ``TRACKERS``) list what a config

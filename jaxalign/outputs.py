@@ -1,221 +1,193 @@
-"""What a run writes for one prompt: its metrics lines, images, summary and fitness plot.
+"""What a run writes, as writers behind one interface.
 
-A :class:`Recorder` turns each generation's report into a ``metrics.jsonl`` line (line 0: the baseline), saves the
-best image so far, passes both to the experiment trackers, decides when the prompt stops (``steps``,
-``target_reward``, ``max_seconds``), and writes ``summary.json``'s content, ``fitness.png``, ``best_solution.npy``
-and ``best_latent.npy`` at the end. Resuming reads the lines back, keeping those a kill left whole.
+A :class:`Writer` is three functions, as a tracker or an optax transformation is a tuple of them: ``write(record)``
+after each generation of a group of prompts searched together (a :class:`Record`: the lines
+:mod:`jaxalign.metrics` made, the best images, the state), ``finish(ending)`` once the group has searched to the
+end, and ``close()`` always, an interrupt included. The run loop (:mod:`jaxalign.run`) makes the records and hands
+them to its writers in order; none of them decides anything:
+
+* :func:`metrics_files`: ``metrics.jsonl``, one line per generation, each on disk (fsync) before the next step;
+* :func:`image_files`: ``images/baseline.png``, ``images/step_NNNN.png`` (the best image so far) and, when a prompt
+  stops, ``images/final_population.npy`` (its last generation's images, uint8 [P, H, W, 3], for ``jaxalign eval``);
+* :func:`tracker_writer`: the lines and best images in TensorBoard or W&B (:mod:`jaxalign.trackers`);
+* :func:`checkpoint_writer`: the group's search state every ``checkpoint_every`` generations and at the end;
+* :func:`progress_bar`: a tqdm bar;
+* :func:`summary_files`: ``best_solution.npy``, ``best_latent.npy``, ``fitness.png`` and, last, ``summary.json``
+  (its presence marks the prompt finished).
 """
 
 from __future__ import annotations
 
 import io
 import json
-import math
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 from PIL import Image
 
-from jaxalign.errors import JaxalignError
-from jaxalign.files import replace_atomically
-from jaxalign.search import Problem
+from jaxalign.files import replace_atomically, write_json
 from jaxalign.trackers import Tracker
 
 
-class Recorder:
-    """One prompt's outputs: its metrics lines, images and summary."""
+class Record(NamedTuple):
+    """One generation of a group of prompts, as its writers see it; members are indices into the group."""
 
-    def __init__(self, job, prompt: str, out: Path, tracker: Tracker | None = None, run_key: str = ""):
-        self.job, self.prompt, self.out, self.tracker, self.run_key = job, prompt, out, tracker, run_key
-        self.lines: list[dict] = []
-        self.stopped_because: str | None = None
-        (out / "images").mkdir(parents=True, exist_ok=True)
-
-    def surviving_generation(self) -> int:
-        """The last generation whose metrics line is whole (-1: none)."""
-        return len(_read_lines(self.out / "metrics.jsonl")) - 1
-
-    def resume_from(self, generation: int) -> None:
-        self.lines = _read_lines(self.out / "metrics.jsonl")[: generation + 1]
-        self.stopped_because = _stop_reason(self.job.config, self.lines[-1], generation)
-
-    def open(self):
-        _rewrite_lines(self.out / "metrics.jsonl", self.lines)
-        self._file = (self.out / "metrics.jsonl").open("a")
-
-    def record(self, generation: int, state, report, seconds: float, elapsed: float) -> None:
-        config = self.job.config
-        used = {k: int(v) for k, v in jax.device_get(report.spent).items()}
-        if generation == 0:
-            baseline = (state.baseline_fitness, state.baseline_components, state.baseline_image)
-            line, image = _baseline_line(baseline, report, seconds, used), state.baseline_image
-            if line["best_fitness"] is None and line["initial_population_best_fitness"] is None:
-                # Every image non-finite: later generations could only rank NaNs, and a run "succeeding" on them says nothing.
-                raise JaxalignError(
-                    f"generation 0 scored no image finitely (the baseline and all {self.job.config.popsize} candidates of {self.prompt[:40]!r}): "
-                    "the reward or a knob makes every candidate NaN or infinite; nothing to search from"
-                )  # fmt: skip
-            _save_image(image, self.out / "images" / "baseline.png")
-        else:
-            line, image = _generation_line(generation, report, seconds, used), report.best_image
-            _save_image(image, self.out / "images" / f"step_{generation:04d}.png")
-        line["elapsed_s"] = round(elapsed, 4)
-        try:
-            self._file.write(json.dumps(line) + "\n")
-            self._file.flush()
-            os.fsync(self._file.fileno())
-        except OSError as error:  # a write to an open file names none
-            error.filename = str(self.out / "metrics.jsonl")
-            raise
-        if self.tracker is not None:
-            self.tracker.log(self.run_key, generation, line, _to_uint8(image))
-        self.lines.append(line)
-        self.stopped_because = _stop_reason(config, line, generation)
-
-    def save_population(self, images) -> None:
-        buffer = io.BytesIO()
-        np.save(buffer, _to_uint8(images))
-        replace_atomically(self.out / "images" / "final_population.npy", buffer.getvalue())
-
-    def close(self) -> None:
-        if getattr(self, "_file", None) is not None:
-            try:
-                self._file.close()
-            except OSError:  # every line was flushed when written: only a line whose write already failed is left
-                pass
-
-    def summary(self, state, problem: Problem) -> dict:
-        config, lines = self.job.config, self.lines
-        best_solution = np.asarray(state.best_solution)
-        np.save(self.out / "best_solution.npy", best_solution)
-        best_latent = self.job.search.best_latent(self.job.search_params, state.best_solution, problem)
-        np.save(self.out / "best_latent.npy", np.asarray(best_latent))
-        plot_fitness(lines, self.out / "fitness.png", title=self.prompt)
-        final = lines[-1]
-        seconds = [line["wall_s"] for line in lines[1:]]
-        mesh = self.job.search.mesh
-        return {
-            "prompt": self.prompt,
-            "model": self.job.model.name,
-            "method": config.method,
-            "strategy": self.job.search.strategy,
-            "method_params": config.method_params.to_dict(),
-            "best_solution_is": self.job.search.best_solution_is,
-            "rewards": dict(config.rewards),
-            "maximize": config.maximize,
-            "baseline_fitness": lines[0]["best_fitness"],
-            "best_fitness": final["best_fitness"],
-            "best_components": {k: final[k] for k in config.rewards},
-            "baseline_components": {k: lines[0][k] for k in config.rewards},
-            "generations": len(lines) - 1,
-            "stopped_because": self.stopped_because or "steps",
-            "images": final["images"],
-            "nfe": final["nfe"],
-            "vjp_nfe": final["vjp_nfe"],
-            "seconds_per_generation": round(float(np.median(seconds)), 4) if seconds else None,
-            "generation_0_s": lines[0]["wall_s"],
-            "search_s": final["elapsed_s"],
-            "best_image": f"images/step_{len(lines) - 1:04d}.png",
-            "device": jax.devices()[0].device_kind,
-            "num_devices": jax.device_count(),
-            "population_sharded_over": mesh.shape["population"] if mesh else 1,
-            "prompts_sharded_over": mesh.shape["prompts"] if mesh else 1,
-            "params_split": _params_split(self.job.model_params),
-            "config": config.to_dict(),
-        }
+    generation: int
+    state: Any  # the group's search state, on the devices (checkpoints)
+    lines: dict[int, dict]  # member -> its metrics line (members still searching)
+    images: dict[int, np.ndarray]  # member -> the image of its line (the baseline at 0, else the best so far), uint8 [H, W, 3]
+    populations: dict[int, np.ndarray]  # members that stopped at this generation -> their last population, uint8 [P, H, W, 3]
+    finished: bool  # the group's last generation
 
 
-def _params_split(params) -> float:
-    """The model weights' bytes over those one device holds: 1 unsharded, up to the device count when split."""
-    leaves = [x for x in jax.tree.leaves(params) if isinstance(x, jax.Array)]
-    held = sum(x.addressable_shards[0].data.nbytes for x in leaves)
-    return round(sum(x.nbytes for x in leaves) / held, 2) if held else 1.0
+class Ending(NamedTuple):
+    """A group searched to the end."""
+
+    state: Any  # the final search state on the host, leading member axis
+    problem: Any  # the group's problems, leading member axis
+    lines: list[list[dict]]  # every member's metrics lines
+    summaries: list[dict]  # every member's summary.json content
 
 
-def _stop_reason(config, line: dict, generation: int) -> str | None:
-    if generation and _reached(config, line["best_fitness"]):
-        return "target_reward"
-    if generation and config.max_seconds and line["elapsed_s"] >= config.max_seconds:
-        return "max_seconds"
-    if generation >= config.steps:
-        return "steps"
-    return None
+def _ignore(_) -> None:
+    pass
 
 
-def _baseline_line(baseline, report, seconds: float, used: dict) -> dict:
-    fitness, components, _ = baseline
-    line = {"step": 0, "baseline": True, "best_fitness": _num(fitness), "mean_fitness": _num(fitness), "median_fitness": _num(fitness)}
-    line.update({name: _num(value) for name, value in components.items()})
-    line.update(
-        initial_population_best_fitness=_num(report.best_fitness),
-        initial_population_mean_fitness=_nanstat(np.nanmean, report.fitness),
-        num_nonfinite=int(report.num_nonfinite),
-        wall_s=round(seconds, 4),
-        **used,
-    )
-    return line
+def _nothing() -> None:
+    pass
 
 
-def _generation_line(generation: int, report, seconds: float, used: dict) -> dict:
-    line = {
-        "step": generation,
-        "best_fitness": _num(report.best_fitness),
-        "mean_fitness": _nanstat(np.nanmean, report.fitness),
-        "median_fitness": _nanstat(np.nanmedian, report.fitness),
-        "generation_best_fitness": _nanstat(np.nanmax, report.fitness),
-    }
-    for name, value in report.best_components.items():
-        line[name] = _num(value)
-        line[f"mean_{name}"] = _nanstat(np.nanmean, report.components[name])
-    line.update(num_nonfinite=int(report.num_nonfinite), wall_s=round(seconds, 4), **used)
-    return line
+class Writer(NamedTuple):
+    write: Callable[[Record], None] = _ignore
+    finish: Callable[[Ending], None] = _ignore
+    close: Callable[[], None] = _nothing
 
 
-def _read_lines(path: Path) -> list[dict]:
+def read_lines(path: Path) -> list[dict]:
+    """The whole lines of a ``metrics.jsonl`` (a line cut short by a kill ends them)."""
     if not path.is_file():
         return []
     lines = []
     for text in path.read_text(errors="replace").splitlines():
         try:
             lines.append(json.loads(text))
-        except json.JSONDecodeError:  # a line cut short by a kill
+        except json.JSONDecodeError:
             break
     return lines
 
 
-def _rewrite_lines(path: Path, lines: list[dict]) -> None:
-    """Atomically replace the metrics file by ``lines``."""
-    partial = path.with_suffix(".jsonl.partial")
-    partial.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    os.replace(partial, path)
+def metrics_files(outs: list[Path], kept: list[list[dict]]) -> Writer:
+    """``metrics.jsonl`` per member, rewritten atomically to the lines ``kept`` (a resume's), then appended to."""
+    files = []
+    for out, lines in zip(outs, kept):
+        path = out / "metrics.jsonl"
+        partial = path.with_suffix(".jsonl.partial")
+        partial.write_text("".join(json.dumps(line) + "\n" for line in lines))
+        os.replace(partial, path)
+        files.append(path.open("a"))
+
+    def write(record: Record):
+        for j, line in record.lines.items():
+            try:
+                files[j].write(json.dumps(line) + "\n")
+                files[j].flush()
+                os.fsync(files[j].fileno())
+            except OSError as error:  # a write to an open file names none
+                error.filename = str(outs[j] / "metrics.jsonl")
+                raise
+
+    def close():
+        for file in files:
+            try:
+                file.close()
+            except OSError:  # every line was flushed when written: only a line whose write already failed is left
+                pass
+
+    return Writer(write=write, close=close)
 
 
-def _reached(config, best: float | None) -> bool:
-    target = config.target_reward
-    if best is None or target is None:
-        return False
-    return best >= target  # fitness is higher-is-better (``oriented``)
+def image_files(outs: list[Path]) -> Writer:
+    for out in outs:
+        (out / "images").mkdir(parents=True, exist_ok=True)
+
+    def write(record: Record):
+        name = "baseline.png" if record.generation == 0 else f"step_{record.generation:04d}.png"
+        for j, image in record.images.items():
+            _replace(outs[j] / "images" / name, lambda buffer, image=image: Image.fromarray(image).save(buffer, format="PNG"))
+        for j, population in record.populations.items():
+            _replace(outs[j] / "images" / "final_population.npy", lambda buffer, population=population: np.save(buffer, population))
+
+    return Writer(write=write)
 
 
-def _num(x) -> float | None:
-    x = float(x)
-    return x if math.isfinite(x) else None
+def tracker_writer(tracker: Tracker, run_keys: list[str]) -> Writer:
+    """The run's trackers, each member under its ``run_key`` (its folder's name in the workdir; "" for a one-prompt run)."""
+
+    def write(record: Record):
+        for j, line in record.lines.items():
+            tracker.log(run_keys[j], record.generation, line, record.images[j])
+
+    return Writer(write=write)
 
 
-def _nanstat(fn, values) -> float | None:
-    values = np.asarray(values, np.float64)
-    return _num(fn(values)) if np.isfinite(values).any() else None
+def checkpoint_writer(checkpointer) -> Writer:
+    """Saves the group's state when due (the run loop owns the checkpointer: it restores from it before writing)."""
+
+    def write(record: Record):
+        if checkpointer.due(record.generation, last=record.finished):
+            checkpointer.save(record.generation, record.state)
+
+    return Writer(write=write)
 
 
-def _to_uint8(images) -> np.ndarray:
+def progress_bar(total: int, label: str, enabled: bool, done: int, bests: list[float | None]) -> Writer:
+    """A tqdm bar over generations, starting at ``done``; its postfix is the median best fitness of the members."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=label[:30], unit="gen", disable=not enabled, leave=False)
+    bar.update(max(0, done))
+    bests = list(bests)
+
+    def write(record: Record):
+        for j, line in record.lines.items():
+            bests[j] = line["best_fitness"]
+        if record.generation:
+            bar.update(1)
+            known = [b for b in bests if b is not None]
+            bar.set_postfix(best=f"{np.median(known):.4g}" if known else "n/a")
+
+    return Writer(write=write, close=bar.close)
+
+
+def summary_files(outs: list[Path], best_latent: Callable) -> Writer:
+    """Each member's best solution and latent (``best_latent(best_solution, problem)``), fitness plot and summary."""
+
+    def finish(ending: Ending):
+        for j, out in enumerate(outs):
+            state, problem = _member(ending.state, j), _member(ending.problem, j)
+            np.save(out / "best_solution.npy", np.asarray(state.best_solution))
+            np.save(out / "best_latent.npy", np.asarray(best_latent(state.best_solution, problem)))
+            plot_fitness(ending.lines[j], out / "fitness.png", title=ending.summaries[j]["prompt"])
+            write_json(out / "summary.json", ending.summaries[j])
+
+    return Writer(finish=finish)
+
+
+def to_uint8(images) -> np.ndarray:
     return np.clip(np.round(np.asarray(images) * 255.0), 0, 255).astype(np.uint8)
 
 
-def _save_image(image, path: Path) -> None:
+def _member(tree, index: int):
+    return jax.tree.map(lambda x: x[index], tree)
+
+
+def _replace(path: Path, save: Callable[[io.BytesIO], None]) -> None:
     buffer = io.BytesIO()
-    Image.fromarray(_to_uint8(image)).save(buffer, format="PNG")
+    save(buffer)
     replace_atomically(path, buffer.getvalue())
 
 

@@ -1,8 +1,9 @@
-"""Running a configured search and writing its outputs.
+"""Running a configured search: config -> job, the compiled step, the host loop and its stop rules.
 
 :func:`build` turns a config into a :class:`Job` (model, compiled-step inputs, prompts) and does
 every check that can fail on bad input *before* anything is written. :func:`run` then searches
-each prompt with the same compiled generation step and writes, per prompt (:mod:`jaxalign.outputs`):
+each prompt with the same compiled generation step; each generation's lines (:mod:`jaxalign.metrics`) go to the
+writers (:mod:`jaxalign.outputs`), which store, per prompt:
 
 * ``metrics.jsonl``: line 0 is step 0, the unaligned baseline (the centre latent); then one line
   per generation with ``step, best_fitness, mean_fitness, median_fitness, wall_s``, every reward
@@ -12,7 +13,8 @@ each prompt with the same compiled generation step and writes, per prompt (:mod:
 * ``images/final_population.npy``: the images of the last generation, uint8 [P, H, W, 3] (for
   ``jaxalign eval``'s population diversity);
 * ``summary.json``, ``fitness.png``, and ``best_solution.npy`` / ``best_latent.npy``;
-* with ``config.loggers``, the same lines and best images in TensorBoard or W&B (:mod:`jaxalign.trackers`).
+* with ``config.loggers``, the same lines and best images in TensorBoard or W&B (:mod:`jaxalign.trackers`);
+* ``checkpoints/``: the search state, every ``checkpoint_every`` generations and at the end (``--resume``).
 """
 
 from __future__ import annotations
@@ -37,8 +39,9 @@ from jaxalign.errors import JaxalignError, output_error
 from jaxalign.files import clear_folder, workdir_lock, write_json, write_marker
 from jaxalign.methods import METHODS, Context, build_method
 from jaxalign.models import CLASSIFIER_FREE, NO_GUIDANCE, DiffusionModel, load_model
-from jaxalign.outputs import Recorder
-from jaxalign.rewards import Objective, oriented, weighted_sum
+from jaxalign.metrics import check_scored, generation_line, stop_reason, summary
+from jaxalign.outputs import Ending, Record, Writer, checkpoint_writer, image_files, metrics_files, progress_bar, read_lines, summary_files, to_uint8, tracker_writer
+from jaxalign.rewards import oriented, weighted_sum
 from jaxalign.sampler import make_sampler
 from jaxalign.search import Problem, Search, SearchParams, batched, device_mesh, prompt_sharding, shard_over_devices, step_for
 from jaxalign.trackers import Tracker, open_trackers, parse_loggers
@@ -47,15 +50,16 @@ from jaxalign.workdir import INPUTS, check_run_files, check_same_config, check_s
 
 @dataclasses.dataclass
 class Job:
+    """A built run: the step's arguments besides a prompt's problem and state, and what built the search."""
+
     config: Any
     model: DiffusionModel
     model_params: Any
+    reward_params: Any  # the learned rewards' weights (Objective.params; None: every reward is weight-free)
+    context: Context  # the sampler, objective, shapes and population size the search was built for
     search: Search
     search_params: SearchParams
     prompts: list[str]
-    sampler: Any
-    latent_shape: tuple[int, int, int]
-    objective: Objective
 
 
 def build(config, loaded: tuple[DiffusionModel, Any] | None = None) -> Job:
@@ -79,8 +83,6 @@ def build(config, loaded: tuple[DiffusionModel, Any] | None = None) -> Job:
         print(f"jaxalign: warning: model {model.name!r} takes one conditional pass per step (no classifier-free guidance); negative_prompt is not used", file=sys.stderr)
     spec = METHODS[config.method]
     objective = oriented(weighted_sum(dict(config.rewards), config.reward_paths.to_dict()), config.maximize)
-    if objective.params:  # learned rewards' weights travel with the model's, as arguments of the step
-        model_params = {**model_params, "rewards": objective.params}
     if config.shard_params:  # the devices hold the weights between them (a no-op where load_model placed them so)
         model_params = shard_over_devices(model_params)
     # Gradient-based methods backpropagate through the sampler: recompute each step's activations.
@@ -99,7 +101,7 @@ def build(config, loaded: tuple[DiffusionModel, Any] | None = None) -> Job:
     )
     search = build_method(config.method, context, plain(config.method_params))
     search_params = search.default_params(guidance_scale=config.guidance_scale)
-    return Job(config, model, model_params, search, search_params, prompts, sampler, latent_shape, objective)
+    return Job(config, model, model_params, objective.params, context, search, search_params, prompts)
 
 
 def make_problem(job: Job, prompt: str, index: int) -> tuple[Problem, jax.Array]:
@@ -107,8 +109,8 @@ def make_problem(job: Job, prompt: str, index: int) -> tuple[Problem, jax.Array]
     key = jax.random.fold_in(seed_key(job.config.seed), index)
     centre_key, search_key = jax.random.split(key)
     context, uncond_context = job.model.conditioning(job.model_params, prompt, job.config.negative_prompt)
-    centre = jax.random.normal(centre_key, job.latent_shape, jnp.float32)
-    return Problem(context=context, uncond_context=uncond_context, centre=centre, reward_inputs=job.objective.prepare(prompt)), search_key
+    centre = jax.random.normal(centre_key, job.context.latent_shape, jnp.float32)
+    return Problem(context=context, uncond_context=uncond_context, centre=centre, reward_inputs=job.context.objective.prepare(prompt)), search_key
 
 
 def seed_key(seed: int) -> jax.Array:
@@ -188,20 +190,19 @@ def _search_prompts(job: Job, workdir: Path, outs: list[Path], progress: bool, r
         compile_s, from_cache = 0.0, None
         if len(members) not in compiled:  # same shapes, same executables: compile once, ahead of time
             began, hits = time.perf_counter(), cache_hits()
-            arguments = (job.model_params, problem, job.search_params, state)
-            later = step.lower(*arguments).compile()
-            first = start.lower(*arguments).compile()
-            compiled[len(members)] = (first, later)
-            memory[len(members)] = step_memory_bytes(later)
+            arguments = (job.model_params, job.reward_params, problem, job.search_params, state)
+            compiled[len(members)] = (start.lower(*arguments).compile(), step.lower(*arguments).compile())
+            memory[len(members)] = step_memory_bytes(compiled[len(members)][1])
             compile_s, from_cache = time.perf_counter() - began, cache_hits() > hits
-        recorders = [Recorder(job, job.prompts[i], outs[i], tracker, "" if outs[i] == workdir else outs[i].name) for i in members]
-        for recorder, summary in zip(recorders, search_group(job, compiled[len(members)], problem, state, recorders, checkpoints, progress, resume)):
-            summary["compile_s"] = round(compile_s, 3)
-            summary["prompts_per_step"] = len(members)
-            summary["step_memory_bytes"] = memory[len(members)]
+        ran = {
+            "compile_s": round(compile_s, 3),
+            "prompts_per_step": len(members),
+            "step_memory_bytes": memory[len(members)],
             # JAX does not cache programs with host callbacks (jpeg_compressibility), so this can stay False.
-            summary["step_from_compilation_cache"] = from_cache if config.compilation_cache_dir else None
-            write_json(recorder.out / "summary.json", summary)
+            "step_from_compilation_cache": from_cache if config.compilation_cache_dir else None,
+        }
+        prompts = [PromptRun(job.prompts[i], outs[i], "" if outs[i] == workdir else outs[i].name) for i in members]
+        search_group(job, compiled[len(members)], problem, state, prompts, checkpoints, progress, resume, tracker, ran)
         summaries.update({i: json.loads((outs[i] / "summary.json").read_text()) for i in members})
     return summaries
 
@@ -247,87 +248,97 @@ def compilation_cache(directory: str | Path | None):
         compilation_cache_module.reset_cache()  # the cache object keeps its directory until reset
 
 
-def search_group(job: Job, steps, problem: Problem, state, recorders: list[Recorder], checkpoints: Path, progress: bool, resume: bool) -> list[dict]:
-    """Run the prompts of ``recorders`` together (leading axis of ``problem`` and ``state``) to the end;
-    ``steps`` are the compiled generation-0 and later-generation functions."""
-    config = job.config
-    checkpointer = Checkpointer(checkpoints, config.checkpoint_every) if config.checkpoint_every > 0 else None
-    done = -1
-    if resume and checkpointer is not None:
-        # The newest checkpoint the surviving metrics reach: a file cut mid-line (a kill, a full disk) resumes from
-        # an earlier checkpoint instead of discarding them.
-        restored = checkpointer.restore_latest(state, at_most=min(recorder.surviving_generation() for recorder in recorders))
-        if restored is not None:
-            done, state = restored
-            for recorder in recorders:
-                recorder.resume_from(done)
-    try:
-        state = _search_generations(job, steps, problem, state, recorders, checkpointer, progress, done)
-    finally:  # an interrupt still closes the checkpointer (removing a partial step) and the metrics files
-        if checkpointer is not None:
-            checkpointer.close()
-        for recorder in recorders:
-            recorder.close()
-    host_state = jax.device_get(state)
-    return [recorder.summary(_member(host_state, j), _member(problem, j)) for j, recorder in enumerate(recorders)]
+@dataclasses.dataclass
+class PromptRun:
+    """One prompt in the run loop: where its outputs go, its metrics lines so far and why it stopped (None: running)."""
+
+    prompt: str
+    out: Path
+    run_key: str  # its name for the trackers: its folder in the workdir ("" for a one-prompt run)
+    lines: list[dict] = dataclasses.field(default_factory=list)
+    stopped_because: str | None = None
 
 
-def _search_generations(job: Job, steps, problem: Problem, state, recorders: list[Recorder], checkpointer, progress: bool, done: int):
-    """Generations ``done + 1 ..`` of a group, recording each and checkpointing when due; the final state."""
-    first, step = steps
+def search_group(job: Job, steps, problem: Problem, state, prompts: list[PromptRun], checkpoints: Path, progress: bool, resume: bool, tracker: Tracker, ran: dict) -> None:
+    """Search the ``prompts`` together (leading axis of ``problem`` and ``state``) to the end, through the writers;
+    ``steps`` are the compiled generation-0 and later-generation functions, ``ran`` what summaries add about them."""
     config = job.config
-    for recorder in recorders:
-        recorder.open()
-    label = recorders[0].prompt if len(recorders) == 1 else f"{len(recorders)} prompts"
-    bar = _progress_bar(config.steps, label, progress)
-    bar.update(max(0, done))
-    search_start = time.perf_counter() - (recorders[0].lines[-1]["elapsed_s"] if done >= 0 else 0.0)
+    for p in prompts:
+        p.out.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as closing:  # what is opened is closed whatever happens next, an interrupt included
+        checkpointer = None
+        if config.checkpoint_every > 0:
+            checkpointer = Checkpointer(checkpoints, config.checkpoint_every)
+            closing.callback(checkpointer.close)  # removes a partial step an interrupt left
+        done = -1
+        if resume and checkpointer is not None:
+            # The newest checkpoint the surviving metrics reach: a file cut mid-line (a kill, a full disk) resumes from
+            # an earlier checkpoint instead of discarding them.
+            kept = [read_lines(p.out / "metrics.jsonl") for p in prompts]
+            restored = checkpointer.restore_latest(state, at_most=min(len(lines) for lines in kept) - 1)
+            if restored is not None:
+                done, state = restored
+                for p, lines in zip(prompts, kept):
+                    p.lines = lines[: done + 1]
+                    p.stopped_because = stop_reason(config, p.lines[-1], done)
+        outs, label = [p.out for p in prompts], prompts[0].prompt if len(prompts) == 1 else f"{len(prompts)} prompts"
+
+        def opened(writer: Writer) -> Writer:
+            closing.callback(writer.close)
+            return writer
+
+        writers = [  # in the order they write: a checkpoint follows the lines it resumes after
+            opened(metrics_files(outs, [p.lines for p in prompts])),
+            opened(image_files(outs)),
+            opened(tracker_writer(tracker, [p.run_key for p in prompts])),
+            checkpoint_writer(checkpointer) if checkpointer is not None else Writer(),
+            opened(progress_bar(config.steps, label, progress, done, [p.lines[-1]["best_fitness"] if p.lines else None for p in prompts])),
+            summary_files(outs, lambda solution, one: job.search.best_latent(job.search_params, solution, one)),
+        ]
+        state = _search_generations(job, steps, problem, state, prompts, writers, done)
+        summaries = [{**summary(job, p.prompt, p.lines, p.stopped_because), **ran} for p in prompts]
+        ending = Ending(jax.device_get(state), problem, [p.lines for p in prompts], summaries)
+        for writer in writers:
+            writer.finish(ending)
+
+
+def _search_generations(job: Job, steps, problem: Problem, state, prompts: list[PromptRun], writers: list[Writer], done: int):
+    """Generations ``done + 1 ..`` of a group, each handed to the writers; the final state."""
+    config = job.config
+    search_start = time.perf_counter() - (prompts[0].lines[-1]["elapsed_s"] if done >= 0 else 0.0)
     for generation in range(done + 1, config.steps + 1):
-        if all(r.stopped_because for r in recorders):
+        if all(p.stopped_because for p in prompts):
             break
         start = time.perf_counter()
-        compiled = step_for(generation, first, step)
-        (_, _, _, placement), _ = compiled.input_shardings  # (model_params, problem, params, state), no keywords
-        state = jax.device_put(state, placement)  # where the step expects it (a no-op once placed)
-        state, reports = compiled(job.model_params, problem, job.search_params, state)
+        compiled = step_for(generation, *steps)
+        arguments = (job.model_params, job.reward_params, problem, job.search_params, state)
+        # Where the compiled step expects its inputs (a no-op for those already there; a restored or initial state moves).
+        args_placement, _ = compiled.input_shardings
+        state, reports = compiled(*jax.device_put(arguments, args_placement))
         population, reports = reports.images, reports.replace(images=None)  # only a prompt's last population is fetched
-        host_state, reports = jax.device_get((_reported_state(state, generation), reports))
+        host_state, reports = jax.device_get((state if generation == 0 else None, reports))  # the baseline is in the state
         seconds = time.perf_counter() - start
         elapsed = time.perf_counter() - search_start
-        for j, recorder in enumerate(recorders):
-            if not recorder.stopped_because:
-                recorder.record(generation, _member(host_state, j), _member(reports, j), seconds, elapsed)
-                if recorder.stopped_because:
-                    recorder.save_population(jax.device_get(population[j]))
-        if generation:
-            bar.update(1)
-            bar.set_postfix(best=_fmt_best(recorders))
-        finished = all(r.stopped_because for r in recorders) or generation == config.steps
-        if checkpointer is not None and checkpointer.due(generation, last=finished):
-            checkpointer.save(generation, state)
-    bar.close()
+        record = Record(generation, state, {}, {}, {}, finished=False)
+        for j, p in enumerate(prompts):
+            if p.stopped_because:
+                continue
+            line, image = generation_line(generation, _member(host_state, j), _member(reports, j), seconds, elapsed)
+            check_scored(line, p.prompt, config.popsize)
+            p.lines.append(line)
+            p.stopped_because = stop_reason(config, line, generation)
+            record.lines[j], record.images[j] = line, to_uint8(image)
+            if p.stopped_because:
+                record.populations[j] = to_uint8(jax.device_get(population[j]))
+        record = record._replace(finished=all(p.stopped_because for p in prompts) or generation == config.steps)
+        for writer in writers:
+            writer.write(record)
     return state
-
-
-def _reported_state(state, generation: int):
-    # Only generation 0 needs the baseline from the state; later lines come from the report.
-    return state if generation == 0 else None
 
 
 def _member(tree, index: int):
     return None if tree is None else jax.tree.map(lambda x: x[index], tree)
 
 
-def _fmt_best(recorders: list[Recorder]) -> str:
-    bests = [r.lines[-1]["best_fitness"] for r in recorders if r.lines and r.lines[-1]["best_fitness"] is not None]
-    return f"{np.median(bests):.4g}" if bests else "n/a"
-
-
 def _slug(text: str, length: int = 40) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:length] or "prompt"
-
-
-def _progress_bar(total: int, prompt: str, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=prompt[:30], unit="gen", disable=not enabled, leave=False)

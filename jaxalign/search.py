@@ -93,7 +93,7 @@ class Search(NamedTuple):
     """
 
     init: Any  # (key, problem, params) -> SearchState
-    start: Any  # generation 0, (model_params, problem, params, state) -> (SearchState, Generation); jitted
+    start: Any  # generation 0, (model_params, reward_params, problem, params, state) -> (SearchState, Generation); jitted
     step: Any  # the same for generations >= 1
     default_params: Any  # (...) -> SearchParams
     popsize: int
@@ -109,10 +109,10 @@ class Search(NamedTuple):
     best_latent: Any = None  # (params, best_solution, problem) -> the latent it stands for (``best_latent.npy``)
     mesh: Any = None  # the ("prompts", "population") device mesh the population is sharded over, or None
 
-    def advance(self, model_params, problem: Problem, params: SearchParams, state: SearchState):
+    def advance(self, model_params, reward_params, problem: Problem, params: SearchParams, state: SearchState):
         """Run the next generation of ``state`` (``start`` at generation 0, else ``step``)."""
         step = step_for(int(jax.device_get(state.generation).reshape(-1)[0]), self.start, self.step)
-        return step(model_params, problem, params, state)
+        return step(model_params, reward_params, problem, params, state)
 
     def budget(self, generation: int) -> dict[str, int]:
         """Images, NFE and backward NFE planned once ``generation`` has finished (expected values for
@@ -192,9 +192,10 @@ def record(state: SearchState, key, method_state, solutions, total, components, 
     return state, report
 
 
-def score(objective: Objective, model_params, problem: Problem, params: SearchParams, images):
-    """(total [N], components) of images; learned rewards' weights are ``model_params["rewards"]``."""
-    return objective.fn(images, params.reward_weights, model_params.get("rewards"), problem.reward_inputs)
+def score(objective: Objective, reward_params, problem: Problem, params: SearchParams, images):
+    """(total [N], components) of images under the traced reward weights; ``reward_params`` are the learned rewards'
+    weights (:attr:`Objective.params`, None when every reward is weight-free)."""
+    return objective.fn(images, params.reward_weights, reward_params, problem.reward_inputs)
 
 
 def initial_population(key, centre_solution, popsize: int):
@@ -232,25 +233,25 @@ def batched(search: Search) -> tuple[Any, Any, Any]:
     mesh = search.mesh
     spmd = "prompts" if mesh is not None and mesh.shape["prompts"] > 1 else None
     init = jax.jit(jax.vmap(search.init, in_axes=(0, 0, None), spmd_axis_name=spmd))
-    start, step = (jax.jit(jax.vmap(fn, in_axes=(None, 0, None, 0), spmd_axis_name=spmd)) for fn in (search.start, search.step))
+    start, step = (jax.jit(jax.vmap(fn, in_axes=(None, None, 0, None, 0), spmd_axis_name=spmd)) for fn in (search.start, search.step))
     return init, start, step
 
 
 def scanned(search: Search, generations: int):
     """Generation 0 and ``generations`` later ones as one pure function, for runs that need no per-generation I/O.
 
-    ``(model_params, problem, params, state) -> (state, first, later)``, the later generations a ``lax.scan`` (as
+    ``(model_params, reward_params, problem, params, state) -> (state, first, later)``, the later generations a ``lax.scan`` (as
     purejaxrl trains); ``first`` is generation 0's report and ``later`` the others' stacked on a leading axis (apart:
     generation 0 may evaluate another number of images), without the populations' images (each keeps the best image
     so far). Equal to ``generations + 1`` calls of :meth:`Search.advance`, and like :func:`batched`'s steps it can be
     vmapped, e.g. over seeds' problems and states.
     """
 
-    def run(model_params, problem: Problem, params: SearchParams, state: SearchState):
-        state, first = search.start(model_params, problem, params, state)
+    def run(model_params, reward_params, problem: Problem, params: SearchParams, state: SearchState):
+        state, first = search.start(model_params, reward_params, problem, params, state)
 
         def generation(state, _):
-            state, report = search.step(model_params, problem, params, state)
+            state, report = search.step(model_params, reward_params, problem, params, state)
             return state, report.replace(images=None)
 
         state, later = jax.lax.scan(generation, state, None, length=generations)

@@ -50,16 +50,16 @@ def main():
     stacked = jax.tree.map(lambda *x: jnp.stack(x), *problems)
     states = init(jnp.stack(keys), stacked, job.search_params)
     start = time.perf_counter()
-    batch_step = step.lower(job.model_params, stacked, job.search_params, states).compile()
+    batch_step = step.lower(job.model_params, job.reward_params, stacked, job.search_params, states).compile()
     compile_batched = time.perf_counter() - start
-    batched_s = time_steps(first, batch_step, (job.model_params, stacked, job.search_params, states), args.repeats)
+    batched_s = time_steps(first, batch_step, (job.model_params, job.reward_params, stacked, job.search_params, states), args.repeats)
 
     one = jax.tree.map(lambda x: x[:1], stacked)
     one_state = jax.tree.map(lambda x: x[:1], states)
     start = time.perf_counter()
-    single_step = step.lower(job.model_params, one, job.search_params, one_state).compile()
+    single_step = step.lower(job.model_params, job.reward_params, one, job.search_params, one_state).compile()
     compile_single = time.perf_counter() - start
-    single_s = time_steps(first, single_step, (job.model_params, one, job.search_params, one_state), args.repeats)
+    single_s = time_steps(first, single_step, (job.model_params, job.reward_params, one, job.search_params, one_state), args.repeats)
 
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
     print(f"hardware: {jax.devices()[0].device_kind} x{jax.device_count()} ({cpu}, {jax.local_device_count()} devices), jax {jax.__version__}")

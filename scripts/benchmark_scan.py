@@ -48,7 +48,7 @@ def main():
     problems, keys = zip(*(make_problem(job, config.prompts[0], seed) for seed in range(args.seeds)))
     states = [search.init(key, problem, params) for key, problem in zip(keys, problems)]
 
-    arguments = (job.model_params, problems[0], params, states[0])
+    arguments = (job.model_params, job.reward_params, problems[0], params, states[0])
     began = time.perf_counter()
     first = search.start.lower(*arguments).compile()
     step = search.step.lower(*arguments).compile()  # the state's types do not change
@@ -57,17 +57,17 @@ def main():
     def host_loop():
         bests = []
         for problem, state in zip(problems, states):
-            state, report = first(job.model_params, problem, params, state)
+            state, report = first(job.model_params, job.reward_params, problem, params, state)
             jax.device_get(report.replace(images=None))
             for _ in range(generations):
-                state, report = step(job.model_params, problem, params, state)
+                state, report = step(job.model_params, job.reward_params, problem, params, state)
                 jax.device_get(report.replace(images=None))  # the runner fetches every generation's report
             bests.append(state.best_fitness)
         return jnp.stack(bests)
 
     stack = lambda trees: jax.tree.map(lambda *x: jnp.stack(x), *trees)  # noqa: E731
-    whole = jax.jit(jax.vmap(scanned(search, generations), in_axes=(None, 0, None, 0)))
-    scan_arguments = (job.model_params, stack(problems), params, stack(states))
+    whole = jax.jit(jax.vmap(scanned(search, generations), in_axes=(None, None, 0, None, 0)))
+    scan_arguments = (job.model_params, job.reward_params, stack(problems), params, stack(states))
     began = time.perf_counter()
     whole = whole.lower(*scan_arguments).compile()
     scan_compile = time.perf_counter() - began

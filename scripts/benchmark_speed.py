@@ -214,9 +214,9 @@ def model_tflop_per_image(job, problem) -> float:
     (the denoising scan, and the chunks of chunked attention or of ``decode_batch``), so the count is
     taken with standard attention and a single decode."""
     sampler = make_sampler(
-        job.model.with_attention("standard"), job.config.scheduler, job.config.num_inference_steps, image_tokens=job.model.image_tokens(job.latent_shape)
+        job.model.with_attention("standard"), job.config.scheduler, job.config.num_inference_steps, image_tokens=job.model.image_tokens(job.context.latent_shape)
     )
-    x = jnp.zeros((1, *job.latent_shape), jnp.float32)
+    x = jnp.zeros((1, *job.context.latent_shape), jnp.float32)
     unet = jax.jit(sampler.guided_output).lower(job.model_params, x, 0, problem.context, problem.uncond_context, job.config.guidance_scale)
     decode = jax.jit(sampler.decode).lower(job.model_params, x)
     flops = [_flops(lowered.cost_analysis()) for lowered in (unet, decode)]
@@ -248,7 +248,7 @@ def time_jaxalign(config, loaded, generations: int, peak_tflops: float | None, c
         problem, key = make_problem(job, job.prompts[0], 0)
         state = job.search.init(key, problem, job.search_params)
     start = time.perf_counter()
-    compiled = job.search.step.lower(job.model_params, problem, job.search_params, state).compile()
+    compiled = job.search.step.lower(job.model_params, job.reward_params, problem, job.search_params, state).compile()
     compile_s = time.perf_counter() - start
     buffers = compiled.memory_analysis()
     per_image = per_image or model_tflop_per_image(job, problem)
@@ -266,12 +266,12 @@ def time_jaxalign(config, loaded, generations: int, peak_tflops: float | None, c
     }
     if compile_only:
         return result
-    state, report = job.search.start(job.model_params, problem, job.search_params, state)  # generation 0
+    state, report = job.search.start(job.model_params, job.reward_params, problem, job.search_params, state)  # generation 0
     jax.block_until_ready(report)
     seconds = []
     for _ in range(generations):
         start = time.perf_counter()
-        state, report = compiled(job.model_params, problem, job.search_params, state)
+        state, report = compiled(job.model_params, job.reward_params, problem, job.search_params, state)
         jax.block_until_ready(report)
         seconds.append(time.perf_counter() - start)
     median = statistics.median(seconds)

@@ -291,9 +291,9 @@ def test_das_returns_the_largest_weight_particle_and_counts_its_budget():
     search = build_method("das", context, {"alpha": 4.0})
     params, problem = search.default_params(), model.problem()
     state = search.init(jax.random.key(0), problem, params)
-    state, plain = search.start({}, problem, params, state)
+    state, plain = search.start({}, None, problem, params, state)
     run_key = generation_keys(state.key).evaluate  # the key a later generation's run is given
-    state, report = search.step({}, problem, params, state)
+    state, report = search.step({}, None, problem, params, state)
     assert np.asarray(report.fitness).shape == (1,)
     cost = run_cost(popsize, steps)
     assert cost == {"nfe": popsize * steps, "images": popsize * steps + popsize + 1, "vjp_nfe": popsize * steps}

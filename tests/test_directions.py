@@ -49,7 +49,7 @@ def movement(method, maximize):
         state = search.init(jax.random.key(seed), problem, params)
         fitness = []
         for _ in range(GENERATIONS + 1):
-            state, report = search.advance({}, problem, params, state)
+            state, report = search.advance({}, None, problem, params, state)
             fitness.append(np.nanmean(np.asarray(report.components["linear"])))  # the reward before orientation
         moves.append(sign * (np.mean(fitness[-2:]) - fitness[0]))
     return float(np.mean(moves))

@@ -50,9 +50,9 @@ def _rendered_reward(model, sampler):
 def test_dno_takes_a_clipped_adamw_step_on_the_true_gradient():
     model, sampler, search = _toy("dno", 4)
     params, problem = search.default_params(guidance_scale=1.0), model.problem()
-    state = search.start({}, problem, params, search.init(jax.random.key(0), problem, params))[0]
+    state = search.start({}, None, problem, params, search.init(jax.random.key(0), problem, params))[0]
     chains = np.asarray(state.method_state.noises)
-    state = search.step({}, problem, params, state)[0]
+    state = search.step({}, None, problem, params, state)[0]
     reward = _rendered_reward(model, sampler)
     for chain, updated in zip(chains, np.asarray(state.method_state.noises)):
         grad = -np.asarray(jax.grad(reward)(jnp.asarray(chain)))
@@ -68,10 +68,10 @@ def test_dno_second_step_is_adamw_with_the_official_moments_and_bias_correction(
     true gradients at both points."""
     model, sampler, search = _toy("dno", 4)
     params, problem = search.default_params(guidance_scale=1.0), model.problem()
-    state = search.start({}, problem, params, search.init(jax.random.key(0), problem, params))[0]
+    state = search.start({}, None, problem, params, search.init(jax.random.key(0), problem, params))[0]
     chains = [np.asarray(state.method_state.noises, np.float64)]
     for _ in range(2):
-        state = search.step({}, problem, params, state)[0]
+        state = search.step({}, None, problem, params, state)[0]
         chains.append(np.asarray(state.method_state.noises, np.float64))
     gradient = jax.grad(_rendered_reward(model, sampler))
     lr, wd, b1, b2, eps = 0.01, 0.01, 0.9, 0.999, 1e-8
@@ -111,7 +111,7 @@ def test_hybrid_estimate_points_along_the_true_gradient():
 def test_sde_mode_optimises_every_noise(method):
     model, _, search = _toy(method, 4, steps=6, mode="sde")
     params, problem = search.default_params(guidance_scale=1.0, method_overrides={"learning_rate": 0.1}), model.problem()
-    state, first = search.start({}, problem, params, search.init(jax.random.key(0), problem, params))
+    state, first = search.start({}, None, problem, params, search.init(jax.random.key(0), problem, params))
     assert state.best_solution.shape == (7 * 2,)
     before = np.asarray(state.method_state.noises).reshape(-1, 7, 2)
     assert np.all(before[..., :-1, :] != 0)  # fresh step noises
@@ -119,7 +119,7 @@ def test_sde_mode_optimises_every_noise(method):
     np.testing.assert_array_equal(before[0, -1], np.asarray(problem.centre).reshape(-1))
     rewards = []
     for _ in range(15):
-        state, report = search.step({}, problem, params, state)
+        state, report = search.step({}, None, problem, params, state)
         rewards.append(float(np.nanmean(np.asarray(report.fitness))))
     after = np.asarray(state.method_state.noises).reshape(-1, 7, 2)
     moved = np.abs(after - before).reshape(-1, 7, 2).max(axis=(0, 2))

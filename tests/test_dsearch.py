@@ -112,11 +112,11 @@ def test_beam_methods_raise_the_reward_and_count_their_budget(name, popsize, opt
     model, search = _toy_search(name, popsize, options, process=process)
     params, problem = search.default_params(), model.problem()
     state = search.init(jax.random.key(0), problem, params)
-    state, plain = search.start({}, problem, params, state)
+    state, plain = search.start({}, None, problem, params, state)
     assert int(plain.spent["nfe"]) == popsize * 20 and int(plain.spent["images"]) == popsize
     guided, spent = [], [jax.device_get(plain.spent)]
     for _ in range(3):
-        state, report = search.step({}, problem, params, state)
+        state, report = search.step({}, None, problem, params, state)
         guided.append(np.asarray(report.fitness))
         spent.append(jax.device_get(report.spent))
     guided = np.concatenate(guided)

@@ -177,9 +177,9 @@ def test_the_method_returns_every_particle_and_counts_its_budget():
     assert (search.nfe_per_generation, search.images_per_generation, search.vjp_nfe_per_generation) == (40, 12, 0)
     params, problem = search.default_params(), model.problem()
     state = search.init(jax.random.key(0), problem, params)
-    state, plain = search.start({}, problem, params, state)
+    state, plain = search.start({}, None, problem, params, state)
     run_key = generation_keys(state.key).evaluate  # the key a later generation's run is given
-    state, report = search.step({}, problem, params, state)
+    state, report = search.step({}, None, problem, params, state)
     assert {k: int(report.spent[k]) - int(plain.spent[k]) for k in cost} == cost
     denoiser = context.sampler.bind({}, problem.context, problem.uncond_context, params.guidance_scale)
     run = fk_particles(run_key, denoiser, _first_coordinate, 4, model.latent_shape, params.method, "diff", resampling_steps(10, 5, 5, 30), False)

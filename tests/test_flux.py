@@ -57,7 +57,7 @@ def test_every_method_runs_on_a_tiny_flux_directory(loaded, tmp_path, method):
     config = load_config(DEFAULT, overrides + [f"--config.method_params={options!r}"] * bool(options))
     config.model = "tiny-flux-dev"
     job = build(config, loaded)
-    assert job.sampler.scheduler == "flow_euler" and job.model.guidance == "embedded"
+    assert job.context.sampler.scheduler == "flow_euler" and job.model.guidance == "embedded"
     (summary,) = run(job, tmp_path, progress=False)
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [0, 1] and summary["method"] == method

@@ -291,6 +291,30 @@ def test_search_with_a_prompt_conditioned_learned_reward(embedded, tiny_clip, tm
     assert any(abs(rescored[p, q] - s["baseline_fitness"]) > 0.3 for s, p in zip(summaries, PROMPTS) for q in PROMPTS if q != p)
 
 
+def test_learned_reward_weights_are_the_steps_own_argument(embedded, tiny_clip):
+    """The step scores with the reward weights it is given, beside (not inside) the model's: other weights, other
+    scores; the model's own weights are the loaded model's, untouched."""
+    from jaxalign.run import make_problem
+
+    _, path = tiny_clip
+    job = build(small_config(rewards={"clip": 1.0}, reward_paths={"clip": str(path)}), embedded)
+    assert jax.tree.structure(job.model_params) == jax.tree.structure(embedded[1])
+    reward = parse_reward("clip", {"clip": str(path)})
+    assert jax.tree.structure(job.reward_params) == jax.tree.structure({"clip": reward.params})
+    problem, key = make_problem(job, PROMPTS[0], 0)
+    state = job.search.init(key, problem, job.search_params)
+    _, report = job.search.start(job.model_params, job.reward_params, problem, job.search_params, state)
+    images = report.images
+    expected = reward.score(images, reward.params, reward.prepare(PROMPTS[0]))
+    np.testing.assert_allclose(np.asarray(report.fitness), np.asarray(expected), rtol=1e-4, atol=1e-4)
+    scaled = jax.tree.map(lambda x: 0.5 * x if x.ndim == 2 else x, job.reward_params)  # other weights, same shapes
+    _, other = job.search.start(job.model_params, scaled, problem, job.search_params, state)
+    np.testing.assert_array_equal(np.asarray(other.images), np.asarray(images))  # the same images ...
+    rescored = reward.score(images, scaled["clip"], reward.prepare(PROMPTS[0]))
+    np.testing.assert_allclose(np.asarray(other.fitness), np.asarray(rescored), rtol=1e-4, atol=1e-4)  # ... scored by them
+    assert not np.allclose(np.asarray(other.fitness), np.asarray(report.fitness), atol=1e-3)
+
+
 def test_imagereward_glue_with_a_stand_in_package(tmp_path, monkeypatch):
     """The image-reward package cannot be installed here (it needs torchvision); a stand-in module with
     its API (``ImageReward(med_config, device)``, ``inference_rank(prompt, images)``) checks the glue:

@@ -72,7 +72,7 @@ def test_reported_budget_equals_counted_model_calls(method, process):
     state = search.init(jax.random.key(0), problem, params)
     COUNTS.clear()
     for generation in range(3):
-        state, report = search.advance({}, problem, params, state)
+        state, report = search.advance({}, None, problem, params, state)
         jax.effects_barrier()
         spent = {k: int(v) for k, v in jax.device_get(report.spent).items()}
         assert spent == {k: COUNTS[k] for k in ("nfe", "images", "vjp_nfe")}, generation
@@ -91,11 +91,11 @@ def _build(method, popsize=4, model=None, guidance_scale=7.5, options=None):
 def test_generation_0_is_the_evolution_baseline_for_every_method():
     model, evolution, params = _build("evolution")
     problem = model.problem(3)
-    state, report = evolution.advance({}, problem, params, evolution.init(jax.random.key(0), problem, params))
+    state, report = evolution.advance({}, None, problem, params, evolution.init(jax.random.key(0), problem, params))
     baseline = float(state.baseline_fitness)
     for method in sorted(METHODS):
         _, search, params = _build(method, popsize=10 if method == "dsearch" else 4)
-        state, report = search.advance({}, problem, params, search.init(jax.random.key(0), problem, params))
+        state, report = search.advance({}, None, problem, params, search.init(jax.random.key(0), problem, params))
         assert float(state.baseline_fitness) == pytest.approx(baseline, rel=1e-6), method
         assert float(report.fitness[0]) == pytest.approx(baseline, rel=1e-6), method
 
@@ -119,7 +119,7 @@ def test_best_latent_after_generation_0_gives_back_the_best_image(method, option
     model, search, params = _build(method, popsize=10 if method == "dsearch" else 4, options=options)
     sampler = make_sampler(model, "auto", 5)
     problem = model.problem(5)
-    state, _ = search.advance({}, problem, params, search.init(jax.random.key(0), problem, params))
+    state, _ = search.advance({}, None, problem, params, search.init(jax.random.key(0), problem, params))
     latent = search.best_latent(params, state.best_solution, problem)[None]
     if search.best_solution_is == "final latent":
         image = sampler.decode({}, latent)
@@ -132,8 +132,8 @@ def test_best_latent_after_generation_0_gives_back_the_best_image(method, option
 def test_numeric_method_params_do_not_recompile(method):
     model, search, params = _build(method, popsize=10 if method == "dsearch" else 4)
     problem = model.problem()
-    state = search.advance({}, problem, params, search.init(jax.random.key(0), problem, params))[0]
-    state = search.step({}, problem, params, state)[0]
+    state = search.advance({}, None, problem, params, search.init(jax.random.key(0), problem, params))[0]
+    state = search.step({}, None, problem, params, state)[0]
     changed = params.replace(method={k: v * 0.5 + 0.01 for k, v in params.method.items()})
-    search.step({}, problem, changed, state)
+    search.step({}, None, problem, changed, state)
     assert search.step._cache_size() == 1

@@ -60,7 +60,7 @@ def test_method_improves_on_its_generation_0_and_counts_its_budget(method, embed
     if method != "dsearch":  # DSearch's search steps are random coins: its cost varies per generation
         for generation, line in enumerate(lines):
             assert {k: line[k] for k in ("nfe", "images", "vjp_nfe")} == search.budget(generation)
-    assert lines[0]["nfe"] == 4 * job.sampler.num_steps and lines[0]["images"] == 4
+    assert lines[0]["nfe"] == 4 * job.context.sampler.num_steps and lines[0]["images"] == 4
     assert all(b["nfe"] > a["nfe"] and b["images"] > a["images"] for a, b in zip(lines, lines[1:]))
     assert summary["method"] == method and summary["strategy"] == ("CoSyNE" if method == "evolution" else None)
     spec = METHODS[method]
@@ -90,14 +90,14 @@ def test_zero_order_pivot_starts_at_the_baseline_and_moves_only_on_improvement(e
     job = build(method_config("zero_order"), embedded)
     problem, key = make_problem(job, job.prompts[0], 0)
     state = job.search.init(key, problem, job.search_params)
-    state, report = job.search.advance(job.model_params, problem, job.search_params, state)
+    state, report = job.search.advance(job.model_params, job.reward_params, problem, job.search_params, state)
     # Generation 0 puts the pivot at the baseline latent (member 0), as the reference.
     np.testing.assert_array_equal(np.asarray(state.method_state.pivot), np.asarray(problem.centre).reshape(-1))
     assert float(state.method_state.score) == float(report.fitness[0])
     moves = 0
     for _ in range(4):
         previous = state.method_state
-        state, report = job.search.advance(job.model_params, problem, job.search_params, state)
+        state, report = job.search.advance(job.model_params, job.reward_params, problem, job.search_params, state)
         best = int(np.nanargmax(np.asarray(report.fitness)))
         moved = not np.array_equal(np.asarray(state.method_state.pivot), np.asarray(previous.pivot))
         assert moved == (float(report.fitness[best]) > float(previous.score))
@@ -147,11 +147,11 @@ def test_hybrid_dno_differences_the_raw_decoder_output_by_default_as_the_referen
     jobs = {variant: build(method_config("dno_hybrid", method_params={"image_gradient": variant}), embedded) for variant in ("raw", "clipped")}
     job = jobs["raw"]
     problem, key = make_problem(job, job.prompts[0], 0)
-    start, _ = job.search.start(job.model_params, problem, job.search_params, job.search.init(key, problem, job.search_params))
+    start, _ = job.search.start(job.model_params, job.reward_params, problem, job.search_params, job.search.init(key, problem, job.search_params))
     for variant, job in jobs.items():  # one generation 0 (the variants differ only in their steps), then each one's step
-        state, reports[variant] = job.search.step(job.model_params, problem, job.search_params, start)
+        state, reports[variant] = job.search.step(job.model_params, job.reward_params, problem, job.search_params, start)
         chains[variant] = np.asarray(state.method_state.noises)
-    raw_output = job.sampler.decode(job.model_params, job.sampler.denoise(job.model_params, problem.centre[None], problem.context, problem.uncond_context, 7.5), False)
+    raw_output = job.context.sampler.decode(job.model_params, job.context.sampler.denoise(job.model_params, problem.centre[None], problem.context, problem.uncond_context, 7.5), False)
     assert float(raw_output.min()) < 0.0 or float(raw_output.max()) > 1.0
     np.testing.assert_allclose(np.asarray(reports["raw"].fitness), np.asarray(reports["clipped"].fitness), rtol=1e-6)
     assert not np.allclose(chains["raw"], chains["clipped"])

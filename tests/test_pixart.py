@@ -60,7 +60,7 @@ def test_every_method_runs_on_a_tiny_pixart_directory(loaded, tmp_path, method, 
     config = load_config(DEFAULT, overrides + [f"--config.method_params={options!r}"] * bool(options))
     config.model = f"tiny-{family}"
     job = build(config, loaded[family])
-    assert job.sampler.scheduler == ("ddim" if scheduler == "ddim" else "dpmsolver++") and job.model.family.name == family
+    assert job.context.sampler.scheduler == ("ddim" if scheduler == "ddim" else "dpmsolver++") and job.model.family.name == family
     (summary,) = run(job, tmp_path / family, progress=False)
     lines = [json.loads(line) for line in (tmp_path / family / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [0, 1] and summary["method"] == method

@@ -31,9 +31,9 @@ def test_batched_prompts_equal_one_at_a_time(small_job):
     states = init(jnp.stack(keys), stacked, job.search_params)
     singles = [job.search.init(k, p, job.search_params) for k, p in zip(keys, problems)]
     for generation in range(3):
-        states, reports = (step if generation else start)(job.model_params, stacked, job.search_params, states)
+        states, reports = (step if generation else start)(job.model_params, job.reward_params, stacked, job.search_params, states)
         for j, problem in enumerate(problems):
-            singles[j], report = job.search.advance(job.model_params, problem, job.search_params, singles[j])
+            singles[j], report = job.search.advance(job.model_params, job.reward_params, problem, job.search_params, singles[j])
             np.testing.assert_allclose(np.asarray(reports.fitness[j]), np.asarray(report.fitness), rtol=1e-5, atol=1e-6)
             np.testing.assert_allclose(float(reports.best_fitness[j]), float(report.best_fitness), rtol=1e-5)
     assert step._cache_size() == 1

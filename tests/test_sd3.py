@@ -66,7 +66,7 @@ def test_every_method_and_space_runs_on_a_tiny_sd35_directory(loaded, tmp_path, 
     config = load_config(DEFAULT, [*SMALL[1:], *_overrides(method, options, space), "--config.rewards={'brightness': 1.0}", "--config.reward_paths={}"])
     config.model = "tiny-sd35"
     job = build(config, loaded)
-    assert job.sampler.scheduler == "flow_euler" and job.sampler.stochastic
+    assert job.context.sampler.scheduler == "flow_euler" and job.context.sampler.stochastic
     (summary,) = run(job, tmp_path, progress=False)
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [0, 1] and summary["method"] == method

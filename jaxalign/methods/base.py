@@ -12,6 +12,7 @@ A registered :class:`MethodSpec` builds a method's search from ``method_params``
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -109,9 +110,9 @@ def finite_scores(total):
     return jnp.where(jnp.isfinite(total), total, -jnp.inf)
 
 
-def value(context: Context, denoiser, model_params, problem, params, clean):
+def value(score_images, denoiser, clean):
     """The objective of the images decoded from clean latents, non-finite at -inf (the methods' value function)."""
-    total, _ = score(context.objective, model_params, problem, params, denoiser.decode(clean))
+    total, _ = score_images(denoiser.decode(clean))
     return finite_scores(total)
 
 
@@ -122,7 +123,7 @@ class Evaluated(NamedTuple):
     components: dict[str, jax.Array]
     images: jax.Array
     extra: Any = None  # passed on to ``update`` (DNO's gradient)
-    solutions: Any = None  # what is recorded for the images when not the proposed solutions (trajectory methods: final latents)
+    final_latents: Any = None  # the images' clean latents [N, ...], recorded instead of the solutions where the method says so
     spent: Mapping[str, Any] | None = None  # this generation's budget when it is not the planned one (DSearch's random cost)
 
 
@@ -134,21 +135,23 @@ class Method(NamedTuple):
     """One alignment method in evosax's shape: pure functions over the method's own state.
 
     ``propose`` and ``update`` see the objective's scores (higher is better, non-finite at -inf); ``first`` is a
-    Python bool, true at generation 0, whose solutions :func:`make_search` draws itself.
+    Python bool, true at generation 0, whose solutions :func:`make_search` draws itself. ``evaluate`` scores images
+    with ``score_images(images) -> (total [N], components)``, the objective bound to the step's reward weights and
+    prompt, so no method handles the rewards' parameters.
     """
 
     init: Callable  # (key, centre solution [L], params) -> method state
     propose: Callable | None = None  # (key, state, params, problem) -> (solutions [P, L], state); None: no solutions
     update: Callable = _keep  # (key, state, solutions, scores [N], extra, params, first) -> state
     defaults: Any = None  # traced knobs' defaults, SearchParams.method (a dict of float32 scalars, or the method's pytree)
-    evaluate: Callable | None = None  # later generations: (key, model_params, problem, params, solutions) -> Evaluated
+    evaluate: Callable | None = None  # later generations: (key, model_params, score_images, problem, params, solutions) -> Evaluated
     centre: Callable | None = None  # (problem, params) -> the baseline's solution [L]; None: the centre latent, flattened
     latents: Callable | None = None  # (params, solutions [N, L], problem) -> initial latents; None: solutions' last latent-size entries
     first_size: int | None = None  # solutions in generation 0; None: popsize
     first_population: Callable | None = None  # (key, problem, params) -> generation 0's solutions; None: the centre and N(0, 1) draws
     cost: Mapping[str, Any] | None = None  # planned budget of a later generation; None: one sampler run per proposed solution
     shard_batch: int | None = None  # the batch a population device axis must divide; None: popsize
-    records_final_latent: bool = False  # record each image's final (clean) latent rather than the solution
+    records_final_latent: bool = False  # record each image's final (clean) latent (Evaluated.final_latents), not its solution
     best_solution_is: str = "initial noise"  # what ``best_solution`` holds, in words (summary.json)
     strategy: str | None = None  # the evosax strategy an evolution runs (summary.json, tables)
 
@@ -193,33 +196,35 @@ def make_search(context: Context, method: Method) -> Search:
         centre_solution = centre(problem, params)
         return initial_state(key, method.init(init_key, centre_solution, params), centre_solution, names, context.image_shape)
 
-    def sample(model_params, problem: Problem, params: SearchParams, solutions) -> Evaluated:
+    def sample(model_params, score_images, problem: Problem, params: SearchParams, solutions) -> Evaluated:
         latents = shard_population(to_latents(params, solutions, problem))
         final = sampler.denoise(model_params, latents, problem.context, problem.uncond_context, params.guidance_scale)
         images = sampler.decode(model_params, final)
-        total, components = score(objective, model_params, problem, params, images)
-        recorded = final.reshape(final.shape[0], -1) if method.records_final_latent else None
-        return Evaluated(total, components, images, solutions=recorded)
+        total, components = score_images(images)
+        return Evaluated(total, components, images, final_latents=final)
 
     def finish(state, key, method_state, update_key, solutions, evaluated: Evaluated, params, first: bool):
         scores = finite_scores(evaluated.total)
         method_state = method.update(update_key, method_state, solutions, scores, evaluated.extra, params, first)
-        recorded = solutions if evaluated.solutions is None else evaluated.solutions
+        final = evaluated.final_latents
+        recorded = final.reshape(final.shape[0], -1) if method.records_final_latent else solutions
         spent = evaluated.spent or (runs(first_size) if first else cost)
         return replicate(record(state, key, method_state, recorded, evaluated.total, evaluated.components, evaluated.images, spent))
 
-    def start(model_params, problem: Problem, params: SearchParams, state: SearchState):
+    def scorer(reward_params, problem: Problem, params: SearchParams):
+        return lambda images: score(objective, reward_params, problem, params, images)
+
+    def start(model_params, reward_params, problem: Problem, params: SearchParams, state: SearchState):
         keys = generation_keys(state.key)
         solutions = first_population(keys.update, problem, params)
-        return finish(state, keys.carry, state.method_state, keys.propose, solutions, sample(model_params, problem, params, solutions), params, True)
+        evaluated = sample(model_params, scorer(reward_params, problem, params), problem, params, solutions)
+        return finish(state, keys.carry, state.method_state, keys.propose, solutions, evaluated, params, True)
 
-    def step(model_params, problem: Problem, params: SearchParams, state: SearchState):
+    def step(model_params, reward_params, problem: Problem, params: SearchParams, state: SearchState):
         keys = generation_keys(state.key)
         solutions, method_state = (None, state.method_state) if method.propose is None else method.propose(keys.propose, state.method_state, params, problem)
-        if method.evaluate is None:
-            evaluated = sample(model_params, problem, params, solutions)
-        else:
-            evaluated = method.evaluate(keys.evaluate, model_params, problem, params, solutions)
+        evaluate = sample if method.evaluate is None else functools.partial(method.evaluate, keys.evaluate)
+        evaluated = evaluate(model_params, scorer(reward_params, problem, params), problem, params, solutions)
         return finish(state, keys.carry, method_state, keys.update, solutions, evaluated, params, False)
 
     def default_params(reward_weights=None, guidance_scale=7.5, method_overrides=None):
@@ -262,18 +267,18 @@ def trajectory_method(context: Context, numeric, guided_run, cost: Mapping[str, 
     """A method that acts inside the denoising loop.
 
     Generation 0 denoises the initial population with the configured sampler (the baseline, as every method's
-    generation 0); later generations run ``guided_run(key, denoiser, model_params, problem, params) -> (clean
+    generation 0); later generations run ``guided_run(key, denoiser, score_images, problem, params) -> (clean
     latents [K, ...], spent)`` from fresh noise, where ``spent`` is that run's budget (``cost`` is its planned or
     expected value). ``best_solution`` is the final (clean) latent of the best returned sample.
     """
     sampler = context.sampler
 
-    def evaluate(key, model_params, problem, params, solutions) -> Evaluated:
+    def evaluate(key, model_params, score_images, problem, params, solutions) -> Evaluated:
         denoiser = sampler.bind(model_params, problem.context, problem.uncond_context, params.guidance_scale)
-        final, spent = guided_run(key, denoiser, model_params, problem, params)
+        final, spent = guided_run(key, denoiser, score_images, problem, params)
         images = sampler.decode(model_params, final)
-        total, components = score(context.objective, model_params, problem, params, images)
-        return Evaluated(total, components, images, solutions=final.reshape(final.shape[0], -1), spent=spent)
+        total, components = score_images(images)
+        return Evaluated(total, components, images, final_latents=final, spent=spent)
 
     no_state = lambda key, centre, params: jnp.zeros((), jnp.int32)  # noqa: E731
     method = Method(no_state, defaults=numeric_defaults(numeric), evaluate=evaluate, cost=cost, records_final_latent=True, best_solution_is="final latent")

@@ -63,7 +63,7 @@ from jaxalign.errors import JaxalignError
 from jaxalign.methods.base import METHODS, Context, MethodSpec, trajectory_method
 from jaxalign.resampling import RESAMPLERS
 from jaxalign.sampler import Denoiser
-from jaxalign.search import Search, score
+from jaxalign.search import Search
 
 
 class DASRun(NamedTuple):
@@ -191,10 +191,10 @@ def _das(context: Context, numeric, resampling: str) -> Search:
     resample = RESAMPLERS[resampling]
     cost = run_cost(context.popsize, context.sampler.num_steps)
 
-    def guided_run(key, denoiser, model_params, problem, params):
+    def guided_run(key, denoiser, score_images, problem, params):
         def reward(clean):
             # The raw objective: the official twist has no non-finite -> -inf.
-            total, _ = score(context.objective, model_params, problem, params, denoiser.decode(clean))
+            total, _ = score_images(denoiser.decode(clean))
             return total
 
         run = das_particles(key, denoiser, reward, context.popsize, context.latent_shape, params.method, resample)

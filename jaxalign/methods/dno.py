@@ -40,7 +40,7 @@ import optax
 from jaxalign.errors import JaxalignError
 from jaxalign.methods.base import METHODS, Context, Evaluated, Method, MethodSpec, finite_scores, make_search, numeric_defaults
 from jaxalign.schedulers import stochastic_schedulers
-from jaxalign.search import initial_population, score, sharding_helpers
+from jaxalign.search import initial_population, sharding_helpers
 
 _OPTIMIZER_KNOBS = ("learning_rate", "max_grad_norm", "weight_decay")
 _MODES = ("ode", "sde")
@@ -163,14 +163,14 @@ def _dno(context: Context, numeric, mode: str):
     popsize, length, dim = context.popsize, _chain_length(context, mode), math.prod(context.latent_shape)
     render, optimizer = renderer(context, mode), _optimizer()
 
-    def loss(noises, key, model_params, problem, params):
+    def loss(noises, key, model_params, score_images, problem, params):
         images = render(model_params, problem, params, noises)
-        total, components = score(context.objective, model_params, problem, params, images)
+        total, components = score_images(images)
         regularizer = jax.vmap(lambda k, z: _regularizer(k, z, params))(jax.random.split(key, popsize), noises)
         return jnp.sum(-finite_scores(total) + regularizer), (total, components, images)
 
-    def evaluate(key, model_params, problem, params, noises):
-        (_, (total, components, images)), grad = jax.value_and_grad(loss, has_aux=True)(noises, key, model_params, problem, params)
+    def evaluate(key, model_params, score_images, problem, params, noises):
+        (_, (total, components, images)), grad = jax.value_and_grad(loss, has_aux=True)(noises, key, model_params, score_images, problem, params)
         return Evaluated(total, components, images, extra=grad)  # a chain's non-finite gradient skips its step (see update)
 
     def propose(key, state: ChainState, params, problem):
@@ -217,7 +217,7 @@ def _dno_hybrid(context: Context, numeric, mode: str, image_gradient: str):
         perturbations = params.method["perturbation"] * jax.random.normal(key, (popsize - 1, length))
         return jnp.concatenate([state.noises[None], state.noises + perturbations]), state
 
-    def evaluate(key, model_params, problem, params, noises):
+    def evaluate(key, model_params, score_images, problem, params, noises):
         def first(z):  # member 0, the chain: its image in the gradient's space, and its scored image
             image, space = images_and_space(model_params, denoise(model_params, problem, params, z[None]))
             return space[0], image[0]
@@ -225,7 +225,7 @@ def _dno_hybrid(context: Context, numeric, mode: str, image_gradient: str):
         first_space, pullback, first_image = jax.vjp(first, noises[0], has_aux=True)
         rest_images, rest_space = images_and_space(model_params, denoise(model_params, problem, params, noises[1:]))
         images = jnp.concatenate([first_image[None], rest_images])
-        total, components = score(context.objective, model_params, problem, params, images)
+        total, components = score_images(images)
         g = image_space_gradient(-finite_scores(total), jnp.concatenate([first_space[None], rest_space]))
         (grad,) = pullback(g)
         grad = grad + jax.grad(lambda z: _regularizer(key, z, params))(noises[0])

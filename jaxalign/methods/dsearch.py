@@ -187,9 +187,9 @@ def beam_method(context: Context, numeric, *, final_beam: int, num_candidates: i
     probability = search_probabilities(search_schedule, sampler.num_steps)
     beam_after = drop_sizes(drop_schedule, sampler.num_steps, context.popsize, final_beam)
 
-    def guided_run(key, denoiser, model_params, problem, params):
+    def guided_run(key, denoiser, score_images, problem, params):
         return beam_search(
-            key, denoiser, lambda clean: value(context, denoiser, model_params, problem, params, clean),
+            key, denoiser, lambda clean: value(score_images, denoiser, clean),
             popsize=context.popsize, latent_shape=context.latent_shape, final_beam=final_beam,
             num_candidates=num_candidates, search_probability=probability, beam_after=beam_after,
             width=params.method.get("width", 1.0), replace_rate=params.method.get("replace_rate", 0.0),

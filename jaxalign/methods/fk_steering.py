@@ -41,7 +41,7 @@ from jaxalign.errors import JaxalignError
 from jaxalign.methods.base import METHODS, Context, MethodSpec, trajectory_method
 from jaxalign.resampling import multinomial
 from jaxalign.sampler import Denoiser
-from jaxalign.search import Search, score
+from jaxalign.search import Search
 
 MAX_WEIGHT = 1e10  # the official clamp
 
@@ -148,9 +148,9 @@ def _fk_steering(context: Context, numeric, potential_type: str, resample_freque
     steps = resampling_steps(context.sampler.num_steps, resample_t_start, resample_frequency, resample_t_end)
     cost = run_cost(context.popsize, context.sampler.num_steps, int(steps.sum()))
 
-    def guided_run(key, denoiser, model_params, problem, params):
+    def guided_run(key, denoiser, score_images, problem, params):
         def reward(clean):
-            total, _ = score(context.objective, model_params, problem, params, denoiser.decode(clean))
+            total, _ = score_images(denoiser.decode(clean))
             return total
 
         run = fk_particles(key, denoiser, reward, context.popsize, context.latent_shape, params.method, potential_type, steps, adaptive_resampling)
