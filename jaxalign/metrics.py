@@ -82,7 +82,7 @@ def summary(job, prompt: str, lines: list[dict], stopped_because: str | None) ->
         "num_devices": jax.device_count(),
         "population_sharded_over": mesh.shape["population"] if mesh else 1,
         "prompts_sharded_over": mesh.shape["prompts"] if mesh else 1,
-        "params_split": _params_split(job.model_params),
+        "params_split": _params_split((job.model_params, job.reward_params)),
         "config": config.to_dict(),
     }
 

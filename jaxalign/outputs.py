@@ -47,7 +47,7 @@ class Record(NamedTuple):
 class Ending(NamedTuple):
     """A group searched to the end."""
 
-    state: Any  # the final search state on the host, leading member axis
+    best_solutions: list[np.ndarray]  # every member's best solution when it stopped
     problem: Any  # the group's problems, leading member axis
     lines: list[list[dict]]  # every member's metrics lines
     summaries: list[dict]  # every member's summary.json content
@@ -83,12 +83,17 @@ def read_lines(path: Path) -> list[dict]:
 def metrics_files(outs: list[Path], kept: list[list[dict]]) -> Writer:
     """``metrics.jsonl`` per member, rewritten atomically to the lines ``kept`` (a resume's), then appended to."""
     files = []
-    for out, lines in zip(outs, kept):
-        path = out / "metrics.jsonl"
-        partial = path.with_suffix(".jsonl.partial")
-        partial.write_text("".join(json.dumps(line) + "\n" for line in lines))
-        os.replace(partial, path)
-        files.append(path.open("a"))
+    try:
+        for out, lines in zip(outs, kept):
+            path = out / "metrics.jsonl"
+            partial = path.with_suffix(".jsonl.partial")
+            partial.write_text("".join(json.dumps(line) + "\n" for line in lines))
+            os.replace(partial, path)
+            files.append(path.open("a"))
+    except BaseException:  # those opened before a refused one are closed: the writer never reaches its caller
+        for file in files:
+            file.close()
+        raise
 
     def write(record: Record):
         for j, line in record.lines.items():
@@ -168,9 +173,9 @@ def summary_files(outs: list[Path], best_latent: Callable) -> Writer:
 
     def finish(ending: Ending):
         for j, out in enumerate(outs):
-            state, problem = _member(ending.state, j), _member(ending.problem, j)
-            np.save(out / "best_solution.npy", np.asarray(state.best_solution))
-            np.save(out / "best_latent.npy", np.asarray(best_latent(state.best_solution, problem)))
+            solution = ending.best_solutions[j]
+            np.save(out / "best_solution.npy", solution)
+            np.save(out / "best_latent.npy", np.asarray(best_latent(solution, _member(ending.problem, j))))
             plot_fitness(ending.lines[j], out / "fitness.png", title=ending.summaries[j]["prompt"])
             write_json(out / "summary.json", ending.summaries[j])
 

@@ -1,4 +1,4 @@
-"""Running a configured search: config -> job, the compiled step, the host loop and its stop rules.
+"""Running a configured search: config -> job, the compiled step, and the host loop (its stop rules: :mod:`jaxalign.metrics`).
 
 :func:`build` turns a config into a :class:`Job` (model, compiled-step inputs, prompts) and does
 every check that can fail on bad input *before* anything is written. :func:`run` then searches
@@ -83,8 +83,9 @@ def build(config, loaded: tuple[DiffusionModel, Any] | None = None) -> Job:
         print(f"jaxalign: warning: model {model.name!r} takes one conditional pass per step (no classifier-free guidance); negative_prompt is not used", file=sys.stderr)
     spec = METHODS[config.method]
     objective = oriented(weighted_sum(dict(config.rewards), config.reward_paths.to_dict()), config.maximize)
+    reward_params = objective.params
     if config.shard_params:  # the devices hold the weights between them (a no-op where load_model placed them so)
-        model_params = shard_over_devices(model_params)
+        model_params, reward_params = shard_over_devices((model_params, reward_params))
     # Gradient-based methods backpropagate through the sampler: recompute each step's activations.
     sampler = make_sampler(
         model, config.scheduler, config.num_inference_steps, remat=spec.differentiates_sampler, decode_batch=config.decode_batch,
@@ -101,7 +102,7 @@ def build(config, loaded: tuple[DiffusionModel, Any] | None = None) -> Job:
     )
     search = build_method(config.method, context, plain(config.method_params))
     search_params = search.default_params(guidance_scale=config.guidance_scale)
-    return Job(config, model, model_params, objective.params, context, search, search_params, prompts)
+    return Job(config, model, model_params, reward_params, context, search, search_params, prompts)
 
 
 def make_problem(job: Job, prompt: str, index: int) -> tuple[Problem, jax.Array]:
@@ -257,6 +258,8 @@ class PromptRun:
     run_key: str  # its name for the trackers: its folder in the workdir ("" for a one-prompt run)
     lines: list[dict] = dataclasses.field(default_factory=list)
     stopped_because: str | None = None
+    # Its best solution when it stopped: a group's compiled step keeps evolving a stopped member for the others.
+    best_solution: np.ndarray | None = None
 
 
 def search_group(job: Job, steps, problem: Problem, state, prompts: list[PromptRun], checkpoints: Path, progress: bool, resume: bool, tracker: Tracker, ran: dict) -> None:
@@ -278,32 +281,34 @@ def search_group(job: Job, steps, problem: Problem, state, prompts: list[PromptR
             restored = checkpointer.restore_latest(state, at_most=min(len(lines) for lines in kept) - 1)
             if restored is not None:
                 done, state = restored
-                for p, lines in zip(prompts, kept):
+                for j, (p, lines) in enumerate(zip(prompts, kept)):
                     p.lines = lines[: done + 1]
                     p.stopped_because = stop_reason(config, p.lines[-1], done)
+                    if p.stopped_because:
+                        p.best_solution = np.asarray(jax.device_get(state.best_solution[j]))
         outs, label = [p.out for p in prompts], prompts[0].prompt if len(prompts) == 1 else f"{len(prompts)} prompts"
 
         def opened(writer: Writer) -> Writer:
             closing.callback(writer.close)
             return writer
 
-        writers = [  # in the order they write: a checkpoint follows the lines it resumes after
-            opened(metrics_files(outs, [p.lines for p in prompts])),
+        writers = [  # in the order they write: a line follows its image, a checkpoint the lines it resumes after
             opened(image_files(outs)),
+            opened(metrics_files(outs, [p.lines for p in prompts])),
             opened(tracker_writer(tracker, [p.run_key for p in prompts])),
             checkpoint_writer(checkpointer) if checkpointer is not None else Writer(),
             opened(progress_bar(config.steps, label, progress, done, [p.lines[-1]["best_fitness"] if p.lines else None for p in prompts])),
             summary_files(outs, lambda solution, one: job.search.best_latent(job.search_params, solution, one)),
         ]
-        state = _search_generations(job, steps, problem, state, prompts, writers, done)
+        _search_generations(job, steps, problem, state, prompts, writers, done)
         summaries = [{**summary(job, p.prompt, p.lines, p.stopped_because), **ran} for p in prompts]
-        ending = Ending(jax.device_get(state), problem, [p.lines for p in prompts], summaries)
+        ending = Ending([p.best_solution for p in prompts], problem, [p.lines for p in prompts], summaries)
         for writer in writers:
             writer.finish(ending)
 
 
-def _search_generations(job: Job, steps, problem: Problem, state, prompts: list[PromptRun], writers: list[Writer], done: int):
-    """Generations ``done + 1 ..`` of a group, each handed to the writers; the final state."""
+def _search_generations(job: Job, steps, problem: Problem, state, prompts: list[PromptRun], writers: list[Writer], done: int) -> None:
+    """Generations ``done + 1 ..`` of a group until every prompt has stopped, each handed to the writers."""
     config = job.config
     search_start = time.perf_counter() - (prompts[0].lines[-1]["elapsed_s"] if done >= 0 else 0.0)
     for generation in range(done + 1, config.steps + 1):
@@ -330,10 +335,10 @@ def _search_generations(job: Job, steps, problem: Problem, state, prompts: list[
             record.lines[j], record.images[j] = line, to_uint8(image)
             if p.stopped_because:
                 record.populations[j] = to_uint8(jax.device_get(population[j]))
+                p.best_solution = np.asarray(jax.device_get(state.best_solution[j]))
         record = record._replace(finished=all(p.stopped_because for p in prompts) or generation == config.steps)
         for writer in writers:
             writer.write(record)
-    return state
 
 
 def _member(tree, index: int):

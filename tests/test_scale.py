@@ -57,13 +57,28 @@ def assert_same_metrics(a, b, rel=1e-5):
 
 
 def test_cli_batch_prompts_matches_sequential(tmp_path, capsys):
+    """Batched prompts give each prompt's sequential run, also when one stops at target_reward while the other goes
+    on: its lines, last population and best solution are those of the generation it stopped at, though the group's
+    compiled step kept evolving it."""
     common = ["run", "--config", RED_PIXELS, "--no-progress", *SMALL, "--config.popsize=6", "--config.steps=3",
               f"--config.prompts={PROMPTS[:2]!r}", "--config.rewards={'brightness': 1.0}"]  # fmt: skip
-    assert main([*common, "--workdir", str(tmp_path / "seq")]) == 0
-    assert main([*common, "--workdir", str(tmp_path / "batch"), "--config.batch_prompts=true"]) == 0
-    for folder in ("000_a_red_circle", "001_a_blue_square"):
-        assert_same_metrics(metrics(tmp_path / "seq" / folder), metrics(tmp_path / "batch" / folder))
+    folders = ("000_a_red_circle", "001_a_blue_square")
+    assert main([*common, "--workdir", str(tmp_path / "free")]) == 0
+    # The larger generation-1 best as the target: that prompt stops at generation 1, the other (unless tied) goes on.
+    target = max(metrics(tmp_path / "free" / folder)[1]["best_fitness"] for folder in folders)
+    stopping = [*common, f"--config.target_reward={target!r}"]
+    assert main([*stopping, "--workdir", str(tmp_path / "seq")]) == 0
+    assert main([*stopping, "--workdir", str(tmp_path / "batch"), "--config.batch_prompts=true"]) == 0
     summaries = json.loads((tmp_path / "batch" / "summary.json").read_text())["prompts"]
+    first, second = sorted(summaries, key=lambda s: s["generations"])
+    assert (first["generations"], first["stopped_because"]) == (1, "target_reward") and second["generations"] > 1
+    for folder in folders:
+        seq, batch = tmp_path / "seq" / folder, tmp_path / "batch" / folder
+        assert_same_metrics(metrics(seq), metrics(batch))
+        for name in ("best_solution.npy", "best_latent.npy"):
+            np.testing.assert_allclose(np.load(batch / name), np.load(seq / name), atol=1e-4, err_msg=f"{folder}/{name}")
+        population = [np.load(run / "images" / "final_population.npy").astype(int) for run in (batch, seq)]
+        np.testing.assert_allclose(*population, atol=1)  # uint8 images: one level of rounding
     assert [s["prompts_per_step"] for s in summaries] == [2, 2]
 
 
