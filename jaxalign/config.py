@@ -68,7 +68,7 @@ def default_config() -> ml_collections.ConfigDict:
     # Scale.
     c.batch_prompts = False  # search all prompts together in one vmapped compiled step
     c.shard_population = True  # shard the population over all local devices when they divide popsize
-    c.shard_params = False  # split the model's weights over all local devices instead (for models larger than one device)
+    c.shard_params = False  # split the model's (and learned rewards') weights over all local devices instead (for models larger than one device)
     # Long runs.
     c.checkpoint_every = 5  # save the search state every K generations (0: never); `--resume` continues
     c.compilation_cache_dir = ""  # persistent XLA compilation cache shared by runs; "" disables it
