@@ -175,7 +175,7 @@ def summary_files(outs: list[Path], best_latent: Callable) -> Writer:
         for j, out in enumerate(outs):
             solution = ending.best_solutions[j]
             np.save(out / "best_solution.npy", solution)
-            np.save(out / "best_latent.npy", np.asarray(best_latent(solution, _member(ending.problem, j))))
+            np.save(out / "best_latent.npy", np.asarray(best_latent(solution, member(ending.problem, j))))
             plot_fitness(ending.lines[j], out / "fitness.png", title=ending.summaries[j]["prompt"])
             write_json(out / "summary.json", ending.summaries[j])
 
@@ -186,8 +186,9 @@ def to_uint8(images) -> np.ndarray:
     return np.clip(np.round(np.asarray(images) * 255.0), 0, 255).astype(np.uint8)
 
 
-def _member(tree, index: int):
-    return jax.tree.map(lambda x: x[index], tree)
+def member(tree, index: int):
+    """Member ``index`` of a tree with a leading member axis (None stays None)."""
+    return None if tree is None else jax.tree.map(lambda x: x[index], tree)
 
 
 def _replace(path: Path, save: Callable[[io.BytesIO], None]) -> None:

@@ -40,7 +40,7 @@ from jaxalign.files import clear_folder, workdir_lock, write_json, write_marker
 from jaxalign.methods import METHODS, Context, build_method
 from jaxalign.models import CLASSIFIER_FREE, NO_GUIDANCE, DiffusionModel, load_model
 from jaxalign.metrics import check_scored, generation_line, stop_reason, summary
-from jaxalign.outputs import Ending, Record, Writer, checkpoint_writer, image_files, metrics_files, progress_bar, read_lines, summary_files, to_uint8, tracker_writer
+from jaxalign.outputs import Ending, Record, Writer, checkpoint_writer, image_files, member, metrics_files, progress_bar, read_lines, summary_files, to_uint8, tracker_writer
 from jaxalign.rewards import oriented, weighted_sum
 from jaxalign.sampler import make_sampler
 from jaxalign.search import Problem, Search, SearchParams, batched, device_mesh, prompt_sharding, shard_over_devices, step_for
@@ -328,7 +328,7 @@ def _search_generations(job: Job, steps, problem: Problem, state, prompts: list[
         for j, p in enumerate(prompts):
             if p.stopped_because:
                 continue
-            line, image = generation_line(generation, _member(host_state, j), _member(reports, j), seconds, elapsed)
+            line, image = generation_line(generation, member(host_state, j), member(reports, j), seconds, elapsed)
             check_scored(line, p.prompt, config.popsize)
             p.lines.append(line)
             p.stopped_because = stop_reason(config, line, generation)
@@ -339,10 +339,6 @@ def _search_generations(job: Job, steps, problem: Problem, state, prompts: list[
         record = record._replace(finished=all(p.stopped_because for p in prompts) or generation == config.steps)
         for writer in writers:
             writer.write(record)
-
-
-def _member(tree, index: int):
-    return None if tree is None else jax.tree.map(lambda x: x[index], tree)
 
 
 def _slug(text: str, length: int = 40) -> str:
